@@ -1,0 +1,86 @@
+"""The Celery application shared by producers, workers, beat and Flower.
+
+Everything that must agree between them (serialiser, priority steps, separator, visibility timeout) is set here,
+once, from :class:`~app.settings.Settings`. See CELERY_NOTES.md for why each option is what it is.
+"""
+
+from __future__ import annotations
+
+import re
+
+from celery import Celery
+
+from app.errors import InvalidModelName
+from app.settings import Settings
+
+#: Ten Redis priority levels, 0 the highest (the reverse of RabbitMQ). kombu keeps one list per level.
+PRIORITY_LEVELS = tuple(range(10))
+#: kombu joins queue and level with this; it must never appear in a queue name (celery#7633).
+PRIORITY_SEP = ":"
+#: Control messages (load, stop) jump ahead of every request.
+CONTROL_PRIORITY = 0
+#: Queue for fleet-wide periodic work sent by beat (reaping lost workers, allocation).
+SYSTEM_QUEUE = "maas.system"
+
+_MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,99}$")
+
+
+def check_model_name(name: str) -> str:
+    if not _MODEL_NAME.match(name):
+        raise InvalidModelName(
+            f"model name {name!r} must be 1-100 characters of a-z, 0-9, '_', '.', '-' and start with a letter or digit"
+        )
+    return name
+
+
+def model_queue(model: str) -> str:
+    """The infer queue of a model: every replica of it consumes this one queue."""
+    return f"m.{check_model_name(model)}"
+
+
+def control_queue(worker_name: str) -> str:
+    """The load/stop queue of one worker, so control never waits behind inference of other workers."""
+    return f"ctl.{worker_name}"
+
+
+def transport_options(settings: Settings) -> dict:
+    return {
+        "priority_steps": list(PRIORITY_LEVELS),
+        "sep": PRIORITY_SEP,
+        "queue_order_strategy": "priority",
+        "visibility_timeout": settings.visibility_timeout_s,
+    }
+
+
+def create_app(settings: Settings | None = None) -> Celery:
+    settings = settings or Settings.from_env()
+    app = Celery("maas", broker=settings.redis_url, backend=settings.redis_url, set_as_current=False)
+    app.conf.update(
+        # JSON only: pickle lets a message run code on the worker.
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        event_serializer="json",
+        task_default_priority=settings.default_priority,
+        task_default_queue=SYSTEM_QUEUE,
+        broker_transport_options=transport_options(settings),
+        result_backend_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        # Ack after the task returns, and give the message back if the worker dies mid-task: nothing accepted is
+        # lost. Prefetch 1 so a worker never holds low-priority messages while high-priority ones wait.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        result_expires=int(settings.result_expires_s),
+        result_extended=False,
+        # Flower needs task events; "sent" lets it show messages still waiting in a queue.
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        worker_hijack_root_logger=False,
+        broker_connection_retry_on_startup=True,
+        beat_schedule_filename=str(settings.home / "beat-schedule"),
+        timezone="UTC",
+    )
+    app.maas_settings = settings  # type: ignore[attr-defined]
+    return app

@@ -1,0 +1,309 @@
+"""``maas``: the command line for operators and scripts. Thin: every command calls the client or a runner."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from app.errors import ConfigError, MaasError
+from app.settings import FIELDS, Settings, parse_size_bytes
+from app.table import gib, mib, render
+
+
+def _client(settings: Settings):  # noqa: ANN202 - lazy import keeps `maas --help` fast
+    from app.client import Client
+    from app.db.migrate import ensure_current
+
+    ensure_current(settings.sqlalchemy_url)
+    return Client(settings)
+
+
+def _print(args: argparse.Namespace, value: Any, table: str) -> None:
+    print(json.dumps(value, indent=2, default=str) if getattr(args, "json", False) else table)
+
+
+# --- model ----------------------------------------------------------------------------------------------------------
+def cmd_model_register(args: argparse.Namespace, settings: Settings) -> int:
+    from app import registry
+    from app.artifacts import LocalArtifactStore
+    from app.db.session import session_scope
+
+    _client(settings)
+    store = LocalArtifactStore(settings.artifact_dir, settings.max_artifact_bytes)
+    with session_scope(settings.sqlalchemy_url) as session:
+        version = registry.register(
+            session, store, args.name, Path(args.artifact), runtime=args.runtime,
+            inputs=json.loads(args.inputs) if args.inputs else None,
+            outputs=json.loads(args.outputs) if args.outputs else None,
+            mem_bytes=parse_size_bytes(args.mem) if args.mem else None, service_ms=args.service_ms,
+            description=args.description,
+        )
+        if args.alias:
+            registry.set_alias(session, args.name, args.alias, version.version)
+        print(f"registered {version.ref} sha256={version.sha256} size={version.size_bytes} runtime={version.runtime}")
+    return 0
+
+
+def cmd_model_list(args: argparse.Namespace, settings: Settings) -> int:
+    from app import registry
+    from app.db.session import session_scope
+
+    _client(settings)
+    with session_scope(settings.sqlalchemy_url) as session:
+        rows = [
+            {"model": v.model.name, "version": v.version, "aliases": a, "runtime": v.runtime,
+             "sha256": v.sha256, "mem_bytes": v.mem_bytes, "inputs": v.inputs, "outputs": v.outputs}
+            for v, a in registry.list_versions(session)
+        ]
+    table = render(
+        ["MODEL", "VERSION", "ALIASES", "RUNTIME", "SHA256", "DECLARED MEM", "INPUTS"],
+        [[r["model"], r["version"], ",".join(r["aliases"]), r["runtime"], r["sha256"][:12], mib(r["mem_bytes"]),
+          " ".join(f"{t['name']}:{t['datatype']}{t['shape']}" for t in r["inputs"])] for r in rows],
+    )
+    _print(args, rows, table)
+    return 0
+
+
+def cmd_model_alias(args: argparse.Namespace, settings: Settings) -> int:
+    from app import registry
+    from app.db.session import session_scope
+
+    _client(settings)
+    with session_scope(settings.sqlalchemy_url) as session:
+        version = registry.set_alias(session, args.name, args.alias, args.version)
+        print(f"{args.name}@{args.alias} -> {version.ref}")
+    return 0
+
+
+# --- lifecycle and requests ------------------------------------------------------------------------------------------
+def cmd_load(args: argparse.Namespace, settings: Settings) -> int:
+    handle = _client(settings).load(args.ref, worker=args.worker, device=args.device)
+    if args.no_wait:
+        print(f"load sent: task {handle.id}")
+        return 0
+    info = handle.wait()
+    print(f"{info['model']}:{info['version']} {info['state']} on {info['worker']} (replica {info['replica']}, "
+          f"footprint {mib(info['footprint_bytes'])})")
+    return 0 if info["state"] == "READY" else 1
+
+
+def cmd_stop(args: argparse.Namespace, settings: Settings) -> int:
+    handles = _client(settings).stop(args.ref, worker=args.worker)
+    if not handles:
+        print(f"{args.ref}: no live replica to stop")
+    for handle in handles:
+        info = handle.wait()
+        print(f"{info['model']}:{info['version']} {info['state']} on {info['worker']} (replica {info['replica']})")
+    return 0
+
+
+def _request_inputs(args: argparse.Namespace) -> list[dict[str, Any]]:
+    if args.file:
+        doc = json.loads(Path(args.file).read_text() if args.file != "-" else sys.stdin.read())
+        return doc["inputs"] if isinstance(doc, dict) else doc
+    tensors = []
+    for item in args.input:
+        name, sep, raw = item.partition("=")
+        if not sep:
+            raise MaasError(f"--input {item!r}: use name=JSON, e.g. x='[[5.1, 3.5, 1.4, 0.2]]'")
+        import numpy as np
+
+        from app.signature import encode_tensor
+
+        array = np.asarray(json.loads(raw))
+        tensors.append(encode_tensor(name, array.astype(np.float32) if array.dtype == np.float64 else array))
+    return tensors
+
+
+def cmd_infer(args: argparse.Namespace, settings: Settings) -> int:
+    handle = _client(settings).infer(args.ref, _request_inputs(args), priority=args.priority, timeout_s=args.timeout)
+    print(json.dumps(handle.wait(), indent=None if args.compact else 2))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    import redis
+
+    from app.queues import depths
+
+    client = _client(settings)
+    devices, reps = client.devices(), client.replicas()
+    models = sorted({r["model"] for r in reps})
+    queue_depths = depths(redis.Redis.from_url(settings.redis_url), [f"m.{m}" for m in models]) if models else {}
+    value = {"devices": devices, "replicas": reps, "queues": queue_depths}
+    dev_table = render(
+        ["WORKER", "DEVICE", "KIND", "STATUS", "MEMORY", "USED"],
+        [[d["worker"], d["name"], d["kind"],
+          "alive" if d["alive"] else d["status"] if d["status"] != "online" else "silent", gib(d["mem_bytes"]),
+          gib(d["used_bytes"])] for d in devices],
+    )
+    rep_table = render(
+        ["REPLICA", "MODEL", "WORKER", "STATE", "FOOTPRINT", "REASON"],
+        [[r["replica"], f"{r['model']}:{r['version']}", r["worker"], r["state"], mib(r["footprint_bytes"]),
+          r["reason"][:60]] for r in reps],
+    )
+    q_table = render(["QUEUE", "WAITING"], sorted(queue_depths.items()))
+    _print(args, value, f"{dev_table}\n\n{rep_table}\n\n{q_table}")
+    return 0
+
+
+def cmd_history(args: argparse.Namespace, settings: Settings) -> int:
+    events = _client(settings).history(args.model)
+    table = render(
+        ["AT", "REPLICA", "VERSION", "WORKER", "FROM", "TO", "REASON"],
+        [[e["at"][:23], e["replica"], e["version"], e["worker"], e["from"] or "-", e["to"], e["reason"][:60]]
+         for e in events],
+    )
+    _print(args, events, table)
+    return 0
+
+
+# --- processes ------------------------------------------------------------------------------------------------------
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from workers.main import run
+
+    run(settings, args.device, loglevel=args.loglevel)
+    return 0
+
+
+def cmd_beat(args: argparse.Namespace, settings: Settings) -> int:
+    from beat.main import run
+
+    run(settings, loglevel=args.loglevel)
+    return 0
+
+
+def cmd_flower(args: argparse.Namespace, settings: Settings) -> int:
+    from app.flower import run
+
+    return run(settings, local=args.local, port=args.port, address=args.address)
+
+
+def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
+    from app.db.migrate import current_revision, upgrade
+
+    upgrade(settings.sqlalchemy_url)
+    print(f"database at revision {current_revision(settings.sqlalchemy_url)}")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
+    for var, help_text in FIELDS:
+        print(f"{var:28} {help_text}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from app.demo import main as demo_main
+
+    return demo_main()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="maas",
+        description="Model-as-a-service fleet manager: register models, load them onto GPU-pinned Celery workers, "
+        "send prioritised inference requests through Redis, and watch the fleet. Configuration comes from the "
+        "environment: run `maas config` for the list.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    model = sub.add_parser("model", help="register, list and alias model versions")
+    msub = model.add_subparsers(dest="model_command", required=True, metavar="SUBCOMMAND")
+    reg = msub.add_parser("register", help="register a new immutable version from an artifact file")
+    reg.add_argument("name", help="model name (a-z, 0-9, '_', '.', '-')")
+    reg.add_argument("artifact", help="path to the artifact (an .onnx file for the onnx runtime)")
+    reg.add_argument("--runtime", default="onnx", help="runtime that serves it (default: onnx)")
+    reg.add_argument("--mem", help="declared memory footprint, e.g. 512MiB (default: estimated from the file size)")
+    reg.add_argument("--service-ms", type=float, default=1.0, help="declared time per request, ms (default 1)")
+    reg.add_argument("--inputs", help="input signature as JSON (default: read from the ONNX file)")
+    reg.add_argument("--outputs", help="output signature as JSON (default: read from the ONNX file)")
+    reg.add_argument("--alias", help="also point this alias (e.g. prod) at the new version")
+    reg.add_argument("--description", default="", help="free text")
+    reg.set_defaults(func=cmd_model_register)
+    lst = msub.add_parser("list", help="list models, versions and aliases")
+    lst.add_argument("--json", action="store_true", help="machine-readable output")
+    lst.set_defaults(func=cmd_model_list)
+    ali = msub.add_parser("alias", help="point an alias (e.g. prod) at a version")
+    ali.add_argument("name")
+    ali.add_argument("alias")
+    ali.add_argument("version", type=int)
+    ali.set_defaults(func=cmd_model_alias)
+
+    load = sub.add_parser("load", help="load a model version onto a worker (REF: name, name:3 or name@prod)")
+    load.add_argument("ref")
+    where = load.add_mutually_exclusive_group()
+    where.add_argument("--worker", help="worker node name, e.g. gpu0@host")
+    where.add_argument("--device", type=int, help="device index")
+    load.add_argument("--no-wait", action="store_true", help="return once the load is queued")
+    load.set_defaults(func=cmd_load)
+
+    infer = sub.add_parser("infer", help="send one inference request and print the answer")
+    infer.add_argument("ref")
+    infer.add_argument("--input", action="append", default=[], metavar="NAME=JSON", help="one input tensor")
+    infer.add_argument("--file", help="an Open Inference Protocol request body ({'inputs': [...]}); - for stdin")
+    infer.add_argument("--priority", type=int, help="0 (highest) to 9 (lowest); default MAAS_DEFAULT_PRIORITY")
+    infer.add_argument("--timeout", type=float, help="seconds to wait for the answer")
+    infer.add_argument("--compact", action="store_true", help="one-line JSON")
+    infer.set_defaults(func=cmd_infer)
+
+    stop = sub.add_parser("stop", help="drain and unload the replicas of a model (or one version)")
+    stop.add_argument("ref")
+    stop.add_argument("--worker", help="only the replica on this worker")
+    stop.set_defaults(func=cmd_stop)
+
+    status = sub.add_parser("status", help="devices, replicas and queue depths")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
+
+    hist = sub.add_parser("history", help="lifecycle transitions of a model's replicas")
+    hist.add_argument("model")
+    hist.add_argument("--json", action="store_true")
+    hist.set_defaults(func=cmd_history)
+
+    worker = sub.add_parser("worker", help="run a worker pinned to one device")
+    worker.add_argument("--device", type=int, required=True, help="device index (a GPU, or a virtual device)")
+    worker.add_argument("--loglevel", help="override MAAS_LOG_LEVEL")
+    worker.set_defaults(func=cmd_worker)
+
+    beat = sub.add_parser("beat", help="run the periodic scheduler (exactly one per fleet)")
+    beat.add_argument("--loglevel", help="override MAAS_LOG_LEVEL")
+    beat.set_defaults(func=cmd_beat)
+
+    flower = sub.add_parser("flower", help="run the Flower web UI against the fleet's broker")
+    flower.add_argument("--local", action="store_true", help="no authentication; binds to 127.0.0.1 only")
+    flower.add_argument("--port", type=int, help="default MAAS_FLOWER_PORT (5555)")
+    flower.add_argument("--address", default="0.0.0.0", help="bind address (ignored with --local)")
+    flower.set_defaults(func=cmd_flower)
+
+    db = sub.add_parser("db", help="database schema")
+    dsub = db.add_subparsers(dest="db_command", required=True, metavar="SUBCOMMAND")
+    up = dsub.add_parser("upgrade", help="apply migrations up to the latest")
+    up.set_defaults(func=cmd_db_upgrade)
+
+    config = sub.add_parser("config", help="list the environment variables the fleet reads")
+    config.set_defaults(func=cmd_config)
+
+    demo = sub.add_parser("demo", help="run the end-to-end demo (what `make demo` runs)")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        return args.func(args, settings)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    except MaasError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

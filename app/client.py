@@ -1,0 +1,281 @@
+"""The producer side: what applications call. ``load``, ``infer`` and ``stop`` each return a handle to wait on.
+
+Requests are validated against the version's signature before they are sent, so a bad tensor never occupies a
+queue. The infer hot path does not touch the database: resolved references are cached for a few seconds.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from celery import Celery
+from celery.exceptions import TimeoutError as CeleryTimeout
+from celery.result import AsyncResult
+
+from app import placement, registry
+from app.celery_app import CONTROL_PRIORITY, control_queue, create_app, model_queue
+from app.db import devices as device_rows
+from app.db import replicas
+from app.db.schema import Device, Replica
+from app.db.session import session_scope
+from app.errors import InvalidPriority, MaasError, RequestTimeout
+from app.lifecycle import HOLDS_MEMORY, TERMINAL, ReplicaState
+from app.settings import Settings
+from app.signature import TensorSpec, decode_tensor, encode_tensor, parse_signature, validate_inputs
+
+#: How long a resolved reference (name -> version and signature) is reused before the registry is asked again.
+REF_CACHE_S = 5.0
+
+
+def _raise_as_maas(exc: BaseException) -> MaasError:
+    if isinstance(exc, MaasError):
+        return exc
+    return MaasError(f"{type(exc).__name__}: {exc}")
+
+
+@dataclass
+class Handle:
+    """A request in flight. ``wait()`` returns its result or raises the MaasError it ended with."""
+
+    result: AsyncResult | None
+    timeout_s: float
+    done_value: Any = None
+    then: AsyncResult | None = field(default=None)  # a follow-up task the caller also waits for (unload)
+
+    @property
+    def id(self) -> str | None:
+        return self.result.id if self.result is not None else None
+
+    def ready(self) -> bool:
+        return self.result is None or self.result.ready()
+
+    def wait(self, timeout_s: float | None = None) -> Any:
+        if self.result is None:
+            return self.done_value
+        timeout = timeout_s or self.timeout_s
+        value = self._get(self.result, timeout)
+        if self.then is not None and value.get("state") not in [s.value for s in TERMINAL]:
+            value = self._get(self.then, timeout)
+        return value
+
+    @staticmethod
+    def _get(result: AsyncResult, timeout_s: float) -> Any:
+        try:
+            return result.get(timeout=timeout_s, propagate=True, disable_sync_subtasks=False)
+        except CeleryTimeout:
+            raise RequestTimeout(f"no answer to {result.id} within {timeout_s:g}s") from None
+        except Exception as exc:  # the worker's error, rebuilt by Celery from JSON
+            raise _raise_as_maas(exc) from None
+
+
+@dataclass(frozen=True)
+class _Resolved:
+    model: str
+    version: int
+    send_version: int | None  # None: serve with whichever version the replicas hold
+    inputs: tuple[TensorSpec, ...]
+    expires_at: float
+
+
+class Client:
+    def __init__(self, settings: Settings | None = None, app: Celery | None = None) -> None:
+        self.settings = settings or Settings.from_env()
+        self.app = app or create_app(self.settings)
+        self._refs: dict[str, _Resolved] = {}
+
+    @property
+    def _url(self) -> str:
+        return self.settings.sqlalchemy_url
+
+    # --- inference ----------------------------------------------------------------------------------------------
+    def infer(
+        self,
+        ref: str,
+        inputs: Mapping[str, np.ndarray] | Sequence[Mapping[str, Any]],
+        *,
+        priority: int | None = None,
+        timeout_s: float | None = None,
+    ) -> Handle:
+        """Queue one request; ``inputs`` are numpy arrays by name, or OIP tensor dicts."""
+        resolved = self._resolve(ref)
+        tensors = (
+            [encode_tensor(name, np.asarray(a)) for name, a in inputs.items()]
+            if isinstance(inputs, Mapping)
+            else [dict(t) for t in inputs]
+        )
+        validate_inputs(resolved.inputs, tensors)
+        result = self.app.send_task(
+            "maas.infer",
+            args=[resolved.model, resolved.send_version, tensors],
+            queue=model_queue(resolved.model),
+            priority=self._priority(priority),
+        )
+        return Handle(result, timeout_s or self.settings.infer_timeout_s)
+
+    def _priority(self, priority: int | None) -> int:
+        if priority is None:
+            return self.settings.default_priority
+        if not isinstance(priority, int) or not 0 <= priority <= 9:
+            raise InvalidPriority(f"priority {priority!r} must be an integer from 0 (highest) to 9 (lowest)")
+        return priority
+
+    def _resolve(self, ref: str) -> _Resolved:
+        cached = self._refs.get(ref)
+        if cached is not None and cached.expires_at > time.monotonic():
+            return cached
+        parsed = registry.parse_ref(ref)
+        with session_scope(self._url) as session:
+            version = registry.resolve(session, parsed)
+            explicit = parsed.version is not None or parsed.alias is not None
+            resolved = _Resolved(
+                parsed.model,
+                version.version,
+                version.version if explicit else None,
+                parse_signature(version.inputs),
+                time.monotonic() + REF_CACHE_S,
+            )
+        self._refs[ref] = resolved
+        return resolved
+
+    # --- lifecycle ----------------------------------------------------------------------------------------------
+    def load(self, ref: str, *, worker: str | None = None, device: int | None = None) -> Handle:
+        """Place a replica of ``ref`` (on a named worker or device, else the one with most free memory) and load it."""
+        with session_scope(self._url) as session:
+            version = registry.resolve(session, ref)
+            views = self._device_views(session)
+            existing = self._existing(session, version.id, worker, device, views)
+            if existing is not None and existing.state == ReplicaState.READY.value:
+                return Handle(None, 0, done_value=_summary(existing))
+            if existing is None:
+                target = placement.choose_device(views, version.mem_bytes, worker=worker, device=device)
+                dev = device_rows.by_worker(session, target.worker_name)
+                existing = replicas.create(session, version.id, dev.id, reason=f"load {version.ref}")
+            replica_id, worker_name = existing.id, existing.device.worker_name
+        result = self.app.send_task(
+            "maas.load", args=[replica_id], queue=control_queue(worker_name), priority=CONTROL_PRIORITY
+        )
+        return Handle(result, self.settings.load_timeout_s)
+
+    def _existing(self, session, version_id, worker, device, views) -> Replica | None:  # noqa: ANN001
+        for view in views:
+            if (worker and view.worker_name != worker) or (device is not None and view.index != device):
+                continue
+            dev = device_rows.by_worker(session, view.worker_name)
+            found = replicas.find_live(session, version_id, dev.id) if view.alive else None
+            if found is not None and (worker or device is not None or found.state == ReplicaState.READY.value):
+                return found
+        return None
+
+    def _device_views(self, session) -> list[placement.DeviceView]:  # noqa: ANN001
+        used: dict[int, int] = {}
+        for r in replicas.all_with_devices(session):
+            if ReplicaState(r.state) in HOLDS_MEMORY:
+                used[r.device_id] = used.get(r.device_id, 0) + (r.footprint_bytes or r.version.mem_bytes)
+        timeout = self.settings.heartbeat_timeout_s
+        return [
+            placement.DeviceView(
+                d.worker_name, d.index, d.label, d.mem_bytes, used.get(d.id, 0), device_rows.is_alive(d, timeout)
+            )
+            for d in device_rows.all_devices(session)
+        ]
+
+    def stop(self, ref: str, *, worker: str | None = None) -> list[Handle]:
+        """Drain and unload the live replicas of ``ref`` (all of them, or the one on ``worker``)."""
+        parsed = registry.parse_ref(ref)
+        with session_scope(self._url) as session:
+            model = registry.get_model(session, parsed.model)
+            explicit = parsed.version is not None or parsed.alias is not None
+            version_id = registry.resolve(session, parsed).id if explicit else None
+            targets = [
+                (r.id, r.device.worker_name)
+                for r in replicas.live_for_model(session, model.id)
+                if (version_id is None or r.version_id == version_id)
+                and (worker is None or r.device.worker_name == worker)
+            ]
+        handles = []
+        for replica_id, worker_name in targets:
+            unload_id = str(uuid.uuid4())
+            drain = self.app.send_task(
+                "maas.drain", args=[replica_id, unload_id], queue=control_queue(worker_name), priority=CONTROL_PRIORITY
+            )
+            handles.append(Handle(drain, self.settings.load_timeout_s, then=AsyncResult(unload_id, app=self.app)))
+        return handles
+
+    # --- views ----------------------------------------------------------------------------------------------------
+    def replicas(self, include_terminal: bool = False) -> list[dict[str, Any]]:
+        with session_scope(self._url) as session:
+            return [_summary(r) for r in replicas.all_with_devices(session, include_terminal)]
+
+    def devices(self) -> list[dict[str, Any]]:
+        with session_scope(self._url) as session:
+            views = {v.worker_name: v for v in self._device_views(session)}
+            return [_device(d, views[d.worker_name]) for d in device_rows.all_devices(session)]
+
+    def history(self, model: str) -> list[dict[str, Any]]:
+        """Every lifecycle transition of every replica of ``model``, oldest first."""
+        from sqlalchemy import select
+
+        from app.db.schema import ModelVersion, ReplicaEvent
+
+        with session_scope(self._url) as session:
+            m = registry.get_model(session, model)
+            rows = session.execute(
+                select(ReplicaEvent, Replica, ModelVersion, Device)
+                .join(Replica, ReplicaEvent.replica_id == Replica.id)
+                .join(ModelVersion, Replica.version_id == ModelVersion.id)
+                .join(Device, Replica.device_id == Device.id)
+                .where(ModelVersion.model_id == m.id)
+                .order_by(ReplicaEvent.at, ReplicaEvent.id)
+            ).all()
+            return [
+                {
+                    "at": e.at.isoformat(),
+                    "replica": r.id,
+                    "version": v.version,
+                    "worker": d.worker_name,
+                    "from": e.from_state,
+                    "to": e.to_state,
+                    "reason": e.reason,
+                }
+                for e, r, v, d in rows
+            ]
+
+
+def outputs_as_arrays(answer: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """An infer answer's OIP output tensors as numpy arrays by name."""
+    return {t["name"]: decode_tensor(t) for t in answer["outputs"]}
+
+
+def _summary(r: Replica) -> dict[str, Any]:
+    return {
+        "replica": r.id,
+        "model": r.version.model.name,
+        "version": r.version.version,
+        "worker": r.device.worker_name,
+        "device_kind": r.device.kind,
+        "state": r.state,
+        "reason": r.reason,
+        "footprint_bytes": r.footprint_bytes,
+        "updated_at": r.updated_at.isoformat(),
+    }
+
+
+def _device(d: Device, view: placement.DeviceView) -> dict[str, Any]:
+    return {
+        "worker": d.worker_name,
+        "host": d.host,
+        "index": d.index,
+        "name": d.name,
+        "kind": d.kind,
+        "label": d.label,
+        "mem_bytes": d.mem_bytes,
+        "used_bytes": view.used_bytes,
+        "alive": view.alive,
+        "status": d.status,
+        "heartbeat_at": d.heartbeat_at.isoformat(),
+    }

@@ -1,0 +1,1 @@
+"""Durable state: the schema (``schema``), the engine and sessions (``session``), and the operations on them."""

@@ -1,0 +1,66 @@
+"""Device rows: registration by workers, heartbeats, and the liveness view used by placement and the reaper."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.db.schema import Device, utcnow
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """What a worker knows about the device it is pinned to (from NVML, or declared)."""
+
+    index: int
+    uuid: str
+    name: str
+    kind: str  # gpu | virtual
+    mem_bytes: int
+
+
+def register(session: Session, worker_name: str, host: str, info: DeviceInfo) -> Device:
+    """Insert or refresh the device row of a starting worker."""
+    device = session.scalars(select(Device).where(Device.worker_name == worker_name)).first()
+    if device is None:
+        device = Device(worker_name=worker_name)
+        session.add(device)
+    device.host, device.index, device.uuid, device.name = host, info.index, info.uuid, info.name
+    device.kind, device.mem_bytes, device.status = info.kind, info.mem_bytes, "online"
+    device.started_at = device.heartbeat_at = utcnow()
+    session.flush()
+    return device
+
+
+def heartbeat(session: Session, worker_name: str) -> None:
+    device = session.scalars(select(Device).where(Device.worker_name == worker_name)).first()
+    if device is not None:
+        device.heartbeat_at = utcnow()
+        device.status = "online"
+
+
+def mark(session: Session, worker_name: str, status: str) -> None:
+    device = session.scalars(select(Device).where(Device.worker_name == worker_name)).first()
+    if device is not None:
+        device.status = status
+
+
+def by_worker(session: Session, worker_name: str) -> Device | None:
+    return session.scalars(select(Device).where(Device.worker_name == worker_name)).first()
+
+
+def all_devices(session: Session) -> list[Device]:
+    return list(session.scalars(select(Device).order_by(Device.host, Device.index, Device.worker_name)))
+
+
+def as_utc(when: dt.datetime) -> dt.datetime:
+    # SQLite hands back naive datetimes even for timezone-aware columns; they were written in UTC.
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+
+
+def is_alive(device: Device, heartbeat_timeout_s: float, now: dt.datetime | None = None) -> bool:
+    now = now or utcnow()
+    return device.status == "online" and (now - as_utc(device.heartbeat_at)).total_seconds() <= heartbeat_timeout_s

@@ -1,0 +1,91 @@
+"""Replica rows and their lifecycle transitions, each one recorded as a timestamped event."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, joinedload
+
+from app.db.schema import Device, Replica, ReplicaEvent, utcnow
+from app.errors import UnknownReplica
+from app.lifecycle import HOLDS_MEMORY, TERMINAL, ReplicaState, check_transition
+
+
+def get(session: Session, replica_id: int, *, lock: bool = False) -> Replica:
+    stmt = (
+        select(Replica).where(Replica.id == replica_id).options(joinedload(Replica.version), joinedload(Replica.device))
+    )
+    if lock:
+        stmt = stmt.with_for_update(of=Replica)
+    replica = session.scalars(stmt).first()
+    if replica is None:
+        raise UnknownReplica(f"replica {replica_id} does not exist")
+    return replica
+
+
+def create(session: Session, version_id: int, device_id: int, reason: str = "") -> Replica:
+    replica = Replica(version_id=version_id, device_id=device_id, state=ReplicaState.PENDING.value, reason=reason)
+    session.add(replica)
+    session.flush()
+    session.add(
+        ReplicaEvent(replica_id=replica.id, from_state=None, to_state=ReplicaState.PENDING.value, reason=reason)
+    )
+    return replica
+
+
+def transition(session: Session, replica: Replica, dst: ReplicaState, reason: str = "") -> ReplicaState:
+    """Move ``replica`` to ``dst`` (raises IllegalTransition) and record the event; returns the old state."""
+    src = ReplicaState(replica.state)
+    check_transition(src, dst, replica=str(replica.id))
+    replica.state = dst.value
+    replica.updated_at = utcnow()
+    if reason or dst is ReplicaState.FAILED:
+        replica.reason = reason
+    session.add(ReplicaEvent(replica_id=replica.id, from_state=src.value, to_state=dst.value, reason=reason))
+    return src
+
+
+def live_on_device(session: Session, device_id: int) -> list[Replica]:
+    """Replicas on a device that are not yet STOPPED or FAILED."""
+    stmt = (
+        select(Replica)
+        .where(Replica.device_id == device_id, Replica.state.not_in([s.value for s in TERMINAL]))
+        .options(joinedload(Replica.version))
+        .order_by(Replica.id)
+    )
+    return list(session.scalars(stmt))
+
+
+def find_live(session: Session, version_id: int, device_id: int) -> Replica | None:
+    stmt = select(Replica).where(
+        Replica.version_id == version_id,
+        Replica.device_id == device_id,
+        Replica.state.in_([s.value for s in HOLDS_MEMORY]),
+    )
+    return session.scalars(stmt.order_by(Replica.id.desc())).first()
+
+
+def live_for_model(session: Session, model_id: int) -> list[Replica]:
+    from app.db.schema import ModelVersion
+
+    stmt = (
+        select(Replica)
+        .join(ModelVersion, Replica.version_id == ModelVersion.id)
+        .where(ModelVersion.model_id == model_id, Replica.state.not_in([s.value for s in TERMINAL]))
+        .options(joinedload(Replica.device), joinedload(Replica.version))
+        .order_by(Replica.id)
+    )
+    return list(session.scalars(stmt))
+
+
+def all_with_devices(session: Session, include_terminal: bool = False) -> list[Replica]:
+    stmt = select(Replica).options(joinedload(Replica.device), joinedload(Replica.version)).order_by(Replica.id)
+    if not include_terminal:
+        stmt = stmt.where(Replica.state.not_in([s.value for s in TERMINAL]))
+    return list(session.scalars(stmt))
+
+
+def fail_all_on_device(session: Session, device: Device, reason: str) -> list[Replica]:
+    failed = live_on_device(session, device.id)
+    for replica in failed:
+        transition(session, replica, ReplicaState.FAILED, reason)
+    return failed

@@ -1,0 +1,179 @@
+"""Typed settings, read once from the environment.
+
+Every option is an environment variable (listed in ``FIELDS``); an invalid value fails at start with a
+:class:`~app.errors.ConfigError` naming the variable. Nothing else in the project reads ``os.environ`` for
+configuration, so this module is the whole list of knobs (docker-compose.yml is checked against it).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from app.errors import ConfigError
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "B": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4}
+
+
+def parse_size_bytes(text: str) -> int:
+    """Parse ``"8GiB"``, ``"512MiB"``, ``"2G"`` or ``"1048576"`` into bytes (binary units for ``Ki``/``Mi``...)."""
+    match = _SIZE_RE.match(text)
+    if not match:
+        raise ValueError(f"not a size: {text!r} (use e.g. 8GiB, 512MiB or a number of bytes)")
+    number, unit = float(match.group(1)), (match.group(2) or "").upper()
+    binary = "I" in unit
+    letter = unit[:1] if unit not in ("", "B") else unit
+    scale = 1024 ** "BKMGT".index(letter) if binary else _UNITS[letter]
+    return int(number * scale)
+
+
+def parse_virtual_devices(text: str) -> tuple[int, ...]:
+    """Parse a virtual device declaration into one memory budget per device.
+
+    ``"2x8GiB"`` is two devices of 8 GiB; ``"8GiB,16GiB"`` is one of each; ``""`` declares none.
+    """
+    budgets: list[int] = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        count, _, size = part.rpartition("x") if "x" in part.lower() else ("1", "", part)
+        if not count.strip().isdigit() or int(count) < 1:
+            raise ValueError(f"bad device count in {part!r} (use e.g. 2x8GiB)")
+        budgets.extend([parse_size_bytes(size)] * int(count))
+    return tuple(budgets)
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise ValueError("must be > 0")
+    return value
+
+
+def _priority(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 9:
+        raise ValueError("must be an integer from 0 (highest) to 9 (lowest)")
+    return value
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}")
+        return text
+
+    return parse
+
+
+def _basic_auth(text: str) -> str:
+    for pair in filter(None, text.split(",")):
+        user, sep, password = pair.partition(":")
+        if not (user and sep and password):
+            raise ValueError("must be user:password (comma-separated for several users)")
+    return text
+
+
+def _env(var: str, parse: Callable[[str], Any], default: Any, help: str) -> Any:
+    return field(default=default, metadata={"env": var, "parse": parse, "help": help})
+
+
+def _default_home() -> Path:
+    return Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "maas"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The whole configuration of a fleet component; build it with :meth:`from_env`."""
+
+    redis_url: str = _env("REDIS_URL", str, "redis://localhost:6379/0", "Broker and result backend")
+    database_url: str = _env("DATABASE_URL", str, "", "SQLAlchemy URL; empty means SQLite under MAAS_HOME")
+    home: Path = _env("MAAS_HOME", Path, None, "State directory: SQLite file, artifact store, beat schedule")
+    device_mode: str = _env(
+        "MAAS_DEVICE_MODE",
+        _choice("auto", "nvml", "virtual"),
+        "auto",
+        "auto: NVML if a driver answers, else virtual devices",
+    )
+    virtual_devices: tuple[int, ...] = _env(
+        "MAAS_VIRTUAL_DEVICES",
+        parse_virtual_devices,
+        (8 * 1024**3,) * 2,
+        "Virtual devices when there is no GPU, e.g. 2x8GiB or 8GiB,16GiB",
+    )
+    default_priority: int = _env("MAAS_DEFAULT_PRIORITY", _priority, 5, "Priority of a request that names none")
+    visibility_timeout_s: float = _env(
+        "MAAS_VISIBILITY_TIMEOUT_S",
+        _positive_float,
+        1800.0,
+        "Redis redelivers an unacknowledged message after this long; must exceed the longest load or request",
+    )
+    load_timeout_s: float = _env("MAAS_LOAD_TIMEOUT_S", _positive_float, 600.0, "Longest a model load may take")
+    infer_timeout_s: float = _env("MAAS_INFER_TIMEOUT_S", _positive_float, 60.0, "Client wait for an answer")
+    result_expires_s: float = _env("MAAS_RESULT_EXPIRES_S", _positive_float, 3600.0, "Results kept in Redis")
+    heartbeat_s: float = _env("MAAS_HEARTBEAT_S", _positive_float, 5.0, "Worker heartbeat period")
+    heartbeat_timeout_s: float = _env(
+        "MAAS_HEARTBEAT_TIMEOUT_S", _positive_float, 30.0, "A worker silent this long is marked lost"
+    )
+    reap_period_s: float = _env("MAAS_REAP_PERIOD_S", _positive_float, 10.0, "Beat: how often lost workers are reaped")
+    max_artifact_bytes: int = _env(
+        "MAAS_MAX_ARTIFACT_BYTES", parse_size_bytes, 4 * 1024**3, "Largest artifact accepted, e.g. 4GiB"
+    )
+    worker_name: str = _env("MAAS_WORKER_NAME", str, "", "Worker node name; default gpu<N>@<host>")
+    log_level: str = _env("MAAS_LOG_LEVEL", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "INFO", "Log level")
+    log_format: str = _env("MAAS_LOG_FORMAT", _choice("json", "text"), "json", "json lines or plain text")
+    flower_basic_auth: str = _env(
+        "MAAS_FLOWER_BASIC_AUTH", _basic_auth, "", "user:password for Flower; required unless --local"
+    )
+    flower_port: int = _env("MAAS_FLOWER_PORT", int, 5555, "Flower's port")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read every variable in ``FIELDS``; raise ConfigError naming the first invalid one."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            var, parse = f.metadata["env"], f.metadata["parse"]
+            raw = env.get(var)
+            if raw is None or raw == "" and f.name not in ("virtual_devices",):
+                continue
+            try:
+                values[f.name] = parse(raw)
+            except (ValueError, TypeError) as exc:
+                raise ConfigError(f"{var}={raw!r} is invalid: {exc}") from None
+        settings = cls(**values)
+        if settings.home is None:
+            object.__setattr__(settings, "home", _default_home())
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Cross-field checks that no single variable can make."""
+        if self.visibility_timeout_s <= self.load_timeout_s:
+            raise ConfigError(
+                f"MAAS_VISIBILITY_TIMEOUT_S={self.visibility_timeout_s:g} must exceed "
+                f"MAAS_LOAD_TIMEOUT_S={self.load_timeout_s:g}: Redis would redeliver a load still running"
+            )
+        if self.heartbeat_timeout_s <= self.heartbeat_s:
+            raise ConfigError(
+                f"MAAS_HEARTBEAT_TIMEOUT_S={self.heartbeat_timeout_s:g} must exceed "
+                f"MAAS_HEARTBEAT_S={self.heartbeat_s:g}"
+            )
+        if not self.redis_url.startswith(("redis://", "rediss://", "unix://", "redis+socket://")):
+            raise ConfigError(f"REDIS_URL={self.redis_url!r} is invalid: use redis://, rediss:// or redis+socket://")
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """DATABASE_URL, or the embedded SQLite file under MAAS_HOME."""
+        return self.database_url or f"sqlite:///{self.home / 'maas.db'}"
+
+    @property
+    def artifact_dir(self) -> Path:
+        return self.home / "artifacts"
+
+
+#: (variable, help) for every setting, for ``maas config`` and the compose check.
+FIELDS: tuple[tuple[str, str], ...] = tuple((f.metadata["env"], f.metadata["help"]) for f in fields(Settings))

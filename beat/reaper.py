@@ -1,0 +1,43 @@
+"""Marking workers lost when their heartbeats stop, and failing the replicas they held.
+
+Redis keeps the requests waiting in a model's queue; they are served by any other replica, or by a new one.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from app import logs
+from app.db import devices, replicas
+from app.db.schema import utcnow
+from app.db.session import session_scope
+from app.settings import Settings
+
+log = logging.getLogger("maas.beat")
+
+
+def reap(settings: Settings) -> list[str]:
+    """Mark every online device whose heartbeat is older than the timeout as lost; return their worker names."""
+    now = utcnow()
+    lost = []
+    with session_scope(settings.sqlalchemy_url) as session:
+        for device in devices.all_devices(session):
+            if device.status != "online" or devices.is_alive(device, settings.heartbeat_timeout_s, now):
+                continue
+            silent_s = (now - devices.as_utc(device.heartbeat_at)).total_seconds()
+            reason = f"worker lost: no heartbeat from {device.worker_name} for {silent_s:.0f}s"
+            device.status = "lost"
+            for replica in replicas.fail_all_on_device(session, device, reason):
+                logs.event(
+                    log,
+                    "replica_transition",
+                    logging.WARNING,
+                    replica=replica.id,
+                    model=replica.version.model.name,
+                    version=replica.version.version,
+                    worker=device.worker_name,
+                    to_state="FAILED",
+                    reason=reason,
+                )
+            lost.append(device.worker_name)
+    return lost

@@ -1,0 +1,99 @@
+"""The allocation core's input and output types: a fleet snapshot in, a placement plan out.
+
+Pure data: nothing here touches Celery, the database or a GPU. Beat fills a `Snapshot` from the database and
+NVML, `beat.solver.solve` turns it into a `Plan`, `beat.planner.plan_moves` turns the plan into ordered moves.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class PlanStatus(enum.StrEnum):
+    """How the plan was obtained; anything but INFEASIBLE carries a usable placement."""
+
+    OPTIMAL = "optimal"  # the exact MILP, solved to the requested gap
+    FEASIBLE_TIME_LIMIT = "feasible_time_limit"  # the time limit stopped the MILP; best incumbent returned
+    FEASIBLE_HEURISTIC = "feasible_heuristic"  # large fleet: pruned candidates + LP fixing, sub-MILP finished
+    KEPT_CURRENT = "kept_current"  # the current placement scored at least as well as anything found
+    FALLBACK_GREEDY = "fallback_greedy"  # no MILP solver answered; demand-per-GB greedy used
+    INFEASIBLE = "infeasible"  # pinned devices / min replicas cannot all be honoured
+
+
+@dataclass(frozen=True)
+class Device:
+    """A GPU (or a virtual device such as a CPU pool) that replicas are loaded onto."""
+
+    id: str
+    mem_bytes: int
+    #: relative throughput factor, 1.0 = the reference card the service times were measured on
+    speed: float = 1.0
+    kind: str = "gpu"  # "gpu" or "virtual"
+
+
+@dataclass(frozen=True)
+class ModelDemand:
+    """One model as the solver sees it this round."""
+
+    name: str
+    mem_bytes: int
+    #: arrival-rate EWMA plus the rate needed to drain the backlog
+    demand_per_s: float
+    #: seconds per request on a speed-1.0 device; a replica on device g serves at most speed_g / service_s
+    service_s: float
+    weight: float = 1.0
+    min_replicas: int = 0
+    max_replicas: int | None = None
+    #: device ids the model must be on (operator pinning)
+    pinned: tuple[str, ...] = ()
+    #: device ids the model is loaded on now
+    current: tuple[str, ...] = ()
+    #: seconds to load one replica; the migration cost is derived from it
+    load_cost_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything one solver round needs; the knobs have defaults that suit beat's re-solve period."""
+
+    devices: tuple[Device, ...]
+    models: tuple[ModelDemand, ...]
+    #: max time share of a device that replicas may use (headroom for bursts)
+    rho: float = 0.9
+    #: max loads + unloads this round; None = unlimited
+    move_budget: int | None = None
+    #: scales the migration term; 0 turns hysteresis off
+    migration_weight: float = 1.0
+    #: amortisation horizon H: a load's cost is spread over this many seconds of serving
+    horizon_s: float = 600.0
+    #: theta, weight of the max-min fairness term (share of every model's demand served)
+    fairness_weight: float = 0.05
+    #: wall-clock budget for the whole solve (build, LP, MILP, polish)
+    time_limit_s: float = 5.0
+    #: relative MIP gap at which the solver may stop
+    gap: float = 0.01
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Target placement and routing. `rates[(model, device)]` is the request rate to send to that replica."""
+
+    placement: dict[str, tuple[str, ...]]
+    rates: dict[tuple[str, str], float]
+    served_per_s: float
+    objective: float
+    #: LP-relaxation bound of the problem the solver worked on (pruned candidates on large fleets)
+    bound: float
+    gap: float
+    status: PlanStatus
+    solver: str
+    build_s: float
+    solve_s: float
+    #: models left out of the problem, with a reason a person can act on
+    infeasible_models: list[tuple[str, str]] = field(default_factory=list)
+    #: whether the max-min fairness term was used (dropped when memory is over-subscribed)
+    fairness: bool = True
+
+    def replica_count(self) -> int:
+        return sum(len(devices) for devices in self.placement.values())

@@ -1,0 +1,42 @@
+"""The in-process model cache of one worker: which versions it holds, and their runtimes and signatures."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from app.signature import TensorSpec
+from workers.runtimes.base import Runtime
+
+
+@dataclass
+class Loaded:
+    replica_id: int
+    model: str
+    version: int
+    runtime: Runtime
+    inputs: tuple[TensorSpec, ...]
+    footprint_bytes: int
+
+
+class ModelCache:
+    def __init__(self) -> None:
+        self._by_key: dict[tuple[str, int], Loaded] = {}
+
+    def put(self, loaded: Loaded) -> None:
+        self._by_key[(loaded.model, loaded.version)] = loaded
+
+    def pop(self, model: str, version: int) -> Loaded | None:
+        return self._by_key.pop((model, version), None)
+
+    def get(self, model: str, version: int | None) -> Loaded | None:
+        """The exact version, or with ``version=None`` the newest version of the model held here."""
+        if version is not None:
+            return self._by_key.get((model, version))
+        held = [v for (m, v) in self._by_key if m == model]
+        return self._by_key[(model, max(held))] if held else None
+
+    def versions_of(self, model: str) -> list[int]:
+        return sorted(v for (m, v) in self._by_key if m == model)
+
+    def __len__(self) -> int:
+        return len(self._by_key)

@@ -1,0 +1,106 @@
+"""``maas worker --device N``: pin the device, register it, then run a solo-pool Celery worker.
+
+Order matters: the device is pinned (CUDA_VISIBLE_DEVICES) before any module that could initialise CUDA is
+imported, and the model cache lives in this one process, so the solo pool is used (prefork would fork after
+CUDA is initialised, which CUDA forbids).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+from celery import bootsteps, signals
+
+from app import logs
+from app.celery_app import CONTROL_PRIORITY, SYSTEM_QUEUE, control_queue, create_app
+from app.db import devices, replicas
+from app.db.migrate import ensure_current
+from app.db.session import session_scope
+from app.settings import Settings
+from workers import context
+from workers import devices as device_discovery
+from workers.heartbeat import Heartbeat
+
+log = logging.getLogger("maas.worker")
+
+
+class _CaptureConsumer(bootsteps.StartStopStep):
+    """Hands the Celery consumer to the worker context, so tasks can add and cancel queues on it."""
+
+    requires = {"celery.worker.consumer.tasks:Tasks"}
+
+    def start(self, c) -> None:  # noqa: ANN001 - celery Consumer
+        context.current().consumer = c
+
+
+def _take_over_previous_life(settings: Settings, device_id: int, worker_name: str) -> list[int]:
+    """Replicas a previous run of this worker held are gone from memory: fail them and plan fresh loads."""
+    reason = "worker restarted: its in-memory copy was lost"
+    reload_ids = []
+    with session_scope(settings.sqlalchemy_url) as session:
+        for old in replicas.fail_all_on_device(session, devices.by_worker(session, worker_name), reason):
+            fresh = replicas.create(session, old.version_id, device_id, reason=f"reload of replica {old.id}")
+            reload_ids.append(fresh.id)
+    return reload_ids
+
+
+def run(settings: Settings, device_index: int, loglevel: str | None = None) -> None:
+    logs.configure(loglevel or settings.log_level, settings.log_format)
+    found = device_discovery.discover(settings)
+    device = device_discovery.pick(found, device_index)
+    device_discovery.pin(device)
+    host = socket.gethostname()
+    worker_name = settings.worker_name or f"gpu{device.index}@{host}"
+    ensure_current(settings.sqlalchemy_url)
+    with session_scope(settings.sqlalchemy_url) as session:
+        device_id = devices.register(session, worker_name, host, device).id
+    reload_ids = _take_over_previous_life(settings, device_id, worker_name)
+    context.CURRENT = context.WorkerContext(settings, worker_name, device, device_id)
+
+    app = create_app(settings)
+    from workers.tasks import register
+
+    register(app)
+    app.steps["consumer"].add(_CaptureConsumer)
+    heartbeat = Heartbeat(settings.sqlalchemy_url, worker_name, settings.heartbeat_s)
+
+    @signals.worker_ready.connect(weak=False)
+    def _ready(**_kw) -> None:
+        heartbeat.start()
+        for replica_id in reload_ids:
+            app.send_task("maas.load", args=[replica_id], queue=control_queue(worker_name), priority=CONTROL_PRIORITY)
+        logs.event(
+            log,
+            "worker_ready",
+            worker=worker_name,
+            device=device.name,
+            kind=device.kind,
+            mem_bytes=device.mem_bytes,
+            reloading=reload_ids,
+        )
+
+    @signals.worker_shutdown.connect(weak=False)
+    def _shutdown(**_kw) -> None:
+        heartbeat.stop()
+        with session_scope(settings.sqlalchemy_url) as session:
+            devices.mark(session, worker_name, "offline")
+        logs.event(log, "worker_stopped", worker=worker_name)
+
+    app.worker_main(
+        [
+            "worker",
+            "--hostname",
+            worker_name,
+            "--pool",
+            "solo",
+            "--concurrency",
+            "1",
+            "--queues",
+            f"{control_queue(worker_name)},{SYSTEM_QUEUE}",
+            "--loglevel",
+            loglevel or settings.log_level,
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )

@@ -1,0 +1,96 @@
+"""The Celery tasks a worker runs. Thin: each one unpacks its message and calls the logic it names.
+
+Task names are the wire contract with producers (``app.client`` sends them by name and never imports this module).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery
+from celery.exceptions import Reject
+
+from app import logs
+from app.celery_app import CONTROL_PRIORITY, control_queue
+from app.errors import MaasError, NotLoaded
+from app.signature import decode_tensor, encode_tensor, validate_inputs
+from workers import lifecycle
+from workers.context import current
+
+log = logging.getLogger("maas.worker")
+
+
+def infer(model: str, version: int | None, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+    ctx = current()
+    loaded = ctx.cache.get(model, version)
+    if loaded is None:
+        if not ctx.cache.versions_of(model):
+            # We consume the queue a moment longer than we hold the model (the cancel runs after the unload
+            # task). Give the message back for a replica that holds it; it is not lost and not failed.
+            raise Reject(f"{model} is not held by {ctx.worker_name}", requeue=True)
+        raise NotLoaded(f"{model}:{version} is not loaded; this replica serves versions {ctx.cache.versions_of(model)}")
+    try:
+        validate_inputs(loaded.inputs, inputs)
+        arrays = {t["name"]: decode_tensor(t) for t in inputs}
+        outputs = loaded.runtime.infer(arrays)
+    except MaasError as exc:
+        logs.event(
+            log,
+            "request_failed",
+            logging.WARNING,
+            model=model,
+            version=loaded.version,
+            worker=ctx.worker_name,
+            code=exc.code,
+            reason=exc.message,
+        )
+        raise
+    return {
+        "model_name": model,
+        "model_version": loaded.version,
+        "outputs": [encode_tensor(name, array) for name, array in outputs.items()],
+    }
+
+
+def register(app: Celery) -> None:
+    """Define every worker task on ``app``."""
+
+    @app.task(name="maas.infer")
+    def infer_task(model: str, version: int | None, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        return infer(model, version, inputs)
+
+    @app.task(name="maas.load")
+    def load_task(replica_id: int) -> dict[str, Any]:
+        return lifecycle.load(current(), replica_id)
+
+    @app.task(name="maas.drain")
+    def drain_task(replica_id: int, unload_task_id: str | None = None) -> dict[str, Any]:
+        ctx = current()
+        info, then_unload = lifecycle.drain(ctx, replica_id)
+        if then_unload:
+            # A separate message, so the queue cancel (run on the event loop after this task) happens before the
+            # runtime is released: nothing is consumed for a model while it unloads.
+            app.send_task(
+                "maas.unload",
+                args=[replica_id],
+                queue=control_queue(ctx.worker_name),
+                priority=CONTROL_PRIORITY,
+                task_id=unload_task_id,
+            )
+        return info
+
+    @app.task(name="maas.unload")
+    def unload_task(replica_id: int) -> dict[str, Any]:
+        return lifecycle.unload(current(), replica_id)
+
+    @app.task(name="maas.ping")
+    def ping_task(payload: Any = None) -> Any:
+        """A bare task for the dispatch benchmark: the cost of Celery itself on this broker and pool."""
+        return payload
+
+    @app.task(name="maas.reap")
+    def reap_task() -> list[str]:
+        from beat.reaper import reap
+
+        return reap(app.maas_settings)  # type: ignore[attr-defined]
