@@ -119,6 +119,10 @@ def validate_inputs(specs: Sequence[TensorSpec], tensors: Sequence[Mapping[str, 
         shape = tensor.get("shape")
         if not isinstance(shape, list) or not spec.accepts_shape(shape):
             raise InvalidInput(f"input {name!r}: shape {shape}, the model expects {list(spec.shape)} (-1 = any)")
+        data, count = tensor.get("data"), int(np.prod(shape)) if shape else 1
+        if not isinstance(data, list) or len(data) != count:
+            got = len(data) if isinstance(data, list) else type(data).__name__
+            raise InvalidInput(f"tensor {name!r}: shape {shape} needs {count} values, data has {got}")
     missing = sorted(set(by_name) - seen)
     if missing:
         raise InvalidInput(f"missing input tensor(s) {missing}")

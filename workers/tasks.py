@@ -50,17 +50,18 @@ def infer(model: str, version: int | None, inputs: list[dict[str, Any]]) -> dict
         "model_name": model,
         "model_version": loaded.version,
         "outputs": [encode_tensor(name, array) for name, array in outputs.items()],
+        "parameters": {"worker": ctx.worker_name},
     }
 
 
 def register(app: Celery) -> None:
     """Define every worker task on ``app``."""
 
-    @app.task(name="maas.infer")
+    @app.task(name="maas.infer", throws=(MaasError,))
     def infer_task(model: str, version: int | None, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         return infer(model, version, inputs)
 
-    @app.task(name="maas.load")
+    @app.task(name="maas.load", throws=(MaasError,))
     def load_task(replica_id: int) -> dict[str, Any]:
         return lifecycle.load(current(), replica_id)
 

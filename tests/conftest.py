@@ -1,0 +1,109 @@
+"""Fixtures: real redis-server and PostgreSQL for the session, a fresh database and Redis per test.
+
+Set REDIS_URL / TEST_DATABASE_URL to use servers you already run instead of throwaway ones.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+
+from app.localservers import create_database, start_postgres, start_redis
+from tests.fleet import Fleet
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    if os.environ.get("TEST_REDIS_URL"):
+        yield os.environ["TEST_REDIS_URL"]
+        return
+    server = start_redis()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    if os.environ.get("TEST_DATABASE_URL"):
+        yield os.environ["TEST_DATABASE_URL"]
+        return
+    server = start_postgres()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def env(request: pytest.FixtureRequest, redis_url: str, postgres_url: str, tmp_path: Path) -> dict[str, str]:
+    """Environment of one test's fleet: its own database, an empty Redis, short heartbeats."""
+    redis.Redis.from_url(redis_url).flushall()
+    # Unique per test (parametrized ids can share a long prefix); the suffix keeps names readable in psql.
+    db_name = "t_" + re.sub(r"[^a-z0-9]+", "_", request.node.name.lower())[:40] + "_" + uuid.uuid4().hex[:8]
+    db_url = create_database(postgres_url, db_name)
+    from app.db.migrate import upgrade
+
+    upgrade(db_url)
+    return {
+        "REDIS_URL": redis_url,
+        "DATABASE_URL": db_url,
+        "MAAS_HOME": str(tmp_path / "home"),
+        "MAAS_VIRTUAL_DEVICES": "2x2GiB",
+        "MAAS_HEARTBEAT_S": "0.5",
+        "MAAS_HEARTBEAT_TIMEOUT_S": "3",
+        "MAAS_LOG_FORMAT": "json",
+    }
+
+
+@pytest.fixture
+def settings(env: dict[str, str]):
+    from app.settings import Settings
+
+    return Settings.from_env(env)
+
+
+@pytest.fixture
+def client(settings):
+    from app.client import Client
+
+    return Client(settings)
+
+
+@pytest.fixture
+def fleet(env: dict[str, str], tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Fleet]:
+    logdir = tmp_path / "logs"
+    logdir.mkdir()
+    fleet = Fleet(env, logdir)
+    yield fleet
+    fleet.stop()
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        print(fleet.logs())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):  # noqa: ANN001
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, f"rep_{rep.when}", rep)
+
+
+@pytest.fixture(scope="session")
+def iris(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A logistic-regression classifier on scikit-learn's iris data, exported to ONNX."""
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+    from skl2onnx import to_onnx
+
+    x, y = load_iris(return_X_y=True)
+    x = x.astype(np.float32)
+    model = LogisticRegression(max_iter=1000).fit(x, y)
+    onx = to_onnx(model, x[:1], options={id(model): {"zipmap": False}}, target_opset=17)
+    path = tmp_path_factory.mktemp("models") / "iris.onnx"
+    path.write_bytes(onx.SerializeToString())
+    return {"path": path, "x": x, "y": y, "expected": model.predict(x)}
