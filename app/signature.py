@@ -53,7 +53,9 @@ class TensorSpec:
         return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
 
     def accepts_shape(self, shape: Sequence[int]) -> bool:
-        return len(shape) == len(self.shape) and all(want in (-1, got) for want, got in zip(self.shape, shape, strict=True))
+        return len(shape) == len(self.shape) and all(
+            want in (-1, got) for want, got in zip(self.shape, shape, strict=True)
+        )
 
 
 def parse_signature(raw: Iterable[Mapping[str, Any]]) -> tuple[TensorSpec, ...]:

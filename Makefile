@@ -1,0 +1,38 @@
+# The two commands a new machine needs: `make demo` and `make test`. Everything else is a convenience.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test test-unit lint bench services clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Register, load, serve and stop a real model on a fleet started from nothing (Redis and workers included).
+demo: install
+	$(BIN)/python -m app.demo
+
+## The whole suite against real redis-server, PostgreSQL and worker processes (installed with apt-get if absent).
+test: install services
+	$(BIN)/python -m pytest
+
+test-unit: install
+	$(BIN)/python -m pytest tests/unit
+
+services:
+	bash scripts/ensure-services.sh
+
+lint: install
+	$(BIN)/ruff check .
+
+bench: install
+	$(BIN)/python -m bench.dispatch
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
