@@ -16,7 +16,7 @@ from app.db.schema import ModelVersion
 from app.db.session import session_scope
 from tests.fleet import wait_for
 from tests.integration.test_end_to_end import register
-from tests.models import add_one, reshape_to_2x2
+from bench.models import add_one, reshape_to_2x2
 
 pytestmark = pytest.mark.integration
 X = np.zeros((1, 4), dtype=np.float32)

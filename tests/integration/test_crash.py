@@ -7,7 +7,7 @@ import pytest
 
 from tests.fleet import wait_for
 from tests.integration.test_end_to_end import register
-from tests.models import add_one, mlp
+from bench.models import add_one, mlp
 
 pytestmark = pytest.mark.integration
 

@@ -64,7 +64,7 @@ def test_load_and_stop_are_idempotent(settings, client, fleet, iris):
 
 
 def test_alias_selects_the_version_and_explicit_versions_are_served_exactly(settings, client, fleet, iris, tmp_path):
-    from tests.models import add_one
+    from bench.models import add_one
 
     register(settings, "m", add_one(tmp_path / "a.onnx", width=4))
     register(settings, "m", add_one(tmp_path / "b.onnx", width=4), description="v2")

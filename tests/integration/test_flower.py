@@ -15,7 +15,7 @@ import pytest
 from app.localservers import free_port
 from tests.fleet import wait_for
 from tests.integration.test_end_to_end import register
-from tests.models import add_one
+from bench.models import add_one
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ import pytest
 from celery.result import AsyncResult
 
 from tests.integration.test_end_to_end import register
-from tests.models import add_one
+from bench.models import add_one
 
 pytestmark = pytest.mark.integration
 

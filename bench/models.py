@@ -1,4 +1,4 @@
-"""Small ONNX graphs built with onnx.helper, for tests and benchmarks."""
+"""Small ONNX graphs built with onnx.helper, for benchmarks, tests and the demo."""
 
 from __future__ import annotations
 
