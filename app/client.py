@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import redis
 from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult
 
-from app import placement, registry
+from app import ledger, placement, registry
 from app.celery_app import CONTROL_PRIORITY, control_queue, create_app, model_queue
 from app.db import devices as device_rows
 from app.db import replicas
@@ -87,6 +88,7 @@ class Client:
         self.settings = settings or Settings.from_env()
         self.app = app or create_app(self.settings)
         self._refs: dict[str, _Resolved] = {}
+        self._redis = redis.Redis.from_url(self.settings.redis_url)
 
     @property
     def _url(self) -> str:
@@ -109,12 +111,14 @@ class Client:
             else [dict(t) for t in inputs]
         )
         validate_inputs(resolved.inputs, tensors)
-        result = self.app.send_task(
-            "maas.infer",
-            args=[resolved.model, resolved.send_version, tensors],
-            queue=model_queue(resolved.model),
-            priority=self._priority(priority),
+        args, queue, level = (
+            [resolved.model, resolved.send_version, tensors],
+            model_queue(resolved.model),
+            self._priority(priority),
         )
+        result = self.app.send_task("maas.infer", args=args, queue=queue, priority=level)
+        # After the publish: a failed publish raises to the caller and must not be resent later by the sweep.
+        ledger.record(self._redis, result.id, "maas.infer", queue, level, args)
         return Handle(result, timeout_s or self.settings.infer_timeout_s)
 
     def _priority(self, priority: int | None) -> int:

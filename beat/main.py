@@ -15,6 +15,11 @@ def schedule(settings: Settings) -> dict:
             # Expire unsent runs: if no worker picks a reap up within a period, the next one supersedes it.
             "options": {"queue": SYSTEM_QUEUE, "priority": 0, "expires": settings.reap_period_s},
         },
+        "recover-lost-requests": {
+            "task": "maas.recover",
+            "schedule": settings.reap_period_s,
+            "options": {"queue": SYSTEM_QUEUE, "priority": 0, "expires": settings.reap_period_s},
+        },
     }
 
 

@@ -90,6 +90,12 @@ def register(app: Celery) -> None:
         """A bare task for the dispatch benchmark: the cost of Celery itself on this broker and pool."""
         return payload
 
+    @app.task(name="maas.recover")
+    def recover_task() -> dict[str, int]:
+        from beat.recovery import recover
+
+        return recover(app)
+
     @app.task(name="maas.reap")
     def reap_task() -> list[str]:
         from beat.reaper import reap

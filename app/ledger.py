@@ -1,0 +1,107 @@
+"""The request ledger: every accepted request is recorded in Redis until its result exists.
+
+Why: kombu's Redis transport pops a message (BRPOP) and only then records it as unacknowledged. A worker killed in
+that window takes the message with it, and no visibility timeout brings it back. The ledger closes the gap: a
+sweep (run by beat) finds requests that have no result and are neither waiting in a queue nor held as
+unacknowledged, twice in a row, and sends them again under the same task id, so the waiting client gets its
+answer. A request can then run twice, which is why requests must be idempotent (infer is).
+
+This module is the one place that knows the ledger's keys, kombu's ``unacked`` hash and Celery's result keys.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import redis
+
+from app.queues import priority_lists
+
+SINCE = "maas:ledger:since"  # zset: task id -> accepted at (unix s)
+BODY = "maas:ledger:body"  # hash: task id -> {"name", "queue", "priority", "args"}
+SUSPECT = "maas:ledger:suspect"  # set: ids found nowhere by the previous sweep
+RESULT_PREFIX = "celery-task-meta-"
+KOMBU_UNACKED = "unacked"
+_ID = re.compile(rb'"id": "([^"]+)"')
+
+
+@dataclass(frozen=True)
+class Verdict:
+    done: frozenset[str]  # a result exists: forget them
+    lost: frozenset[str]  # found nowhere twice in a row: send again
+    suspect: frozenset[str]  # found nowhere once: look again next sweep
+
+
+def classify(candidates: Iterable[str], answered: set[str], present: set[str], suspects: set[str]) -> Verdict:
+    """Pure: sort the ledger's old entries by what the sweep saw."""
+    candidates = set(candidates)
+    done = candidates & answered
+    missing = candidates - done - present
+    return Verdict(frozenset(done), frozenset(missing & suspects), frozenset(missing - suspects))
+
+
+def record(client: redis.Redis, task_id: str, name: str, queue: str, priority: int, args: list) -> None:
+    body = json.dumps({"name": name, "queue": queue, "priority": priority, "args": args})
+    client.pipeline(transaction=False).zadd(SINCE, {task_id: time.time()}).hset(BODY, task_id, body).execute()
+
+
+def _ids_in(values: Iterable[bytes]) -> set[str]:
+    found: set[str] = set()
+    for value in values:
+        found.update(m.decode() for m in _ID.findall(value))
+    return found
+
+
+def _present(client: redis.Redis, queues: set[str]) -> set[str]:
+    """Task ids waiting in these queues or held unacknowledged by some worker."""
+    pipe = client.pipeline(transaction=False)
+    for queue in sorted(queues):
+        for key in priority_lists(queue):
+            pipe.lrange(key, 0, -1)
+    pipe.hvals(KOMBU_UNACKED)
+    found: set[str] = set()
+    for values in pipe.execute():
+        found |= _ids_in(values)
+    return found
+
+
+def sweep(client: redis.Redis, min_age_s: float, max_age_s: float, resend) -> Verdict:  # noqa: ANN001
+    """One pass: forget answered requests, resend lost ones (``resend(task_id, body)``); returns the verdict.
+
+    Entries older than ``max_age_s`` (the result expiry) are dropped unsent: their result may have come and gone.
+    """
+    now = time.time()
+    expired = client.zrangebyscore(SINCE, 0, now - max_age_s)
+    if expired:
+        client.pipeline(transaction=False).zrem(SINCE, *expired).hdel(BODY, *expired).execute()
+    old = [i.decode() for i in client.zrangebyscore(SINCE, 0, now - min_age_s)]
+    if not old:
+        client.delete(SUSPECT)
+        return Verdict(frozenset(), frozenset(), frozenset())
+    pipe = client.pipeline(transaction=False)
+    for task_id in old:
+        pipe.exists(RESULT_PREFIX + task_id)
+    answered = {task_id for task_id, exists in zip(old, pipe.execute(), strict=True) if exists}
+    bodies = dict(zip(old, client.hmget(BODY, old), strict=True))
+    queues = {json.loads(b)["queue"] for i, b in bodies.items() if b is not None and i not in answered}
+    present = _present(client, queues) if queues else set()
+    suspects = {s.decode() for s in client.smembers(SUSPECT)}
+    verdict = classify(old, answered, present, suspects)
+    for task_id in verdict.lost:
+        if bodies[task_id] is not None:
+            resend(task_id, json.loads(bodies[task_id]))
+    forget = list(verdict.done | {i for i, b in bodies.items() if b is None})
+    pipe = client.pipeline(transaction=True)
+    if forget:
+        pipe.zrem(SINCE, *forget).hdel(BODY, *forget)
+    if verdict.lost:
+        pipe.zadd(SINCE, {task_id: time.time() for task_id in verdict.lost})
+    pipe.delete(SUSPECT)
+    if verdict.suspect:
+        pipe.sadd(SUSPECT, *verdict.suspect)
+    pipe.execute()
+    return verdict

@@ -1,0 +1,34 @@
+"""Finding accepted requests that no worker holds and no queue keeps, and sending them again (see app.ledger)."""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+from celery import Celery
+
+from app import ledger, logs
+
+log = logging.getLogger("maas.beat")
+
+
+def recover(app: Celery) -> dict[str, int]:
+    settings = app.maas_settings  # type: ignore[attr-defined]
+    client = redis.Redis.from_url(settings.redis_url)
+
+    def resend(task_id: str, body: dict) -> None:
+        app.send_task(body["name"], args=body["args"], queue=body["queue"], priority=body["priority"], task_id=task_id)
+        logs.event(
+            log,
+            "request_resent",
+            logging.WARNING,
+            task_id=task_id,
+            queue=body["queue"],
+            reason="accepted, unanswered, and found in no queue and held by no worker in two sweeps",
+        )
+
+    # Younger entries are most likely between publish and pop, or between pop and kombu's unacked record.
+    verdict = ledger.sweep(
+        client, min_age_s=2 * settings.reap_period_s, max_age_s=settings.result_expires_s, resend=resend
+    )
+    return {"done": len(verdict.done), "resent": len(verdict.lost), "suspect": len(verdict.suspect)}
