@@ -47,7 +47,9 @@ def transport_options(settings: Settings) -> dict:
     return {
         "priority_steps": list(PRIORITY_LEVELS),
         "sep": PRIORITY_SEP,
-        "queue_order_strategy": "priority",
+        # Within one level, rotate between queues: "priority" would always serve the first-listed model first and
+        # starve the others at the same level. Across levels BRPOP is priority-first whatever this says.
+        "queue_order_strategy": "round_robin",
         "visibility_timeout": settings.visibility_timeout_s,
         # kombu sweeps for messages whose visibility timeout passed only every interval x throttle seconds
         # (10 x 10 by default). Sweep at a fifth of the timeout, at most every 10 s, so a message held by a

@@ -18,17 +18,20 @@ from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult
 
-from app import ledger, placement, registry
+from app import ledger, placement, registry, telemetry
 from app.celery_app import CONTROL_PRIORITY, control_queue, create_app, model_queue
 from app.db import devices as device_rows
 from app.db import replicas
 from app.db.schema import Device, Replica
 from app.db.session import session_scope
-from app.errors import InvalidPriority, MaasError, RequestTimeout
+from app.errors import InvalidInput, InvalidPriority, MaasError, RequestTimeout, UnknownPolicy
 from app.lifecycle import HOLDS_MEMORY, TERMINAL, ReplicaState
+from app.scheduling import Scheduler
 from app.settings import Settings
-from app.signature import TensorSpec, decode_tensor, encode_tensor, parse_signature, validate_inputs
+from app.signature import TensorSpec, decode_tensor, encode_tensor, parse_signature, rows_of, validate_inputs
 
+#: Request classes the policies know (interactive work goes ahead of batch work of the same size).
+REQUEST_CLASSES = ("interactive", "batch")
 #: How long a resolved reference (name -> version and signature) is reused before the registry is asked again.
 REF_CACHE_S = 5.0
 
@@ -89,6 +92,7 @@ class Client:
         self.app = app or create_app(self.settings)
         self._refs: dict[str, _Resolved] = {}
         self._redis = redis.Redis.from_url(self.settings.redis_url)
+        self.scheduler = Scheduler(self.settings, self._redis)
 
     @property
     def _url(self) -> str:
@@ -101,9 +105,15 @@ class Client:
         inputs: Mapping[str, np.ndarray] | Sequence[Mapping[str, Any]],
         *,
         priority: int | None = None,
+        request_class: str = "interactive",
+        deadline_s: float | None = None,
         timeout_s: float | None = None,
     ) -> Handle:
-        """Queue one request; ``inputs`` are numpy arrays by name, or OIP tensor dicts."""
+        """Queue one request; ``inputs`` are numpy arrays by name, or OIP tensor dicts.
+
+        Without an explicit ``priority`` the scheduling policy picks the level. A request still waiting
+        ``deadline_s`` after submission is never executed and ends with DEADLINE_EXCEEDED.
+        """
         resolved = self._resolve(ref)
         tensors = (
             [encode_tensor(name, np.asarray(a)) for name, a in inputs.items()]
@@ -111,14 +121,50 @@ class Client:
             else [dict(t) for t in inputs]
         )
         validate_inputs(resolved.inputs, tensors)
-        args, queue, level = (
-            [resolved.model, resolved.send_version, tensors],
-            model_queue(resolved.model),
-            self._priority(priority),
+        return self._submit(resolved, tensors, priority, request_class, deadline_s, timeout_s)
+
+    def _submit(self, resolved, tensors, priority, request_class, deadline_s, timeout_s, remaining_s=None) -> Handle:  # noqa: ANN001
+        if request_class not in REQUEST_CLASSES:
+            raise UnknownPolicy(f"request class {request_class!r} is not one of {', '.join(REQUEST_CLASSES)}")
+        if deadline_s is not None and not deadline_s > 0:
+            raise InvalidInput(f"deadline_s={deadline_s!r} must be a positive number of seconds")
+        queue = model_queue(resolved.model)
+        decision = self.scheduler.decide(
+            resolved.model,
+            queue,
+            request_class=request_class,
+            size=rows_of(tensors),
+            priority=None if priority is None else self._priority(priority),
+            remaining_s=remaining_s,
         )
-        result = self.app.send_task("maas.infer", args=args, queue=queue, priority=level)
+        now = time.time()
+        message = {
+            "name": "maas.infer",
+            "queue": queue,
+            "priority": decision.priority,
+            "args": [resolved.model, resolved.send_version, tensors],
+            "kwargs": {"deadline_at": now + deadline_s} if deadline_s else {},
+            # Read by the aging beat to promote requests that waited too long (it cannot unpack the body cheaply).
+            "headers": {
+                "maas_submitted_at": now,
+                "maas_class": request_class,
+                "maas_est_s": decision.estimated_s,
+                "maas_backlog_s": decision.backlog_s,
+            },
+        }
+        result = self.app.send_task(
+            message["name"],
+            args=message["args"],
+            kwargs=message["kwargs"],
+            queue=queue,
+            priority=decision.priority,
+            headers=message["headers"],
+        )
         # After the publish: a failed publish raises to the caller and must not be resent later by the sweep.
-        ledger.record(self._redis, result.id, "maas.infer", queue, level, args)
+        pipe = self._redis.pipeline(transaction=False)
+        ledger.record(pipe, result.id, message)
+        pipe.hincrby(telemetry.ARRIVALS, resolved.model, 1)
+        pipe.execute()
         return Handle(result, timeout_s or self.settings.infer_timeout_s)
 
     def _priority(self, priority: int | None) -> int:

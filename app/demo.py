@@ -115,7 +115,9 @@ def run(workdir: Path) -> int:
     step("Starting Redis")
     redis_server = start_redis(workdir / "redis")
     env = {
-        "REDIS_URL": redis_server.url, "MAAS_HOME": str(workdir / "home"), "MAAS_LOG_FORMAT": "json",
+        "REDIS_URL": redis_server.url,
+        "MAAS_HOME": str(workdir / "home"),
+        "MAAS_LOG_FORMAT": "json",
         "MAAS_VIRTUAL_DEVICES": os.environ.get("MAAS_VIRTUAL_DEVICES", "2x4GiB"),
     }
     if os.environ.get("DATABASE_URL"):
@@ -157,7 +159,9 @@ def _scenario(client, settings, workdir: Path) -> int:  # noqa: ANN001
     step("Loading a replica on every worker")
     for worker in sorted(d["worker"] for d in client.devices() if d["alive"]):
         info = client.load("digits", worker=worker).wait()
-        print(f"    replica {info['replica']} {info['state']} on {info['worker']}, footprint {mib(info['footprint_bytes'])}")
+        print(
+            f"    replica {info['replica']} {info['state']} on {info['worker']}, footprint {mib(info['footprint_bytes'])}"
+        )
 
     step(f"Sending {len(x_test)} requests at mixed priorities (0 highest .. 9 lowest)")
     t0 = time.perf_counter()
@@ -166,17 +170,29 @@ def _scenario(client, settings, workdir: Path) -> int:  # noqa: ANN001
     served_acc = float((served_pred == y_test).mean())
 
     step("Summary")
-    print(render(["", "VALUE"], [
-        ["requests", len(y_test)], ["wall time", f"{elapsed_s:.2f} s ({len(y_test) / elapsed_s:.0f} req/s)"],
-        ["in-process accuracy", f"{local_acc:.4f}"], ["served accuracy", f"{served_acc:.4f}"],
-        ["predictions identical", bool((served_pred == local_pred).all())],
-        *[[f"served by {w}", n] for w, n in sorted(facts["workers"].items())],
-    ]))
+    print(
+        render(
+            ["", "VALUE"],
+            [
+                ["requests", len(y_test)],
+                ["wall time", f"{elapsed_s:.2f} s ({len(y_test) / elapsed_s:.0f} req/s)"],
+                ["in-process accuracy", f"{local_acc:.4f}"],
+                ["served accuracy", f"{served_acc:.4f}"],
+                ["predictions identical", bool((served_pred == local_pred).all())],
+                *[[f"served by {w}", n] for w, n in sorted(facts["workers"].items())],
+            ],
+        )
+    )
     print()
-    print(render(["PRIORITY BAND", "REQUESTS", "MEDIAN MS", "P99 MS"], [
-        [band, len(v), f"{np.median(v):.1f}", f"{np.percentile(v, 99):.1f}"]
-        for band, v in sorted(facts["latency_ms"].items(), key=lambda kv: np.median(kv[1]))
-    ]))
+    print(
+        render(
+            ["PRIORITY BAND", "REQUESTS", "MEDIAN MS", "P99 MS"],
+            [
+                [band, len(v), f"{np.median(v):.1f}", f"{np.percentile(v, 99):.1f}"]
+                for band, v in sorted(facts["latency_ms"].items(), key=lambda kv: np.median(kv[1]))
+            ],
+        )
+    )
 
     step("Stopping the model")
     for handle in client.stop("digits"):
@@ -184,10 +200,15 @@ def _scenario(client, settings, workdir: Path) -> int:  # noqa: ANN001
         print(f"    replica {info['replica']} on {info['worker']}: {info['state']}")
 
     step("Lifecycle history (from the database)")
-    print(render(["AT", "REPLICA", "WORKER", "FROM", "TO", "REASON"], [
-        [e["at"][11:23], e["replica"], e["worker"], e["from"] or "-", e["to"], e["reason"][:40]]
-        for e in client.history("digits")
-    ]))
+    print(
+        render(
+            ["AT", "REPLICA", "WORKER", "FROM", "TO", "REASON"],
+            [
+                [e["at"][11:23], e["replica"], e["worker"], e["from"] or "-", e["to"], e["reason"][:40]]
+                for e in client.history("digits")
+            ],
+        )
+    )
     if served_acc != local_acc:
         print(f"\nFAILED: served accuracy {served_acc} differs from in-process {local_acc}", file=sys.stderr)
         return 1

@@ -122,6 +122,30 @@ class NotLoaded(MaasError):
     code = "NOT_LOADED"
 
 
+class DeadlineExceeded(MaasError):
+    """Raised when a request's deadline passed before it could run; it was not executed."""
+
+    code = "DEADLINE_EXCEEDED"
+
+
+class QueueFull(MaasError):
+    """Raised at submission when a model's backlog is at its limit; nothing was enqueued."""
+
+    code = "QUEUE_FULL"
+
+
+class UnknownPolicy(RequestError):
+    """Raised when a scheduling policy or request class name is not known."""
+
+    code = "UNKNOWN_POLICY"
+
+
+class UnknownJob(MaasError):
+    """Raised when a job id is not in the database."""
+
+    code = "UNKNOWN_JOB"
+
+
 class RequestTimeout(MaasError):
     """Raised by the client when an answer does not arrive within the timeout."""
 

@@ -44,9 +44,12 @@ def classify(candidates: Iterable[str], answered: set[str], present: set[str], s
     return Verdict(frozenset(done), frozenset(missing & suspects), frozenset(missing - suspects))
 
 
-def record(client: redis.Redis, task_id: str, name: str, queue: str, priority: int, args: list) -> None:
-    body = json.dumps({"name": name, "queue": queue, "priority": priority, "args": args})
-    client.pipeline(transaction=False).zadd(SINCE, {task_id: time.time()}).hset(BODY, task_id, body).execute()
+def record(pipe: redis.client.Pipeline, task_id: str, message: dict) -> None:
+    """Queue the ledger writes for one published request on ``pipe`` (the caller executes it).
+
+    ``message`` holds what a resend needs: name, queue, priority, args, kwargs, headers.
+    """
+    pipe.zadd(SINCE, {task_id: time.time()}).hset(BODY, task_id, json.dumps(message))
 
 
 def _ids_in(values: Iterable[bytes]) -> set[str]:

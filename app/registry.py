@@ -20,7 +20,7 @@ from app.errors import RegistryError, UnknownAlias, UnknownModel, UnknownRuntime
 from app.signature import parse_signature
 
 #: Runtimes a version may name. Each maps to an implementation in ``workers/runtimes``.
-RUNTIMES = ("onnx",)
+RUNTIMES = ("onnx", "torchscript", "skops", "entrypoint", "sentence_transformers")
 #: The alias a bare model name resolves to, when set.
 DEFAULT_ALIAS = "prod"
 _ALIAS_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_-")
@@ -95,11 +95,11 @@ def register(
     check_model_name(name)
     if runtime not in RUNTIMES:
         raise UnknownRuntime(f"runtime {runtime!r} is not available (available: {', '.join(RUNTIMES)})")
-    if runtime == "onnx":
-        from app.onnx_signature import read_signature
+    from app.runtime_signatures import signature_for
 
-        found_in, found_out = read_signature(Path(artifact))  # also rejects a corrupt file before it is stored
-        inputs, outputs = inputs or found_in, outputs or found_out
+    # Read from the artifact where the runtime can; also rejects a corrupt or refused artifact, or a runtime whose
+    # packages are missing here, before anything is stored.
+    inputs, outputs = signature_for(runtime, Path(artifact), inputs, outputs)
     if not inputs or not outputs:
         raise RegistryError(f"model {name!r}: the runtime cannot infer a signature; give inputs and outputs")
     parse_signature(inputs), parse_signature(outputs)  # noqa: B018 - validation only

@@ -7,8 +7,8 @@ Postgres.
 
 Each key keeps exponentially-weighted moments (weighted Welford), so the fit follows a model that gets faster
 after a warm-up or slower on a busier device, while old observations fade with a half-life counted in
-observations, not seconds (a model that is rarely called keeps its fit). Until observations outweigh it, the
-version's declared figure is blended in as a prior worth ``prior_weight`` observations: a cold model gets a
+observations, not seconds (a model that is rarely called keeps its fit). The version's declared figure is
+blended in as a prior worth ``prior_weight`` observations, fading as more are made: a cold model gets a
 sensible level from its first request, and one odd first measurement does not decide the next ones.
 """
 
@@ -35,7 +35,8 @@ class _Fit:
 
     prior_s: float
     prior_per_unit_s: float = 0.0
-    weight: float = 0.0
+    count: float = 0.0  # observations ever made, undecayed: how far the prior has faded
+    weight: float = 0.0  # decayed count: how much the moments below rest on
     mean_size: float = 0.0
     mean_service_s: float = 0.0
     sxx: float = 0.0  # weighted sum of squared size deviations
@@ -86,6 +87,7 @@ class ServiceTimeEstimator:
         size = _check_finite("size", size)
         service_s = _check_finite("service_s", service_s)
         fit = self._fits.setdefault(key, _Fit(prior_s=self.default_service_s))
+        fit.count += 1.0
         fit.weight = self._decay * fit.weight + 1.0
         d_size = size - fit.mean_size
         fit.mean_size += d_size / fit.weight
@@ -103,18 +105,16 @@ class ServiceTimeEstimator:
         if fit.weight == 0.0:
             return prior_s
         fitted_s = self._fitted(fit, size)
-        blended_s = (self.prior_weight * prior_s + fit.weight * fitted_s) / (self.prior_weight + fit.weight)
+        # Blend by the undecayed count: the decayed weight saturates, which would keep a wrong prior forever.
+        blended_s = (self.prior_weight * prior_s + fit.count * fitted_s) / (self.prior_weight + fit.count)
         return max(blended_s, 0.0)
 
     @staticmethod
     def _fitted(fit: _Fit, size: float) -> float:
         # With (almost) one size seen so far the slope is unknown: borrow the declared one rather than guess.
         # A negative slope is noise (bigger inputs are not faster), so it is clamped to zero.
-        spread = fit.sxx / fit.weight
-        if spread <= 1e-12 * max(1.0, fit.mean_size**2):
-            slope = fit.prior_per_unit_s
-        else:
-            slope = max(fit.sxy / fit.sxx, 0.0)
+        one_size_seen = fit.sxx / fit.weight <= 1e-12 * max(1.0, fit.mean_size**2)
+        slope = fit.prior_per_unit_s if one_size_seen else max(fit.sxy / fit.sxx, 0.0)
         return fit.mean_service_s + slope * (size - fit.mean_size)
 
     def observations(self, key: tuple[str, str]) -> float:

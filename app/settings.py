@@ -60,6 +60,15 @@ def _priority(text: str) -> int:
     return value
 
 
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false")
+
+
 def _choice(*allowed: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         if text not in allowed:
@@ -123,6 +132,28 @@ class Settings:
         "MAAS_MAX_ARTIFACT_BYTES", parse_size_bytes, 4 * 1024**3, "Largest artifact accepted, e.g. 4GiB"
     )
     worker_name: str = _env("MAAS_WORKER_NAME", str, "", "Worker node name; default gpu<N>@<host>")
+    policy: str = _env(
+        "MAAS_POLICY", _choice("fifo", "sjf", "srtf", "aging"), "fifo",
+        "Fleet scheduling policy (a model may override it)",
+    )
+    typical_service_s: float = _env(
+        "MAAS_TYPICAL_SERVICE_S", _positive_float, 0.3, "Typical request time; scales SJF bands and the aging clock"
+    )
+    max_queue: int = _env("MAAS_MAX_QUEUE", int, 10000, "Backlog of a model queue past which requests are refused")
+    aging_period_s: float = _env("MAAS_AGING_PERIOD_S", _positive_float, 1.0, "Beat: how often waiting work ages")
+    allocation_period_s: float = _env(
+        "MAAS_ALLOCATION_PERIOD_S", _positive_float, 30.0, "Beat: how often the placement is re-solved"
+    )
+    solver_time_limit_s: float = _env("MAAS_SOLVER_TIME_LIMIT_S", _positive_float, 5.0, "Wall budget of one solve")
+    rate_half_life_s: float = _env(
+        "MAAS_RATE_HALF_LIFE_S", _positive_float, 60.0, "Half-life of the per-model arrival-rate average"
+    )
+    idle_unload_s: float = _env(
+        "MAAS_IDLE_UNLOAD_S", _positive_float, 300.0, "A model idle this long may be unloaded when memory is needed"
+    )
+    allocation_enabled: bool = _env(
+        "MAAS_ALLOCATION", _bool, True, "Beat re-solves placement (off: loads are manual only)"
+    )
     log_level: str = _env("MAAS_LOG_LEVEL", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "INFO", "Log level")
     log_format: str = _env("MAAS_LOG_FORMAT", _choice("json", "text"), "json", "json lines or plain text")
     flower_basic_auth: str = _env(
@@ -145,6 +176,8 @@ class Settings:
             except (ValueError, TypeError) as exc:
                 raise ConfigError(f"{var}={raw!r} is invalid: {exc}") from None
         settings = cls(**values)
+        if settings.max_queue < 1:
+            raise ConfigError(f"MAAS_MAX_QUEUE={settings.max_queue} is invalid: must be at least 1")
         if settings.home is None:
             object.__setattr__(settings, "home", _default_home())
         settings.validate()

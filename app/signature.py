@@ -128,3 +128,9 @@ def validate_inputs(specs: Sequence[TensorSpec], tensors: Sequence[Mapping[str, 
     missing = sorted(set(by_name) - seen)
     if missing:
         raise InvalidInput(f"missing input tensor(s) {missing}")
+
+
+def rows_of(tensors: Sequence[Mapping[str, Any]]) -> int:
+    """Rows of the first tensor (its leading dimension): the size service time is learned against."""
+    shape = tensors[0].get("shape") if tensors else None
+    return int(shape[0]) if shape else 1

@@ -17,7 +17,15 @@ def recover(app: Celery) -> dict[str, int]:
     client = redis.Redis.from_url(settings.redis_url)
 
     def resend(task_id: str, body: dict) -> None:
-        app.send_task(body["name"], args=body["args"], queue=body["queue"], priority=body["priority"], task_id=task_id)
+        app.send_task(
+            body["name"],
+            args=body["args"],
+            kwargs=body.get("kwargs") or {},
+            queue=body["queue"],
+            priority=body["priority"],
+            headers=body.get("headers") or {},
+            task_id=task_id,
+        )
         logs.event(
             log,
             "request_resent",

@@ -8,6 +8,7 @@ from typing import Any
 from app.db.devices import DeviceInfo
 from app.settings import Settings
 from workers.cache import ModelCache
+from workers.telemetry import Observations
 
 
 @dataclass
@@ -17,6 +18,7 @@ class WorkerContext:
     device: DeviceInfo
     device_id: int
     cache: ModelCache = field(default_factory=ModelCache)
+    observations: Observations = field(default_factory=Observations)
     consumer: Any = None  # celery.worker.consumer.Consumer, captured by a bootstep once it starts
 
     def subscribe(self, queue: str) -> None:

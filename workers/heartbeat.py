@@ -9,25 +9,42 @@ from __future__ import annotations
 import logging
 import threading
 
+import psutil
+import redis
+
 from app.db import devices
 from app.db.session import session_scope
+from app.telemetry import push_observations
+from workers import telemetry
+from workers.context import WorkerContext
 
 log = logging.getLogger("maas.worker")
 
 
 class Heartbeat(threading.Thread):
-    def __init__(self, url: str, worker_name: str, period_s: float) -> None:
+    """Each period: stamp the device row with a heartbeat and telemetry, and ship buffered service times."""
+
+    def __init__(self, ctx: WorkerContext) -> None:
         super().__init__(name="maas-heartbeat", daemon=True)
-        self.url, self.worker_name, self.period_s = url, worker_name, period_s
+        self.ctx = ctx
+        self._redis = redis.Redis.from_url(ctx.settings.redis_url)
+        self._process = psutil.Process()
         self._stop_event = threading.Event()
 
+    def beat(self) -> None:
+        values = telemetry.sample(self.ctx.device, self._process)
+        with session_scope(self.ctx.settings.sqlalchemy_url) as session:
+            devices.heartbeat(session, self.ctx.worker_name, values)
+        observed = self.ctx.observations.drain()
+        if observed:
+            push_observations(self._redis, observed)
+
     def run(self) -> None:
-        while not self._stop_event.wait(self.period_s):
+        while not self._stop_event.wait(self.ctx.settings.heartbeat_s):
             try:
-                with session_scope(self.url) as session:
-                    devices.heartbeat(session, self.worker_name)
-            except Exception:  # a database blip must not kill the thread; the next beat retries
-                log.warning("heartbeat failed", exc_info=True, extra={"worker": self.worker_name})
+                self.beat()
+            except Exception:  # a database or Redis blip must not kill the thread; the next beat retries
+                log.warning("heartbeat failed", exc_info=True, extra={"worker": self.ctx.worker_name})
 
     def stop(self) -> None:
         self._stop_event.set()

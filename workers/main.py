@@ -63,7 +63,7 @@ def run(settings: Settings, device_index: int, loglevel: str | None = None) -> N
 
     register(app)
     app.steps["consumer"].add(_CaptureConsumer)
-    heartbeat = Heartbeat(settings.sqlalchemy_url, worker_name, settings.heartbeat_s)
+    heartbeat = Heartbeat(context.CURRENT)
 
     @signals.worker_ready.connect(weak=False)
     def _ready(**_kw) -> None:

@@ -51,3 +51,20 @@ def process_used_bytes(index: int) -> int | None:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def usage(index: int) -> dict[str, float | int] | None:
+    """Device memory used and utilisation of GPU ``index`` (None when NVML cannot tell)."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+            util = pynvml.nvmlDeviceGetUtilizationRates(handle)
+            return {"mem_used_bytes": int(memory.used), "util_pct": float(util.gpu)}
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:
+        return None

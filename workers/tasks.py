@@ -6,6 +6,7 @@ Task names are the wire contract with producers (``app.client`` sends them by na
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from celery import Celery
@@ -13,15 +14,16 @@ from celery.exceptions import Reject
 
 from app import logs
 from app.celery_app import CONTROL_PRIORITY, control_queue
-from app.errors import MaasError, NotLoaded
-from app.signature import decode_tensor, encode_tensor, validate_inputs
+from app.errors import DeadlineExceeded, MaasError, NotLoaded
+from app.signature import decode_tensor, encode_tensor, rows_of, validate_inputs
 from workers import lifecycle
 from workers.context import current
+from workers.telemetry import device_class
 
 log = logging.getLogger("maas.worker")
 
 
-def infer(model: str, version: int | None, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+def infer(model: str, version: int | None, inputs: list[dict[str, Any]], deadline_at: float | None = None) -> dict:
     ctx = current()
     loaded = ctx.cache.get(model, version)
     if loaded is None:
@@ -31,9 +33,14 @@ def infer(model: str, version: int | None, inputs: list[dict[str, Any]]) -> dict
             raise Reject(f"{model} is not held by {ctx.worker_name}", requeue=True)
         raise NotLoaded(f"{model}:{version} is not loaded; this replica serves versions {ctx.cache.versions_of(model)}")
     try:
+        if deadline_at is not None and time.time() > deadline_at:
+            late_s = time.time() - deadline_at
+            raise DeadlineExceeded(f"the deadline passed {late_s:.3f}s before the request could run; not executed")
         validate_inputs(loaded.inputs, inputs)
         arrays = {t["name"]: decode_tensor(t) for t in inputs}
+        started = time.perf_counter()
         outputs = loaded.runtime.infer(arrays)
+        service_s = time.perf_counter() - started
     except MaasError as exc:
         logs.event(
             log,
@@ -46,11 +53,12 @@ def infer(model: str, version: int | None, inputs: list[dict[str, Any]]) -> dict
             reason=exc.message,
         )
         raise
+    ctx.observations.add(model, device_class(ctx.device), rows_of(inputs), service_s)
     return {
         "model_name": model,
         "model_version": loaded.version,
         "outputs": [encode_tensor(name, array) for name, array in outputs.items()],
-        "parameters": {"worker": ctx.worker_name},
+        "parameters": {"worker": ctx.worker_name, "service_ms": round(service_s * 1000, 3)},
     }
 
 
@@ -58,8 +66,10 @@ def register(app: Celery) -> None:
     """Define every worker task on ``app``."""
 
     @app.task(name="maas.infer", throws=(MaasError,))
-    def infer_task(model: str, version: int | None, inputs: list[dict[str, Any]]) -> dict[str, Any]:
-        return infer(model, version, inputs)
+    def infer_task(
+        model: str, version: int | None, inputs: list[dict[str, Any]], deadline_at: float | None = None
+    ) -> dict[str, Any]:
+        return infer(model, version, inputs, deadline_at)
 
     @app.task(name="maas.load", throws=(MaasError,))
     def load_task(replica_id: int) -> dict[str, Any]:

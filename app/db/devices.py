@@ -35,11 +35,13 @@ def register(session: Session, worker_name: str, host: str, info: DeviceInfo) ->
     return device
 
 
-def heartbeat(session: Session, worker_name: str) -> None:
+def heartbeat(session: Session, worker_name: str, telemetry: dict | None = None) -> None:
     device = session.scalars(select(Device).where(Device.worker_name == worker_name)).first()
     if device is not None:
         device.heartbeat_at = utcnow()
         device.status = "online"
+        for key, value in (telemetry or {}).items():
+            setattr(device, key, value)
 
 
 def mark(session: Session, worker_name: str, status: str) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from app.lifecycle import ReplicaState
@@ -31,6 +31,13 @@ class Model(Base):
     name: Mapped[str] = mapped_column(String(100), unique=True)
     description: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Serving policy, read by the allocator and the scheduler; None means the fleet default.
+    policy: Mapped[str | None] = mapped_column(String(10), nullable=True)  # fifo | sjf | srtf | aging
+    max_queue: Mapped[int | None] = mapped_column(Integer, nullable=True)  # backlog limit before QUEUE_FULL
+    keep_warm: Mapped[bool] = mapped_column(Boolean, default=False)  # keep one replica even when idle
+    min_replicas: Mapped[int] = mapped_column(Integer, default=0)
+    max_replicas: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    pinned: Mapped[list[Any]] = mapped_column(JSON, default=list)  # worker names it must be on
     versions: Mapped[list[ModelVersion]] = relationship(back_populates="model", order_by="ModelVersion.version")
 
 
@@ -84,6 +91,12 @@ class Device(Base):
     status: Mapped[str] = mapped_column(String(20), default="online")  # online | offline | lost
     started_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     heartbeat_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    speed: Mapped[float] = mapped_column(Float, default=1.0)  # relative throughput, 1.0 = reference device
+    # Latest telemetry, written with each heartbeat.
+    mem_used_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    util_pct: Mapped[float | None] = mapped_column(Float, nullable=True)
+    cpu_pct: Mapped[float | None] = mapped_column(Float, nullable=True)
+    rss_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
     @property
     def label(self) -> str:
@@ -119,3 +132,53 @@ class ReplicaEvent(Base):
     reason: Mapped[str] = mapped_column(Text, default="")
     at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     replica: Mapped[Replica] = relationship(back_populates="events")
+
+
+class AllocationRun(Base):
+    """One re-solve of the fleet's placement: what went in, what came out, and the moves it made."""
+
+    __tablename__ = "allocation_run"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    status: Mapped[str] = mapped_column(String(30))  # planned | executing | done | failed | dry_run | kept
+    reason: Mapped[str] = mapped_column(Text, default="")
+    solver: Mapped[str] = mapped_column(String(40), default="")
+    solver_status: Mapped[str] = mapped_column(String(40), default="")
+    objective: Mapped[float | None] = mapped_column(Float, nullable=True)
+    bound: Mapped[float | None] = mapped_column(Float, nullable=True)
+    gap: Mapped[float | None] = mapped_column(Float, nullable=True)
+    solve_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    inputs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # summary: models, devices, demand
+    moves: Mapped[list[Any]] = mapped_column(JSON, default=list)  # each: kind, model, worker, after, state
+
+
+class Job(Base):
+    """A chunked batch job: many inputs for one model, served chunk by chunk (SRTF overtakes at chunk edges)."""
+
+    __tablename__ = "job"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    model: Mapped[str] = mapped_column(String(100), index=True)
+    version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    request_class: Mapped[str] = mapped_column(String(20), default="batch")
+    status: Mapped[str] = mapped_column(String(20), default="RUNNING")  # RUNNING | SUCCEEDED | FAILED | CANCELLED
+    total_chunks: Mapped[int] = mapped_column(Integer)
+    chunk_service_s: Mapped[float] = mapped_column(Float, default=0.0)  # estimate per chunk at submission
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    chunks: Mapped[list[JobChunk]] = relationship(back_populates="job", order_by="JobChunk.index")
+
+
+class JobChunk(Base):
+    """One chunk of a job: its inputs, state, attempts, and result or error."""
+
+    __tablename__ = "job_chunk"
+    job_id: Mapped[str] = mapped_column(ForeignKey("job.id", ondelete="CASCADE"), primary_key=True)
+    index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    status: Mapped[str] = mapped_column(String(20), default="PENDING")  # PENDING | QUEUED | DONE | FAILED
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    inputs: Mapped[list[Any]] = mapped_column(JSON)
+    outputs: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+    error: Mapped[str] = mapped_column(Text, default="")
+    job: Mapped[Job] = relationship(back_populates="chunks")

@@ -1,0 +1,109 @@
+"""Choosing each request's priority level from the scheduling policy, and refusing work past a queue's limit.
+
+Per model (cached for a few seconds, so the hot path stays off the database): its policy (the fleet's unless
+the model overrides it), backlog limit, declared service time and replica count; a service-time estimator fed by
+the workers' observations. Per request: one pipelined read of the queue's ten priority lists.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import redis
+from sqlalchemy import select
+
+from app import policies, telemetry
+from app.db import replicas as replica_rows
+from app.db.schema import Model, ModelVersion
+from app.db.session import session_scope
+from app.errors import QueueFull, UnknownPolicy
+from app.queues import depth_by_priority
+from app.settings import Settings
+
+#: How long per-model facts are reused before they are read again.
+CACHE_S = 5.0
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    policy: str
+    max_queue: int
+    declared_s: float
+    replicas: int
+    device_classes: tuple[str, ...]
+    read_at: float
+
+
+@dataclass(frozen=True)
+class Decision:
+    priority: int
+    estimated_s: float
+    backlog: int
+    backlog_s: float
+
+
+class Scheduler:
+    def __init__(self, settings: Settings, client: redis.Redis) -> None:
+        self.settings = settings
+        self.redis = client
+        self._facts: dict[str, ModelFacts] = {}
+        self._estimators: dict[str, tuple[float, object]] = {}
+        #: Size bands and the aging clock scale with the fleet's typical service time.
+        self.params = policies.PolicyParams.around(settings.typical_service_s)
+
+    def facts(self, model: str) -> ModelFacts:
+        cached = self._facts.get(model)
+        if cached is not None and time.monotonic() - cached.read_at < CACHE_S:
+            return cached
+        with session_scope(self.settings.sqlalchemy_url) as session:
+            row = session.scalars(select(Model).where(Model.name == model)).one()
+            latest = session.scalars(
+                select(ModelVersion).where(ModelVersion.model_id == row.id).order_by(ModelVersion.version.desc())
+            ).first()
+            live = [r for r in replica_rows.live_for_model(session, row.id) if r.state == "READY"]
+            classes = {r.device.name if r.device.kind == "gpu" else "virtual" for r in live} or {"virtual"}
+            fresh = ModelFacts(
+                policy=row.policy or self.settings.policy,
+                max_queue=row.max_queue or self.settings.max_queue,
+                declared_s=(latest.service_ms if latest else 1.0) / 1000.0,
+                replicas=len(live),
+                device_classes=tuple(sorted(classes)),
+                read_at=time.monotonic(),
+            )
+        self._facts[model] = fresh
+        return fresh
+
+    def estimate_s(self, model: str, size: float) -> float:
+        facts = self.facts(model)
+        cached = self._estimators.get(model)
+        if cached is None or time.monotonic() - cached[0] >= CACHE_S:
+            est = telemetry.estimator(self.redis, model, facts.declared_s, facts.device_classes)
+            self._estimators[model] = cached = (time.monotonic(), est)
+        est = cached[1]
+        return min(est.estimate((model, c), size) for c in facts.device_classes)  # type: ignore[attr-defined]
+
+    def decide(
+        self,
+        model: str,
+        queue: str,
+        *,
+        request_class: str,
+        size: float,
+        priority: int | None,
+        remaining_s: float | None = None,
+    ) -> Decision:
+        """The level to enqueue at; raises QueueFull before anything is sent when the backlog is at its limit."""
+        facts = self.facts(model)
+        backlog = sum(depth_by_priority(self.redis, queue))
+        if backlog >= facts.max_queue:
+            raise QueueFull(f"model {model!r} has {backlog} requests waiting, at its limit of {facts.max_queue}")
+        estimated_s = self.estimate_s(model, size)
+        backlog_s = backlog * estimated_s / max(1, facts.replicas)
+        if priority is None:
+            try:
+                request = policies.RequestFacts(request_class, estimated_s, remaining_s, 0.0, backlog_s)
+                priority = policies.priority_for(facts.policy, request, self.params)
+            except ValueError as exc:
+                raise UnknownPolicy(str(exc)) from None
+        return Decision(priority, estimated_s, backlog, backlog_s)
