@@ -25,6 +25,7 @@ from app.db import replicas
 from app.db.schema import Device, Replica
 from app.db.session import session_scope
 from app.errors import InvalidInput, InvalidPriority, MaasError, RequestTimeout, UnknownPolicy
+from app.jobs import Jobs, split
 from app.lifecycle import HOLDS_MEMORY, TERMINAL, ReplicaState
 from app.scheduling import Scheduler
 from app.settings import Settings
@@ -93,6 +94,7 @@ class Client:
         self._refs: dict[str, _Resolved] = {}
         self._redis = redis.Redis.from_url(self.settings.redis_url)
         self.scheduler = Scheduler(self.settings, self._redis)
+        self.jobs = Jobs(self.settings, self.app, self._redis)
 
     @property
     def _url(self) -> str:
@@ -166,6 +168,34 @@ class Client:
         pipe.hincrby(telemetry.ARRIVALS, resolved.model, 1)
         pipe.execute()
         return Handle(result, timeout_s or self.settings.infer_timeout_s)
+
+    def submit_job(
+        self,
+        ref: str,
+        inputs: Mapping[str, np.ndarray],
+        *,
+        chunk_rows: int,
+        request_class: str = "batch",
+        max_attempts: int = 3,
+        parallelism: int = 1,
+    ) -> str:
+        """Split ``inputs`` into chunks of ``chunk_rows`` rows and run them as a job; returns the job id."""
+        resolved = self._resolve(ref)
+        chunks = split(inputs, chunk_rows)
+        for tensors in (chunks[0], chunks[-1]):
+            validate_inputs(resolved.inputs, tensors)
+        if request_class not in REQUEST_CLASSES:
+            raise UnknownPolicy(f"request class {request_class!r} is not one of {', '.join(REQUEST_CLASSES)}")
+        chunk_s = self.scheduler.estimate_s(resolved.model, chunk_rows)
+        return self.jobs.submit(
+            resolved.model,
+            resolved.send_version,
+            chunks,
+            chunk_s,
+            request_class=request_class,
+            max_attempts=max_attempts,
+            parallelism=parallelism,
+        )
 
     def _priority(self, priority: int | None) -> int:
         if priority is None:

@@ -154,3 +154,30 @@ def list_versions(session: Session) -> list[tuple[ModelVersion, list[str]]]:
     for row in session.scalars(select(ModelAlias)):
         aliases.setdefault(row.version_id, []).append(row.name)
     return [(v, sorted(aliases.get(v.id, []))) for v in versions]
+
+
+#: Serving settings a model can override, and how each is checked.
+_CONFIGURABLE = {
+    "policy": lambda v: v is None or v in ("fifo", "sjf", "srtf", "aging"),
+    "max_queue": lambda v: v is None or (isinstance(v, int) and v >= 1),
+    "keep_warm": lambda v: isinstance(v, bool),
+    "min_replicas": lambda v: isinstance(v, int) and v >= 0,
+    "max_replicas": lambda v: v is None or (isinstance(v, int) and v >= 1),
+    "pinned": lambda v: isinstance(v, list) and all(isinstance(w, str) for w in v),
+}
+
+
+def configure(session: Session, name: str, **changes: Any) -> Model:
+    """Change a model's serving settings (policy, queue limit, replica bounds, keep-warm, pinned workers)."""
+    model = get_model(session, name)
+    for key, value in changes.items():
+        check = _CONFIGURABLE.get(key)
+        if check is None:
+            raise RegistryError(f"{key!r} is not a model setting (settings: {', '.join(_CONFIGURABLE)})")
+        if not check(value):
+            raise RegistryError(f"model {name!r}: {key}={value!r} is not valid")
+        setattr(model, key, value)
+    if model.max_replicas is not None and model.max_replicas < model.min_replicas:
+        raise RegistryError(f"model {name!r}: max_replicas {model.max_replicas} < min_replicas {model.min_replicas}")
+    session.flush()
+    return model

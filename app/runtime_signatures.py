@@ -86,7 +86,9 @@ def _check_outputs(artifact: Path, outputs: Specs, served: list[dict[str, Any]])
         return
     unknown = sorted({o.get("name") for o in outputs} - {o["name"] for o in served})
     if unknown:
-        raise RegistryError(f"{artifact.name}: outputs {unknown} are not produced (it serves {[o['name'] for o in served]})")
+        raise RegistryError(
+            f"{artifact.name}: outputs {unknown} are not produced (it serves {[o['name'] for o in served]})"
+        )
 
 
 _READERS: dict[str, Reader] = {

@@ -20,6 +20,11 @@ def schedule(settings: Settings) -> dict:
             "schedule": settings.reap_period_s,
             "options": {"queue": SYSTEM_QUEUE, "priority": 0, "expires": settings.reap_period_s},
         },
+        "age-waiting-requests": {
+            "task": "maas.age",
+            "schedule": settings.aging_period_s,
+            "options": {"queue": SYSTEM_QUEUE, "priority": 0, "expires": settings.aging_period_s},
+        },
     }
 
 

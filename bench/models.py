@@ -61,3 +61,27 @@ def mlp(path: Path, width: int = 512, layers: int = 8, seed: int = 0) -> Path:
         initializer=inits,
     )
     return _save(graph, path)
+
+
+def wide_mlp(path: Path, in_width: int = 16, hidden: int = 2048, layers: int = 5, out_width: int = 8, seed: int = 0) -> Path:
+    """Narrow input and output around wide hidden layers: about 0.5 ms a row on one core here, small messages.
+
+    Its run time grows with the rows of the request, so it stands in for a model whose cost follows its input.
+    """
+    rng = np.random.default_rng(seed)
+    widths = [in_width] + [hidden] * (layers - 1) + [out_width]
+    nodes, inits, prev = [], [], "x"
+    for i, (fan_in, fan_out) in enumerate(zip(widths, widths[1:], strict=False)):
+        weight = (rng.standard_normal((fan_in, fan_out)) / np.sqrt(fan_in)).astype(np.float32)
+        inits.append(helper.make_tensor(f"w{i}", TensorProto.FLOAT, [fan_in, fan_out], weight.ravel()))
+        out = "y" if i == layers - 1 else f"h{i}"
+        nodes.append(helper.make_node("MatMul", [prev, f"w{i}"], [f"m{i}"]))
+        nodes.append(helper.make_node("Relu", [f"m{i}"], [out]))
+        prev = out
+    graph = helper.make_graph(
+        nodes, "wide_mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, in_width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, out_width])],
+        initializer=inits,
+    )
+    return _save(graph, path)

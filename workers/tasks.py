@@ -71,6 +71,12 @@ def register(app: Celery) -> None:
     ) -> dict[str, Any]:
         return infer(model, version, inputs, deadline_at)
 
+    @app.task(name="maas.chunk")
+    def chunk_task(job_id: str, index: int) -> dict[str, Any]:
+        from workers.jobs import run_chunk
+
+        return run_chunk(app, job_id, index, infer)
+
     @app.task(name="maas.load", throws=(MaasError,))
     def load_task(replica_id: int) -> dict[str, Any]:
         return lifecycle.load(current(), replica_id)
@@ -105,6 +111,15 @@ def register(app: Celery) -> None:
         from beat.recovery import recover
 
         return recover(app)
+
+    @app.task(name="maas.age")
+    def age_task() -> dict[str, int]:
+        import redis
+
+        from beat.aging import age_all
+
+        settings = app.maas_settings  # type: ignore[attr-defined]
+        return age_all(settings, redis.Redis.from_url(settings.redis_url))
 
     @app.task(name="maas.reap")
     def reap_task() -> list[str]:

@@ -181,4 +181,6 @@ class JobChunk(Base):
     inputs: Mapped[list[Any]] = mapped_column(JSON)
     outputs: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
     error: Mapped[str] = mapped_column(Text, default="")
+    worker: Mapped[str] = mapped_column(String(200), default="")
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     job: Mapped[Job] = relationship(back_populates="chunks")

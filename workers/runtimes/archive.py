@@ -11,6 +11,8 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -57,16 +59,16 @@ def check(tar: tarfile.TarFile) -> list[str]:
     return names
 
 
-def open_checked(artifact: Path) -> tuple[tarfile.TarFile, list[str]]:
+@contextmanager
+def opened(artifact: Path) -> Iterator[tuple[tarfile.TarFile, list[str]]]:
+    """The open, checked archive and its file names; CorruptArtifact when it is not a tar or fails ``check``."""
     try:
-        tar = tarfile.open(artifact, "r:*")
+        # Not a with-block: its except clause would also catch, and misname, errors raised in the caller's body.
+        tar = tarfile.open(artifact, "r:*")  # noqa: SIM115 - closed by the with-block below
     except (tarfile.TarError, OSError) as exc:
         raise CorruptArtifact(f"{artifact.name} is not a tar archive of a model directory: {exc}") from None
-    try:
-        return tar, check(tar)
-    except BaseException:
-        tar.close()
-        raise
+    with tar:
+        yield tar, check(tar)
 
 
 def read_json(tar: tarfile.TarFile, name: str) -> Any:
@@ -85,8 +87,7 @@ def read_json(tar: tarfile.TarFile, name: str) -> Any:
 
 def extract(artifact: Path, dest: Path) -> list[str]:
     """Check, then extract into ``dest``; returns the file names."""
-    tar, names = open_checked(artifact)
-    with tar:
+    with opened(artifact) as (tar, names):
         try:
             # The "data" filter re-checks paths, links and modes on extraction (PEP 706), beside check() above.
             tar.extractall(dest, filter="data")

@@ -30,8 +30,7 @@ BATCH_SIZE = 32
 
 def describe(artifact: Path) -> dict[str, Any]:
     """Check the archive without loading it: {"files", "dim"}; dim is None when the configs do not say it."""
-    tar, names = archive.open_checked(artifact)
-    with tar:
+    with archive.opened(artifact) as (tar, names):
         modules = archive.read_json(tar, "modules.json")
         if not isinstance(modules, list) or not modules:
             raise CorruptArtifact(f"{artifact.name} has no modules.json: not a sentence-transformers model directory")

@@ -13,6 +13,7 @@ signature's input names are ``forward``'s argument names. Outputs are named by, 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,11 @@ def load_module(artifact: Path, device: str) -> tuple[Any, dict[str, Any] | None
 
     extra = {SIGNATURE_FILE: ""}
     try:
-        module = torch.jit.load(str(artifact), map_location=device, _extra_files=extra)
+        with warnings.catch_warnings():
+            # PyTorch 2.13 marks TorchScript deprecated in favour of torch.export; the format still loads, and the
+            # warning would otherwise repeat in the worker's JSON log on every load.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            module = torch.jit.load(str(artifact), map_location=device, _extra_files=extra)
     except Exception as exc:  # RuntimeError from the zip reader or the TorchScript deserializer
         raise CorruptArtifact(f"PyTorch cannot load {artifact.name} as TorchScript: {_first_line(exc)}") from None
     if not extra[SIGNATURE_FILE]:

@@ -59,6 +59,8 @@ def upgrade() -> None:
         sa.Column("inputs", sa.JSON(), nullable=False),
         sa.Column("outputs", sa.JSON(), nullable=True),
         sa.Column("error", sa.Text(), nullable=False),
+        sa.Column("worker", sa.String(length=200), nullable=False),
+        sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(["job_id"], ["job.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("job_id", "index"),
     )

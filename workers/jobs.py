@@ -1,0 +1,96 @@
+"""Running one chunk of a job on this worker, then sending the job's next chunk at its new priority."""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+from celery import Celery
+from sqlalchemy import select
+
+from app import logs
+from app.db.schema import Job, JobChunk, utcnow
+from app.db.session import session_scope
+from app.errors import MaasError
+from app.jobs import CANCELLED, FAILED, RUNNING, SUCCEEDED, chunk_priority, model_policy, send_chunk
+from workers.context import current
+
+log = logging.getLogger("maas.worker")
+_REDIS: dict[str, redis.Redis] = {}
+
+
+def _redis(url: str) -> redis.Redis:
+    if url not in _REDIS:
+        _REDIS[url] = redis.Redis.from_url(url)
+    return _REDIS[url]
+
+
+def run_chunk(app: Celery, job_id: str, index: int, infer) -> dict:  # noqa: ANN001 - infer: the infer function
+    ctx = current()
+    url = ctx.settings.sqlalchemy_url
+    with session_scope(url) as session:
+        job = session.get(Job, job_id)
+        chunk = session.get(JobChunk, (job_id, index))
+        if job is None or chunk is None or chunk.status == "DONE":
+            return {"job": job_id, "chunk": index, "skipped": "unknown or already done"}
+        if job.status != RUNNING:
+            return {"job": job_id, "chunk": index, "skipped": f"job is {job.status}"}
+        model, version, inputs, attempts = job.model, job.version, chunk.inputs, chunk.attempts + 1
+        chunk.attempts = attempts
+    outputs, error = None, ""
+    try:
+        answer = infer(model, version, inputs)
+        outputs = answer["outputs"]
+    except MaasError as exc:
+        error = str(exc)
+    return _record_and_continue(app, job_id, index, outputs, error, attempts)
+
+
+def _record_and_continue(app: Celery, job_id: str, index: int, outputs, error: str, attempts: int) -> dict:  # noqa: ANN001
+    ctx = current()
+    with session_scope(ctx.settings.sqlalchemy_url) as session:
+        job = session.get(Job, job_id, with_for_update=True)
+        chunk = session.get(JobChunk, (job_id, index))
+        retry = bool(error) and attempts < job.max_attempts and job.status == RUNNING
+        if outputs is not None:
+            chunk.status, chunk.outputs = "DONE", outputs
+        elif not retry:
+            chunk.status, chunk.error = "FAILED", error
+        chunk.worker, chunk.finished_at = ctx.worker_name, utcnow()
+        pending = session.scalars(
+            select(JobChunk).where(JobChunk.job_id == job_id, JobChunk.status == "PENDING").order_by(JobChunk.index)
+        ).all()
+        left = len(pending) + (1 if retry else 0)
+        nxt = index if retry else (pending[0].index if pending and job.status == RUNNING else None)
+        if nxt is not None and nxt != index:
+            pending[0].status = "QUEUED"
+        in_flight = session.scalar(
+            select(JobChunk.index).where(
+                JobChunk.job_id == job_id, JobChunk.status == "QUEUED", JobChunk.index != index
+            )
+        )
+        if nxt is None and in_flight is None and job.status == RUNNING:
+            failed = session.scalar(
+                select(JobChunk.index).where(JobChunk.job_id == job_id, JobChunk.status == "FAILED")
+            )
+            job.status = FAILED if failed is not None else SUCCEEDED
+        job.updated_at = utcnow()
+        policy = model_policy(session, job.model, ctx.settings)
+        level = chunk_priority(policy, job.request_class, job.chunk_service_s, max(1, left), ctx.settings)
+        model, status = job.model, job.status
+    if error:
+        logs.event(
+            log,
+            "chunk_failed",
+            logging.WARNING,
+            job=job_id,
+            chunk=index,
+            model=model,
+            worker=ctx.worker_name,
+            attempt=attempts,
+            retry=retry,
+            reason=error,
+        )
+    if nxt is not None and status not in (CANCELLED,):
+        send_chunk(app, _redis(ctx.settings.redis_url), job_id, model, nxt, level)
+    return {"job": job_id, "chunk": index, "ok": outputs is not None, "next": nxt, "priority": level}
