@@ -35,10 +35,15 @@ def cmd_model_register(args: argparse.Namespace, settings: Settings) -> int:
     store = LocalArtifactStore(settings.artifact_dir, settings.max_artifact_bytes)
     with session_scope(settings.sqlalchemy_url) as session:
         version = registry.register(
-            session, store, args.name, Path(args.artifact), runtime=args.runtime,
+            session,
+            store,
+            args.name,
+            Path(args.artifact),
+            runtime=args.runtime,
             inputs=json.loads(args.inputs) if args.inputs else None,
             outputs=json.loads(args.outputs) if args.outputs else None,
-            mem_bytes=parse_size_bytes(args.mem) if args.mem else None, service_ms=args.service_ms,
+            mem_bytes=parse_size_bytes(args.mem) if args.mem else None,
+            service_ms=args.service_ms,
             description=args.description,
         )
         if args.alias:
@@ -54,14 +59,32 @@ def cmd_model_list(args: argparse.Namespace, settings: Settings) -> int:
     _client(settings)
     with session_scope(settings.sqlalchemy_url) as session:
         rows = [
-            {"model": v.model.name, "version": v.version, "aliases": a, "runtime": v.runtime,
-             "sha256": v.sha256, "mem_bytes": v.mem_bytes, "inputs": v.inputs, "outputs": v.outputs}
+            {
+                "model": v.model.name,
+                "version": v.version,
+                "aliases": a,
+                "runtime": v.runtime,
+                "sha256": v.sha256,
+                "mem_bytes": v.mem_bytes,
+                "inputs": v.inputs,
+                "outputs": v.outputs,
+            }
             for v, a in registry.list_versions(session)
         ]
     table = render(
         ["MODEL", "VERSION", "ALIASES", "RUNTIME", "SHA256", "DECLARED MEM", "INPUTS"],
-        [[r["model"], r["version"], ",".join(r["aliases"]), r["runtime"], r["sha256"][:12], mib(r["mem_bytes"]),
-          " ".join(f"{t['name']}:{t['datatype']}{t['shape']}" for t in r["inputs"])] for r in rows],
+        [
+            [
+                r["model"],
+                r["version"],
+                ",".join(r["aliases"]),
+                r["runtime"],
+                r["sha256"][:12],
+                mib(r["mem_bytes"]),
+                " ".join(f"{t['name']}:{t['datatype']}{t['shape']}" for t in r["inputs"]),
+            ]
+            for r in rows
+        ],
     )
     _print(args, rows, table)
     return 0
@@ -78,6 +101,95 @@ def cmd_model_alias(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_model_set(args: argparse.Namespace, settings: Settings) -> int:
+    from app import registry
+    from app.db.session import session_scope
+
+    _client(settings)
+    changes: dict[str, Any] = {}
+    for key in ("policy", "max_queue", "min_replicas", "max_replicas"):
+        if getattr(args, key) is not None:
+            changes[key] = getattr(args, key)
+    if args.keep_warm is not None:
+        changes["keep_warm"] = args.keep_warm == "on"
+    if args.pin is not None:
+        changes["pinned"] = [w for w in args.pin.split(",") if w]
+    if not changes:
+        raise MaasError("nothing to change: give at least one option (see `maas model set --help`)")
+    with session_scope(settings.sqlalchemy_url) as session:
+        model = registry.configure(session, args.name, **changes)
+        print(
+            f"{model.name}: policy={model.policy or settings.policy} max_queue={model.max_queue or settings.max_queue} "
+            f"keep_warm={model.keep_warm} replicas={model.min_replicas}..{model.max_replicas or '-'} "
+            f"pinned={model.pinned or '-'}"
+        )
+    return 0
+
+
+# --- jobs -----------------------------------------------------------------------------------------------------------
+def _job_inputs(path: str) -> dict[str, Any]:
+    import numpy as np
+
+    file = Path(path)
+    if file.suffix == ".npy":
+        return {"x": np.load(file, allow_pickle=False)}
+    if file.suffix == ".npz":
+        with np.load(file, allow_pickle=False) as data:
+            return {name: data[name] for name in data.files}
+    doc = json.loads(file.read_text())
+    return {name: np.asarray(values, dtype=np.float32) for name, values in doc.items()}
+
+
+def cmd_job_submit(args: argparse.Namespace, settings: Settings) -> int:
+    client = _client(settings)
+    job_id = client.submit_job(
+        args.ref,
+        _job_inputs(args.file),
+        chunk_rows=args.chunk_rows,
+        request_class=args.request_class,
+        max_attempts=args.max_attempts,
+        parallelism=args.parallelism,
+    )
+    print(job_id)
+    return 0
+
+
+def _job_line(status) -> str:  # noqa: ANN001
+    from app.table import bar
+
+    finished = status.done + status.failed
+    return (
+        f"{status.id} {status.model} {status.status:9} {bar(finished / status.total)} "
+        f"{status.done}/{status.total} done, {status.failed} failed"
+    )
+
+
+def cmd_job_status(args: argparse.Namespace, settings: Settings) -> int:
+    import time
+
+    client = _client(settings)
+    while True:
+        status = client.jobs.status(args.job)
+        print(_job_line(status), flush=True)
+        if not args.follow or status.status != "RUNNING":
+            break
+        time.sleep(1.0)
+    for error in status.errors:
+        print(f"  {error}")
+    return 0 if status.status in ("RUNNING", "SUCCEEDED") else 1
+
+
+def cmd_job_cancel(args: argparse.Namespace, settings: Settings) -> int:
+    print(_job_line(_client(settings).jobs.cancel(args.job)))
+    return 0
+
+
+def cmd_job_results(args: argparse.Namespace, settings: Settings) -> int:
+    results = _client(settings).jobs.results(args.job)
+    print(json.dumps([{"chunk": i, "outputs": r} for i, r in enumerate(results)]))
+    return 0
+
+
 # --- lifecycle and requests ------------------------------------------------------------------------------------------
 def cmd_load(args: argparse.Namespace, settings: Settings) -> int:
     handle = _client(settings).load(args.ref, worker=args.worker, device=args.device)
@@ -85,8 +197,10 @@ def cmd_load(args: argparse.Namespace, settings: Settings) -> int:
         print(f"load sent: task {handle.id}")
         return 0
     info = handle.wait()
-    print(f"{info['model']}:{info['version']} {info['state']} on {info['worker']} (replica {info['replica']}, "
-          f"footprint {mib(info['footprint_bytes'])})")
+    print(
+        f"{info['model']}:{info['version']} {info['state']} on {info['worker']} (replica {info['replica']}, "
+        f"footprint {mib(info['footprint_bytes'])})"
+    )
     return 0 if info["state"] == "READY" else 1
 
 
@@ -119,7 +233,14 @@ def _request_inputs(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def cmd_infer(args: argparse.Namespace, settings: Settings) -> int:
-    handle = _client(settings).infer(args.ref, _request_inputs(args), priority=args.priority, timeout_s=args.timeout)
+    handle = _client(settings).infer(
+        args.ref,
+        _request_inputs(args),
+        priority=args.priority,
+        request_class=args.request_class,
+        deadline_s=args.deadline,
+        timeout_s=args.timeout,
+    )
     print(json.dumps(handle.wait(), indent=None if args.compact else 2))
     return 0
 
@@ -136,17 +257,67 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     value = {"devices": devices, "replicas": reps, "queues": queue_depths}
     dev_table = render(
         ["WORKER", "DEVICE", "KIND", "STATUS", "MEMORY", "USED"],
-        [[d["worker"], d["name"], d["kind"],
-          "alive" if d["alive"] else d["status"] if d["status"] != "online" else "silent", gib(d["mem_bytes"]),
-          gib(d["used_bytes"])] for d in devices],
+        [
+            [
+                d["worker"],
+                d["name"],
+                d["kind"],
+                "alive" if d["alive"] else d["status"] if d["status"] != "online" else "silent",
+                gib(d["mem_bytes"]),
+                gib(d["used_bytes"]),
+            ]
+            for d in devices
+        ],
     )
     rep_table = render(
         ["REPLICA", "MODEL", "WORKER", "STATE", "FOOTPRINT", "REASON"],
-        [[r["replica"], f"{r['model']}:{r['version']}", r["worker"], r["state"], mib(r["footprint_bytes"]),
-          r["reason"][:60]] for r in reps],
+        [
+            [
+                r["replica"],
+                f"{r['model']}:{r['version']}",
+                r["worker"],
+                r["state"],
+                mib(r["footprint_bytes"]),
+                r["reason"][:60],
+            ]
+            for r in reps
+        ],
     )
-    q_table = render(["QUEUE", "WAITING"], sorted(queue_depths.items()))
-    _print(args, value, f"{dev_table}\n\n{rep_table}\n\n{q_table}")
+    from app.telemetry import read_rates
+
+    rates = read_rates(redis.Redis.from_url(settings.redis_url))
+    model_rows = []
+    for m in models:
+        facts = client.scheduler.facts(m)
+        one, many = client.scheduler.estimate_s(m, 1), client.scheduler.estimate_s(m, 32)
+        model_rows.append(
+            [
+                m,
+                facts.policy,
+                queue_depths[f"m.{m}"],
+                f"{facts.max_queue}",
+                f"{rates.get(m, 0.0):.2f}",
+                f"{one * 1000:.2f}",
+                f"{many * 1000:.2f}",
+                ",".join(facts.device_classes),
+            ]
+        )
+        value.setdefault("models", []).append(
+            {
+                "model": m,
+                "policy": facts.policy,
+                "waiting": queue_depths[f"m.{m}"],
+                "max_queue": facts.max_queue,
+                "rate_per_s": rates.get(m, 0.0),
+                "est_ms_1_row": one * 1000,
+                "est_ms_32_rows": many * 1000,
+            }
+        )
+    m_table = render(
+        ["MODEL", "POLICY", "WAITING", "LIMIT", "ARRIVALS/S", "EST MS (1 ROW)", "EST MS (32 ROWS)", "LEARNED ON"],
+        model_rows,
+    )
+    _print(args, value, f"{dev_table}\n\n{rep_table}\n\n{m_table}")
     return 0
 
 
@@ -154,8 +325,10 @@ def cmd_history(args: argparse.Namespace, settings: Settings) -> int:
     events = _client(settings).history(args.model)
     table = render(
         ["AT", "REPLICA", "VERSION", "WORKER", "FROM", "TO", "REASON"],
-        [[e["at"][:23], e["replica"], e["version"], e["worker"], e["from"] or "-", e["to"], e["reason"][:60]]
-         for e in events],
+        [
+            [e["at"][:23], e["replica"], e["version"], e["worker"], e["from"] or "-", e["to"], e["reason"][:60]]
+            for e in events
+        ],
     )
     _print(args, events, table)
     return 0
@@ -233,6 +406,37 @@ def build_parser() -> argparse.ArgumentParser:
     ali.add_argument("version", type=int)
     ali.set_defaults(func=cmd_model_alias)
 
+    mset = msub.add_parser("set", help="change a model's serving settings")
+    mset.add_argument("name")
+    mset.add_argument("--policy", choices=["fifo", "sjf", "srtf", "aging"], help="scheduling policy for this model")
+    mset.add_argument("--max-queue", type=int, help="backlog past which requests are refused with QUEUE_FULL")
+    mset.add_argument("--keep-warm", choices=["on", "off"], help="keep a replica even when idle")
+    mset.add_argument("--min-replicas", type=int, help="the allocator keeps at least this many")
+    mset.add_argument("--max-replicas", type=int, help="the allocator places at most this many")
+    mset.add_argument("--pin", help="comma-separated worker names the model must be on ('' to clear)")
+    mset.set_defaults(func=cmd_model_set)
+
+    job = sub.add_parser("job", help="chunked batch jobs (SRTF overtakes at chunk boundaries)")
+    jsub = job.add_subparsers(dest="job_command", required=True, metavar="SUBCOMMAND")
+    jsubmit = jsub.add_parser("submit", help="split a data set into chunks and run it; prints the job id")
+    jsubmit.add_argument("ref")
+    jsubmit.add_argument("file", help=".npy (one input named x), .npz (inputs by name) or JSON {name: rows}")
+    jsubmit.add_argument("--chunk-rows", type=int, default=64, help="rows per chunk (default 64)")
+    jsubmit.add_argument("--class", dest="request_class", default="batch", choices=["interactive", "batch"])
+    jsubmit.add_argument("--max-attempts", type=int, default=3, help="tries per chunk before it is reported")
+    jsubmit.add_argument("--parallelism", type=int, default=1, help="chunks of this job in the queue at once")
+    jsubmit.set_defaults(func=cmd_job_submit)
+    jstatus = jsub.add_parser("status", help="progress bar and failures of a job")
+    jstatus.add_argument("job")
+    jstatus.add_argument("--follow", action="store_true", help="refresh every second until it finishes")
+    jstatus.set_defaults(func=cmd_job_status)
+    jcancel = jsub.add_parser("cancel", help="run no more chunks of a job")
+    jcancel.add_argument("job")
+    jcancel.set_defaults(func=cmd_job_cancel)
+    jres = jsub.add_parser("results", help="each chunk's outputs as JSON")
+    jres.add_argument("job")
+    jres.set_defaults(func=cmd_job_results)
+
     load = sub.add_parser("load", help="load a model version onto a worker (REF: name, name:3 or name@prod)")
     load.add_argument("ref")
     where = load.add_mutually_exclusive_group()
@@ -246,6 +450,14 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--input", action="append", default=[], metavar="NAME=JSON", help="one input tensor")
     infer.add_argument("--file", help="an Open Inference Protocol request body ({'inputs': [...]}); - for stdin")
     infer.add_argument("--priority", type=int, help="0 (highest) to 9 (lowest); default MAAS_DEFAULT_PRIORITY")
+    infer.add_argument(
+        "--class",
+        dest="request_class",
+        default="interactive",
+        choices=["interactive", "batch"],
+        help="request class the policy weighs (default interactive)",
+    )
+    infer.add_argument("--deadline", type=float, help="seconds after which the request is dropped unexecuted")
     infer.add_argument("--timeout", type=float, help="seconds to wait for the answer")
     infer.add_argument("--compact", action="store_true", help="one-line JSON")
     infer.set_defaults(func=cmd_infer)

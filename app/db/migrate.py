@@ -9,6 +9,8 @@ from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
+from sqlalchemy import create_engine
+
 from app.db.session import get_engine
 
 _SCRIPTS = Path(__file__).resolve().parent.parent / "migrations"
@@ -23,11 +25,18 @@ def alembic_config(url: str) -> Config:
 
 def upgrade(url: str, revision: str = "head") -> None:
     """Bring the database at ``url`` to ``revision`` (idempotent)."""
-    engine = get_engine(url)
-    with engine.begin() as conn:
-        cfg = alembic_config(url)
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, revision)
+    # On SQLite, Alembic's batch mode rebuilds a table (copy, drop, rename) to alter it; with foreign keys
+    # enforced, dropping a referenced table fails. The pragma cannot change inside a transaction, so migrations
+    # get their own engine without the session engine's pragmas (SQLite leaves foreign keys off by default).
+    engine = create_engine(url) if url.startswith("sqlite") else get_engine(url)
+    try:
+        with engine.begin() as conn:
+            cfg = alembic_config(url)
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, revision)
+    finally:
+        if engine is not get_engine(url):
+            engine.dispose()
 
 
 def current_revision(url: str) -> str | None:

@@ -32,3 +32,39 @@ def test_sqlite_migrations_match_the_schema_and_are_idempotent(tmp_path):
     ensure_current(url)
     assert current_revision(url) == head_revision()
     assert _diff(url) == []
+
+
+def _fill_0001(url: str) -> None:
+    from sqlalchemy import text
+
+    with get_engine(url).begin() as conn:
+        conn.execute(text("INSERT INTO model (id, name, description, created_at) VALUES (1, 'm', '', CURRENT_TIMESTAMP)"))
+        conn.execute(text(
+            "INSERT INTO model_version (id, model_id, version, artifact_uri, sha256, size_bytes, runtime, inputs,"
+            " outputs, mem_bytes, service_ms, created_at) VALUES (1, 1, 1, 'file:///a', 'x', 1, 'onnx', '[]', '[]',"
+            " 1, 1.0, CURRENT_TIMESTAMP)"
+        ))
+        conn.execute(text(
+            "INSERT INTO device (id, worker_name, host, \"index\", uuid, name, kind, mem_bytes, status, started_at,"
+            " heartbeat_at) VALUES (1, 'w', 'h', 0, 'u', 'n', 'virtual', 1, 'online', CURRENT_TIMESTAMP,"
+            " CURRENT_TIMESTAMP)"
+        ))
+        conn.execute(text(
+            "INSERT INTO replica (id, version_id, device_id, state, reason, created_at, updated_at)"
+            " VALUES (1, 1, 1, 'READY', '', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+        ))
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_upgrading_a_populated_database_keeps_its_rows(backend, postgres_url, tmp_path):
+    from sqlalchemy import text
+
+    url = f"sqlite:///{tmp_path}/old.db" if backend == "sqlite" else create_database(postgres_url, "t_mig_data")
+    upgrade(url, "0001")
+    _fill_0001(url)
+    upgrade(url)
+    with get_engine(url).connect() as conn:
+        assert conn.execute(text("SELECT name, keep_warm, min_replicas FROM model")).one() == ("m", False, 0)
+        assert conn.execute(text("SELECT state FROM replica")).scalar() == "READY"
+        assert conn.execute(text("SELECT speed FROM device")).scalar() == 1.0
+    assert _diff(url) == []

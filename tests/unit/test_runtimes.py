@@ -354,3 +354,19 @@ def test_archive_naming_foreign_module_classes_is_refused(tmp_path):
     (tmp_path / "junk.tar").write_bytes(b"junk")
     with pytest.raises(errors.CorruptArtifact, match="not a tar"):
         signature_for("sentence_transformers", tmp_path / "junk.tar", None, None)
+
+
+@pytest.mark.parametrize(
+    ("array", "why"),
+    [
+        (np.asarray([1, None], dtype=object), "must be strings"),
+        (np.asarray([b"\xff"], dtype=object), "not valid UTF-8"),
+        (np.asarray([["a"]], dtype=object), "1-d"),
+    ],
+)
+def test_embedding_texts_must_be_a_flat_list_of_strings(array, why):
+    from workers.runtimes.sentence_transformers_runtime import _texts
+
+    with pytest.raises(errors.InvalidInput, match=why):
+        _texts({"text": array})
+    assert _texts({"text": np.asarray([b"caf\xc3\xa9", "x"], dtype=object)}) == ["café", "x"]
