@@ -6,10 +6,14 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: install demo test test-unit lint bench services clean
 
+EXTRAS ?= dev,torch,skops,embeddings
+
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	# torch first, exactly pinned, so nothing that depends on it pulls a CUDA build.
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -52,6 +52,14 @@ def cmd_model_register(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_model_pack(args: argparse.Namespace, settings: Settings) -> int:
+    from workers.runtimes.archive import pack
+
+    out = pack(Path(args.directory), Path(args.out))
+    print(f"packed {args.directory} into {out} ({out.stat().st_size} bytes)")
+    return 0
+
+
 def cmd_model_list(args: argparse.Namespace, settings: Settings) -> int:
     from app import registry
     from app.db.session import session_scope
@@ -388,15 +396,29 @@ def build_parser() -> argparse.ArgumentParser:
     msub = model.add_subparsers(dest="model_command", required=True, metavar="SUBCOMMAND")
     reg = msub.add_parser("register", help="register a new immutable version from an artifact file")
     reg.add_argument("name", help="model name (a-z, 0-9, '_', '.', '-')")
-    reg.add_argument("artifact", help="path to the artifact (an .onnx file for the onnx runtime)")
-    reg.add_argument("--runtime", default="onnx", help="runtime that serves it (default: onnx)")
+    reg.add_argument(
+        "artifact",
+        help="the artifact: .onnx (onnx), TorchScript .pt (torchscript), skops file (skops), entry-point JSON "
+        "(entrypoint), or a tar made by `maas model pack` (sentence_transformers)",
+    )
+    reg.add_argument(
+        "--runtime",
+        default="onnx",
+        help="onnx (default), torchscript, skops, entrypoint or sentence_transformers",
+    )
     reg.add_argument("--mem", help="declared memory footprint, e.g. 512MiB (default: estimated from the file size)")
     reg.add_argument("--service-ms", type=float, default=1.0, help="declared time per request, ms (default 1)")
-    reg.add_argument("--inputs", help="input signature as JSON (default: read from the ONNX file)")
-    reg.add_argument("--outputs", help="output signature as JSON (default: read from the ONNX file)")
+    reg.add_argument(
+        "--inputs", help="input signature as JSON [{name, datatype, shape}] (default: read from the artifact)"
+    )
+    reg.add_argument("--outputs", help="output signature as JSON (default: read from the artifact where it can be)")
     reg.add_argument("--alias", help="also point this alias (e.g. prod) at the new version")
     reg.add_argument("--description", default="", help="free text")
     reg.set_defaults(func=cmd_model_register)
+    pack = msub.add_parser("pack", help="pack a sentence-transformers model directory into one verifiable tar")
+    pack.add_argument("directory")
+    pack.add_argument("out", help="the .tar to write (the same directory always gives the same sha256)")
+    pack.set_defaults(func=cmd_model_pack)
     lst = msub.add_parser("list", help="list models, versions and aliases")
     lst.add_argument("--json", action="store_true", help="machine-readable output")
     lst.set_defaults(func=cmd_model_list)

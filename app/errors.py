@@ -85,6 +85,12 @@ class CorruptArtifact(ArtifactError):
     code = "CORRUPT_ARTIFACT"
 
 
+class UntrustedArtifact(ArtifactError):
+    """Raised when an artifact would run code the operator has not trusted (skops types, entry points)."""
+
+    code = "UNTRUSTED_ARTIFACT"
+
+
 class UnknownRuntime(ArtifactError):
     """Raised when a version names a runtime this installation does not have."""
 

@@ -60,6 +60,15 @@ def _priority(text: str) -> int:
     return value
 
 
+def _entrypoint_allow(text: str) -> tuple[str, ...]:
+    prefixes = tuple(p.strip() for p in text.split(",") if p.strip())
+    bad = [p for p in prefixes if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", p)]
+    if bad:
+        # No wildcards: "*" would let any installed module (os, subprocess) be named by a registered artifact.
+        raise ValueError(f"{bad} are not dotted module names (no wildcards)")
+    return prefixes
+
+
 def _bool(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -133,7 +142,9 @@ class Settings:
     )
     worker_name: str = _env("MAAS_WORKER_NAME", str, "", "Worker node name; default gpu<N>@<host>")
     policy: str = _env(
-        "MAAS_POLICY", _choice("fifo", "sjf", "srtf", "aging"), "fifo",
+        "MAAS_POLICY",
+        _choice("fifo", "sjf", "srtf", "aging"),
+        "fifo",
         "Fleet scheduling policy (a model may override it)",
     )
     typical_service_s: float = _env(
@@ -150,6 +161,12 @@ class Settings:
     )
     idle_unload_s: float = _env(
         "MAAS_IDLE_UNLOAD_S", _positive_float, 300.0, "A model idle this long may be unloaded when memory is needed"
+    )
+    entrypoint_allow: tuple[str, ...] = _env(
+        "MAAS_ENTRYPOINT_ALLOW",
+        lambda text: _entrypoint_allow(text),
+        (),
+        "Module prefixes entry-point models may be imported from (comma-separated); empty disables entry points",
     )
     allocation_enabled: bool = _env(
         "MAAS_ALLOCATION", _bool, True, "Beat re-solves placement (off: loads are manual only)"

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from app.errors import InvalidInput
+from app.errors import InvalidInput, ModelExecutionError
 
 #: OIP datatype names and the numpy dtypes they travel as.
 DATATYPES: dict[str, np.dtype] = {
@@ -80,8 +80,19 @@ def encode_tensor(name: str, array: np.ndarray) -> dict[str, Any]:
     array = np.asarray(array)
     datatype = datatype_of(array)
     flat = array.reshape(-1)
-    data = [x.decode() if isinstance(x, bytes) else str(x) for x in flat] if datatype == "BYTES" else flat.tolist()
+    data = [_text(name, x) for x in flat] if datatype == "BYTES" else flat.tolist()
     return {"name": name, "shape": list(array.shape), "datatype": datatype, "data": data}
+
+
+def _text(name: str, value: object) -> str:
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ModelExecutionError(f"tensor {name!r}: BYTES value is not UTF-8 text") from None
+    if isinstance(value, str):
+        return value
+    raise ModelExecutionError(f"tensor {name!r}: BYTES value of type {type(value).__name__} is not text")
 
 
 def decode_tensor(tensor: Mapping[str, Any]) -> np.ndarray:
@@ -96,6 +107,8 @@ def decode_tensor(tensor: Mapping[str, Any]) -> np.ndarray:
     if not isinstance(data, list) or len(data) != count:
         got = len(data) if isinstance(data, list) else type(data).__name__
         raise InvalidInput(f"tensor {name!r}: shape {shape} needs {count} values, data has {got}")
+    if datatype == "BYTES" and not all(isinstance(x, str) for x in data):
+        raise InvalidInput(f"tensor {name!r}: BYTES data must be strings")
     try:
         return np.asarray(data, dtype=DATATYPES[datatype]).reshape(shape)
     except (ValueError, TypeError) as exc:

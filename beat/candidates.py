@@ -9,6 +9,7 @@ speed instead sent every model to the largest cards and lost 14-21% of served de
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 
@@ -59,18 +60,29 @@ def _reason_unplaceable(m: ModelDemand, caps: dict[str, int], largest: int) -> s
 
 
 def fairness_applies(snapshot: Snapshot, models: tuple[ModelDemand, ...]) -> bool:
-    """True when one replica of every model with demand fits (first-fit decreasing says so).
+    """True when every model's demand fits in memory: the replicas it needs, packed first-fit decreasing.
 
-    When memory is over-subscribed some model gets no replica, so the max-min share t is pinned at 0 in any
-    integer solution; the LP relaxation can still give every model a sliver and a t > 0, which only inflates the
-    bound and misleads the fixing step. So the fairness term is dropped then. FFD may miss a packing that exists;
-    that errs towards dropping the term, which costs nothing but the tie-breaking it gives.
+    Otherwise some model ends up short or without a replica, so the max-min share t is pinned near 0 in any
+    integer solution, while the LP relaxation spreads slivers of x to give every model a share and t close to 1.
+    The term then only inflates the bound (by about theta, 5%, on contended fleets) and steers the LP fixing
+    wrong, so it is dropped. FFD may miss a packing that exists; that errs towards dropping the term.
     """
-    wanted = tuple(m for m in models if m.demand_per_s > 0)
-    if sum(m.mem_bytes for m in wanted) > sum(d.mem_bytes for d in snapshot.devices):
+    mean_speed = sum(d.speed for d in snapshot.devices) / max(1, len(snapshot.devices))
+    wanted = tuple(
+        replace(m, min_replicas=max(1, m.min_replicas, _replicas_needed(m, snapshot.rho, mean_speed)), pinned=())
+        for m in models
+        if m.demand_per_s > 0
+    )
+    total = sum(m.mem_bytes * m.min_replicas for m in wanted)
+    if total > sum(d.mem_bytes for d in snapshot.devices):
         return False
-    probe = Snapshot(devices=snapshot.devices, models=wanted)
-    return len(ffd_placement(probe)) == len(wanted)
+    placed = ffd_placement(Snapshot(devices=snapshot.devices, models=wanted))
+    return all(len(placed.get(m.name, ())) >= m.min_replicas for m in wanted)
+
+
+def _replicas_needed(m: ModelDemand, rho: float, speed: float) -> int:
+    """Replicas of average speed that serve all of the model's demand."""
+    return math.ceil(max(0.0, m.demand_per_s) * m.service_s / (rho * speed))
 
 
 def all_pairs(snapshot: Snapshot, models: tuple[ModelDemand, ...]) -> np.ndarray:
@@ -81,11 +93,17 @@ def all_pairs(snapshot: Snapshot, models: tuple[ModelDemand, ...]) -> np.ndarray
     return np.stack([mi, gi], axis=1)
 
 
-def candidate_pairs(snapshot: Snapshot, models: tuple[ModelDemand, ...], base: int = BASE_CANDIDATES) -> np.ndarray:
+def candidate_pairs(
+    snapshot: Snapshot,
+    models: tuple[ModelDemand, ...],
+    base: int = BASE_CANDIDATES,
+    also: dict[str, tuple[str, ...]] | None = None,
+) -> np.ndarray:
     """A few devices per model, spread over the devices it fits on in proportion to their memory.
 
     A model whose demand needs k replicas gets about 2k + 2 candidates; its current and pinned devices are always
-    candidates, so keeping the current placement stays feasible (it is the solver's incumbent).
+    candidates, so keeping the current placement stays feasible (it is the solver's incumbent); so are the devices
+    `also` lists per model (the greedy incumbent).
     """
     caps = np.array([d.mem_bytes for d in snapshot.devices], dtype=float)
     speeds = np.array([d.speed for d in snapshot.devices], dtype=float)
@@ -93,10 +111,11 @@ def candidate_pairs(snapshot: Snapshot, models: tuple[ModelDemand, ...], base: i
     # A fixed shuffle interleaves card types, so a model's stratified walk crosses all of them.
     order = np.random.default_rng(0).permutation(len(caps))
     mean_speed = float(speeds.mean()) if speeds.size else 1.0
+    also = also or {}
     chunks = []
     for i, m in enumerate(models):
         eligible = order[caps[order] >= m.mem_bytes]
-        need = math.ceil(max(0.0, m.demand_per_s) * m.service_s / (snapshot.rho * mean_speed))
+        need = _replicas_needed(m, snapshot.rho, mean_speed)
         k = max(base, 2 * need + 2, m.min_replicas + 2)
         if eligible.size <= k:
             chosen = eligible
@@ -104,7 +123,11 @@ def candidate_pairs(snapshot: Snapshot, models: tuple[ModelDemand, ...], base: i
             cum = np.cumsum(caps[eligible])
             points = (((i * _PHI) % 1.0 + np.arange(k)) / k) * cum[-1]
             chosen = eligible[np.minimum(np.searchsorted(cum, points, side="right"), eligible.size - 1)]
-        extra = [index[g] for g in (*m.current, *m.pinned) if g in index and caps[index[g]] >= m.mem_bytes]
+        extra = [
+            index[g]
+            for g in (*m.current, *m.pinned, *also.get(m.name, ()))
+            if g in index and caps[index[g]] >= m.mem_bytes
+        ]
         devs = np.unique(np.concatenate([chosen, np.array(extra, dtype=np.int64)]).astype(np.int64))
         chunks.append(np.stack([np.full(devs.size, i), devs], axis=1))
     if not chunks:

@@ -32,6 +32,10 @@ _STOPPED_EARLY = {
 }
 
 
+#: LPs up to this many pairs go to primal simplex, larger ones to interior point (see `solve_highs`)
+PRIMAL_SIMPLEX_MAX_PAIRS = 10_000
+
+
 @dataclass(frozen=True)
 class RawSolution:
     x: np.ndarray
@@ -153,6 +157,15 @@ def solve_highs(
     h.setOptionValue("time_limit", max(0.05, float(time_limit_s)))
     h.setOptionValue("mip_rel_gap", float(gap))
     h.setOptionValue("random_seed", 0)
+    if not integer:
+        # Measured on the pruned LPs, 2 cores: primal simplex 0.4 s / 0.7-1.3 s at 3.4k / 6.8k pairs against 0.75 s /
+        # 1.6-1.8 s for interior point and 0.8 s / 1.2-2.4 s for dual simplex; at 13.8k pairs interior point wins
+        # (5-6 s against 10 s primal, 26 s dual).
+        if problem.n_pairs <= PRIMAL_SIMPLEX_MAX_PAIRS:
+            h.setOptionValue("solver", "simplex")
+            h.setOptionValue("simplex_strategy", 4)  # primal
+        else:
+            h.setOptionValue("solver", "ipm")
     h.passModel(build_highs_lp(problem, integer=integer))
     if start is not None and integer:
         h.setSolution(start.size, np.arange(start.size, dtype=np.int32), start.astype(float))

@@ -24,9 +24,9 @@ def build_pulp_model(
     x, r = [], []
     # Variables are named by pair index: model and device names may hold characters LP files reject.
     for p in range(problem.n_pairs):
-        x.append(pulp.LpVariable(f"x_{p}", float(problem.x_lb[p]), float(problem.x_ub[p]), cat=cat))
-        r.append(pulp.LpVariable(f"r_{p}", 0.0))
-    t = pulp.LpVariable("t", 0.0, 1.0 if problem.fairness else 0.0)
+        x.append(_variable(prob, f"x_{p}", float(problem.x_lb[p]), float(problem.x_ub[p]), cat))
+        r.append(_variable(prob, f"r_{p}", 0.0, None, pulp.LpContinuous))
+    t = _variable(prob, "t", 0.0, 1.0 if problem.fairness else 0.0, pulp.LpContinuous)
 
     by_model: dict[int, list[int]] = {}
     by_device: dict[int, list[int]] = {}
@@ -64,6 +64,13 @@ def build_pulp_model(
         # loads + unloads <= B, with unloads = n_current - kept
         prob += loads - kept <= problem.move_budget - problem.n_current, "move_budget"
     return prob, x, r, t
+
+
+def _variable(prob: pulp.LpProblem, name: str, low: float, up: float | None, cat: str) -> pulp.LpVariable:
+    # PuLP 3.3 deprecates LpVariable(...) in favour of prob.add_variable; older PuLP only has the former.
+    if hasattr(prob, "add_variable"):
+        return prob.add_variable(name, low, up, cat=cat)
+    return pulp.LpVariable(name, low, up, cat=cat)
 
 
 def status_from_pulp(status: int, sol_status: int) -> PlanStatus | None:

@@ -66,6 +66,12 @@ class Problem:
     def with_bounds(self, x_lb: np.ndarray, x_ub: np.ndarray) -> Problem:
         return replace(self, x_lb=x_lb, x_ub=x_ub)
 
+    def subset(self, keep: np.ndarray) -> Problem:
+        """Only the pairs in the boolean mask `keep`; the objective of any solution with x = 0 elsewhere is unchanged
+        (a dropped current pair's unload cost already sits in the offset)."""
+        pair_fields = ("pair_model", "pair_device", "mu", "rate_cap", "x_gain", "x_lb", "x_ub", "is_current")
+        return replace(self, **{name: getattr(self, name)[keep] for name in pair_fields})
+
 
 def build_problem(
     snapshot: Snapshot,

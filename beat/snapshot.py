@@ -67,6 +67,10 @@ class Snapshot:
     migration_weight: float = 1.0
     #: amortisation horizon H: a load's cost is spread over this many seconds of serving
     horizon_s: float = 600.0
+    #: hysteresis: a plan that moves replicas must beat keeping the current placement (re-routed) by this share of
+    #: what the models it moves serve now, on top of the amortised migration cost the objective already charges;
+    #: 0 = move for any net gain
+    hysteresis: float = 0.05
     #: theta, weight of the max-min fairness term (share of every model's demand served)
     fairness_weight: float = 0.05
     #: wall-clock budget for the whole solve (build, LP, MILP, polish)

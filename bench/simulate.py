@@ -1,18 +1,19 @@
 """Discrete-event simulation of the fleet's priority scheduling, one JSON line of figures per policy.
 
-Models what the live system does, not an idealised scheduler: ``servers`` workers each pop the highest-priority
-message (level 0 first, FIFO within a level, as kombu's Redis transport does) and run it to completion
-(prefetch 1, no preemption). A request's level is fixed when it is enqueued, so:
+Models what the live system does, not an idealised scheduler: ``servers`` workers each pop the
+highest-priority message (level 0 first, FIFO within a level, as kombu's Redis transport does) and run it to
+completion (prefetch 1, no preemption). A request's level is fixed when it is enqueued, so:
 
 - SJF / aging size a request from an *estimate* of its service time: by default the online estimator of
   ``app.service_time`` fed with the context tokens known at arrival and the service times of finished requests
   (``--oracle`` uses the true service time instead);
-- SRTF with ``--chunk-ms`` splits a request into chunks, each enqueued at the level of the work left, so a short
-  request overtakes a long one at the next chunk boundary; without it a request is a single chunk sized by its
-  estimate (non-preemptive SRPT);
+- SRTF with ``--chunk-ms`` splits a request into chunks, each enqueued at the level of the work left, so a
+  short request overtakes a long one at the next chunk boundary; without it a request is a single chunk sized
+  by its estimate (non-preemptive SRPT);
 - aging is a beat task every ``--aging-period-ms`` that re-enqueues each waiting request whose level has
   improved, at the tail of the new level (the old message is dropped unread, as the worker's idempotency check
-  would drop the stale copy).
+  would drop the stale copy). Each request carries ``backlog_s``, the estimated work queued at its arrival over
+  the servers, as the producer would read it from the queue lengths.
 
 Run: ``python -m bench.simulate [--trace PATH] [--load 0.85] [--servers N]``.
 """
@@ -27,7 +28,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from app.policies import Policy, PolicyParams, RequestFacts, parse_policy, priority_for
+from app.policies import Policy, PolicyParams, RequestFacts, next_promotion_wait_s, parse_policy, priority_for
 from app.service_time import ServiceTimeEstimator
 from bench.trace import DEFAULT_TRACE_PATH, Request, SizeClass, build_workload, load_trace, quantile
 
@@ -61,6 +62,7 @@ class Outcome:
 class _Job:
     request: Request
     estimate_s: float = 0.0
+    backlog_s: float = 0.0  # estimated FIFO wait at arrival: queued estimated work / servers
     done_s: float = 0.0
     level: int = 0
     seq: int = 0  # sequence of its live queue entry; older entries are stale copies
@@ -74,26 +76,35 @@ class _Sim:
     estimator: ServiceTimeEstimator
     jobs: list[_Job]
     queue: list[tuple[int, int, int]] = field(default_factory=list)  # (level, seq, job index)
-    waiting: set[int] = field(default_factory=set)
+    waiting: dict[int, float] = field(default_factory=dict)  # job index -> its estimated work in the queue
+    queued_work_s: float = 0.0
+    promotions: list[tuple[float, int, int]] = field(default_factory=list)  # (due time, seq, job index)
     running: list[tuple[float, int, float]] = field(default_factory=list)  # (end time, job index, chunk s)
     outcomes: list[Outcome | None] = field(default_factory=list)
     next_seq: int = 0
 
-    def level_of(self, job: _Job, now_s: float) -> int:
-        facts = RequestFacts(
+    def facts(self, job: _Job, now_s: float) -> RequestFacts:
+        return RequestFacts(
             request_class=self.config.request_class,
             estimated_service_s=job.estimate_s,
             remaining_s=max(job.estimate_s - job.done_s, 0.0),
             waited_s=now_s - job.request.arrival_s,
+            backlog_s=job.backlog_s,
         )
-        return priority_for(self.config.policy, facts, self.config.params)
 
-    def enqueue(self, index: int, level: int) -> None:
+    def enqueue(self, index: int, now_s: float) -> None:
         job = self.jobs[index]
+        facts = self.facts(job, now_s)
         self.next_seq += 1
-        job.level, job.seq = level, self.next_seq
-        heapq.heappush(self.queue, (level, self.next_seq, index))
-        self.waiting.add(index)
+        job.level, job.seq = priority_for(self.config.policy, facts, self.config.params), self.next_seq
+        heapq.heappush(self.queue, (job.level, job.seq, index))
+        if index not in self.waiting:
+            self.waiting[index] = facts.remaining_s
+            self.queued_work_s += facts.remaining_s
+        if self.config.policy is Policy.AGING:
+            due_s = job.request.arrival_s + next_promotion_wait_s(facts, self.config.params)
+            if due_s < math.inf:
+                heapq.heappush(self.promotions, (due_s, job.seq, index))
 
     def arrive(self, index: int, now_s: float) -> None:
         job = self.jobs[index]
@@ -101,7 +112,8 @@ class _Sim:
             job.estimate_s = job.request.service_s
         else:
             job.estimate_s = self.estimator.estimate(TRACE_KEY, job.request.size_tokens)
-        self.enqueue(index, self.level_of(job, now_s))
+        job.backlog_s = self.queued_work_s / self.config.servers
+        self.enqueue(index, now_s)
 
     def dispatch(self, now_s: float) -> None:
         while self.queue and len(self.running) < self.config.servers:
@@ -109,7 +121,8 @@ class _Sim:
             job = self.jobs[index]
             if seq != job.seq:
                 continue  # stale copy left behind by an aging re-enqueue
-            self.waiting.discard(index)
+            # max(): the running sum drifts by rounding errors and must not go negative.
+            self.queued_work_s = max(self.queued_work_s - self.waiting.pop(index), 0.0)
             left_s = job.request.service_s - job.done_s
             chunk_s = left_s
             if self.config.policy is Policy.SRTF and self.config.chunk_s:
@@ -123,19 +136,28 @@ class _Sim:
         request = job.request
         # Relative tolerance: summing chunks may fall a rounding error short of the service time.
         if job.done_s < request.service_s * (1.0 - 1e-9):
-            self.enqueue(index, self.level_of(job, now_s))
+            self.enqueue(index, now_s)
             return
         response_s = now_s - request.arrival_s
         self.outcomes[index] = Outcome(response_s, response_s - request.service_s, request.size_class)
         self.estimator.observe(TRACE_KEY, request.size_tokens, request.service_s)
 
+    def next_beat_s(self) -> float:
+        """First beat tick at or after the earliest due promotion (ticks that would promote nothing are skipped)."""
+        if not self.promotions:
+            return math.inf
+        period_s = self.config.aging_period_s
+        return math.ceil(self.promotions[0][0] / period_s) * period_s
+
     def beat(self, now_s: float) -> None:
-        # Sorted so promotions at one tick keep arrival order within their new level, as a scan of the
-        # pending set ordered by submission time would.
-        for index in sorted(self.waiting):
-            level = self.level_of(self.jobs[index], now_s)
-            if level < self.jobs[index].level:
-                self.enqueue(index, level)
+        due = []
+        while self.promotions and self.promotions[0][0] <= now_s:
+            _, seq, index = heapq.heappop(self.promotions)
+            if seq == self.jobs[index].seq and index in self.waiting:
+                due.append(index)
+        # In submission order, as a beat scanning the pending set by submission time would re-enqueue them.
+        for index in sorted(due):
+            self.enqueue(index, now_s)
 
 
 def simulate(requests: Sequence[Request], config: SimConfig) -> list[Outcome]:
@@ -147,12 +169,12 @@ def simulate(requests: Sequence[Request], config: SimConfig) -> list[Outcome]:
     mean_service_s = sum(r.service_s for r in requests) / max(len(requests), 1)
     estimator = ServiceTimeEstimator(default_service_s=mean_service_s)
     sim = _Sim(config, estimator, [_Job(r) for r in requests], outcomes=[None] * len(requests))
-    aging = config.policy is Policy.AGING
-    next_arrival, next_beat_s = 0, math.inf
+    next_arrival = 0
     while next_arrival < len(requests) or sim.running:
         arrival_s = requests[next_arrival].arrival_s if next_arrival < len(requests) else math.inf
         end_s = sim.running[0][0] if sim.running else math.inf
-        now_s = min(arrival_s, end_s, next_beat_s)
+        beat_s = sim.next_beat_s()
+        now_s = min(arrival_s, end_s, beat_s)
         if end_s == now_s:
             sim.complete(now_s)
         elif arrival_s == now_s:
@@ -160,11 +182,7 @@ def simulate(requests: Sequence[Request], config: SimConfig) -> list[Outcome]:
             next_arrival += 1
         else:
             sim.beat(now_s)
-            next_beat_s = math.inf
         sim.dispatch(now_s)
-        if aging and sim.waiting and next_beat_s == math.inf:
-            # The beat runs on a fixed clock; ticks with nothing waiting change nothing and are skipped.
-            next_beat_s = (math.floor(now_s / config.aging_period_s) + 1) * config.aging_period_s
     return [o for o in sim.outcomes if o is not None]
 
 
@@ -205,15 +223,13 @@ def add_ratios(summary: dict, fifo: dict) -> dict:
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.simulate", description=__doc__.split("\n")[0])
-    parser.add_argument("--trace", default=str(DEFAULT_TRACE_PATH), help="CSV with TIMESTAMP, ContextTokens, ...")
+    parser.add_argument("--trace", default=str(DEFAULT_TRACE_PATH), help="CSV: TIMESTAMP, ContextTokens, ...")
     parser.add_argument("--load", type=float, default=0.85, help="offered load per server (default 0.85)")
     parser.add_argument("--servers", type=int, default=1)
-    parser.add_argument("--mean-service-ms", type=float, default=100.0, help="mean service time after scaling")
+    parser.add_argument("--mean-service-ms", type=float, default=100.0, help="mean service after scaling")
     parser.add_argument("--policies", default="fifo,sjf,srtf,aging", help="comma-separated; fifo always runs")
-    parser.add_argument("--chunk-ms", type=float, default=None, help="SRTF chunk size (default: whole requests)")
-    parser.add_argument(
-        "--aging-period-ms", type=float, default=None, help="beat period (default: the aging step)"
-    )
+    parser.add_argument("--chunk-ms", type=float, default=None, help="SRTF chunk (default: whole requests)")
+    parser.add_argument("--aging-period-ms", type=float, default=None, help="beat period (default: the aging step)")
     parser.add_argument("--oracle", action="store_true", help="size requests by true, not estimated, service")
     return parser.parse_args(argv)
 

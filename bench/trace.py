@@ -1,9 +1,9 @@
 """Load an LLM request trace and turn it into a benchmark workload at a chosen offered load.
 
-The trace (``TIMESTAMP, ContextTokens, GeneratedTokens``; Azure LLM inference trace 2023) gives arrival times and
-sizes. Service time is a function of the token counts (total tokens by default, a fair proxy per the trace's
-README), scaled so the mean service is ``mean_service_ms``; arrivals are then compressed in time so the offered
-load ``arrival rate x mean service / servers`` hits the target. Compressing keeps the trace's burst structure,
+The trace (``TIMESTAMP, ContextTokens, GeneratedTokens``; Azure LLM inference trace 2023) gives arrival times
+and sizes. Service time is a function of the token counts (total tokens by default, a fair proxy per the
+trace's README), scaled so the mean service is ``mean_service_ms``; arrivals are then compressed in time so the
+offered load ``arrival rate x mean service / servers`` hits the target. Compressing keeps the trace's burst structure,
 which is what separates the policies; resampling arrivals would smooth it away.
 """
 
@@ -56,7 +56,7 @@ def total_tokens(context_tokens: int, generated_tokens: int) -> float:
 
 
 def load_trace(path: str | Path = DEFAULT_TRACE_PATH) -> list[TraceRow]:
-    """Rows of a trace CSV sorted by arrival; raises ``ValueError`` naming the file and the bad row or column."""
+    """Rows of a trace CSV sorted by arrival; ``ValueError`` names the file and the bad line or column."""
     path = Path(path)
     with path.open(newline="") as handle:
         reader = csv.DictReader(handle)
@@ -85,11 +85,9 @@ def quantile(values: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
-def time_scale_for_load(
-    span_s: float, count: int, mean_service_s: float, servers: int, load: float
-) -> float:
-    """Factor to multiply arrival times by so ``count`` requests over ``span_s`` offer ``load`` to ``servers``."""
-    if not (0.0 < load and servers >= 1 and span_s > 0.0 and count > 1 and mean_service_s > 0.0):
+def time_scale_for_load(span_s: float, count: int, mean_service_s: float, servers: int, load: float) -> float:
+    """Factor on arrival times so ``count`` requests over ``span_s`` offer ``load`` to ``servers``."""
+    if not (load > 0.0 and servers >= 1 and span_s > 0.0 and count > 1 and mean_service_s > 0.0):
         raise ValueError(
             f"need load > 0, servers >= 1, a trace spanning > 0 s with > 1 request; got load={load}, "
             f"servers={servers}, span_s={span_s}, count={count}"
@@ -120,7 +118,8 @@ def build_workload(
         raise ValueError("service_of gives no positive work on this trace")
     mean_service_s = mean_service_ms / 1000.0
     services_s = [w * mean_service_s / raw_mean for w in raw]
-    scale = time_scale_for_load(rows[-1].arrival_s - rows[0].arrival_s, len(rows), mean_service_s, servers, load)
+    span_s = rows[-1].arrival_s - rows[0].arrival_s
+    scale = time_scale_for_load(span_s, len(rows), mean_service_s, servers, load)
     short_max_s = quantile(services_s, class_quantile)
     long_min_s = quantile(services_s, 1.0 - class_quantile)
 

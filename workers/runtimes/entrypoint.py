@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from app.errors import ArtifactError, ConfigError, CorruptArtifact, MaasError, ModelExecutionError
+from app.errors import ArtifactError, ConfigError, CorruptArtifact, MaasError, ModelExecutionError, UntrustedArtifact
 
 #: Environment variable holding the module prefixes entry points may be imported from.
 ALLOW_VAR = "MAAS_ENTRYPOINT_ALLOW"
@@ -52,9 +51,10 @@ class EntryPointSpec:
 
 
 def allowed_prefixes() -> tuple[str, ...]:
-    """The operator's allow-list on this worker."""
-    # TODO: read Settings.entrypoint_allow (MAAS_ENTRYPOINT_ALLOW) once it exists; Runtime.load gets no settings yet.
-    return parse_allow(os.environ.get(ALLOW_VAR, ""))
+    """The operator's allow-list on this worker (MAAS_ENTRYPOINT_ALLOW, read through the typed settings)."""
+    from app.settings import Settings
+
+    return Settings.from_env().entrypoint_allow
 
 
 def parse_allow(text: str) -> tuple[str, ...]:
@@ -100,7 +100,7 @@ def resolve(spec: EntryPointSpec, prefixes: tuple[str, ...]) -> Callable[..., An
     """Import and return the named object, after checking the allow-list; raise ArtifactError otherwise."""
     if not module_allowed(spec.module, prefixes):
         allowed = ", ".join(prefixes) or f"none; set {ALLOW_VAR} on the worker"
-        raise ArtifactError(f"entry point {spec.target} refused: module not on the allow-list ({allowed})")
+        raise UntrustedArtifact(f"entry point {spec.target} refused: module not on the allow-list ({allowed})")
     try:
         obj: Any = importlib.import_module(spec.module)
     except ImportError as exc:
@@ -111,7 +111,7 @@ def resolve(spec: EntryPointSpec, prefixes: tuple[str, ...]) -> Callable[..., An
         obj = getattr(obj, part)
     home = getattr(obj, "__module__", None) or ""
     if not module_allowed(home, prefixes):
-        raise ArtifactError(f"entry point {spec.target} refused: it is defined in {home or 'unknown'}, not allowed")
+        raise UntrustedArtifact(f"entry point {spec.target} refused: it is defined in {home or 'unknown'}, not allowed")
     if not callable(obj):
         raise ArtifactError(f"entry point {spec.target} is not callable")
     return obj

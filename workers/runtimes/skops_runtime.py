@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from app.errors import ArtifactError, CorruptArtifact, InvalidInput, ModelExecutionError
+from app.errors import CorruptArtifact, InvalidInput, ModelExecutionError, UntrustedArtifact
 
 
 def load_estimator(artifact: Path) -> Any:
@@ -30,7 +30,7 @@ def load_estimator(artifact: Path) -> Any:
         raise CorruptArtifact(f"{artifact.name} is not a skops file: {exc}") from None
     if untrusted:
         shown = ", ".join(untrusted[:10]) + (f" and {len(untrusted) - 10} more" if len(untrusted) > 10 else "")
-        raise ArtifactError(f"{artifact.name} refused: it holds types skops does not trust ({shown})")
+        raise UntrustedArtifact(f"{artifact.name} refused: it holds types skops does not trust ({shown})")
     try:
         estimator = sio.load(artifact)  # trusted=None: skops' default-trusted types only, checked again here
     except Exception as exc:
