@@ -342,6 +342,97 @@ def cmd_history(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+# --- allocation -----------------------------------------------------------------------------------------------------
+def cmd_allocation_show(args: argparse.Namespace, settings: Settings) -> int:
+    from app.table import bar
+
+    client = _client(settings)
+    devices, reps = client.devices(), client.replicas()
+    lines = []
+    for d in devices:
+        held = [r for r in reps if r["worker"] == d["worker"]]
+        frac = d["used_bytes"] / d["mem_bytes"] if d["mem_bytes"] else 0.0
+        tag = " (virtual)" if d["kind"] == "virtual" else ""
+        state = "alive" if d["alive"] else d["status"]
+        lines.append(f"{d['worker']}  {d['name']}{tag}  {state}")
+        lines.append(f"  memory {bar(frac, 30)} {gib(d['used_bytes'])} of {gib(d['mem_bytes'])}")
+        for r in held:
+            lines.append(f"  - {r['model']}:{r['version']} {r['state']} {mib(r['footprint_bytes'])}")
+    _print(args, {"devices": devices, "replicas": reps}, "\n".join(lines) or "no devices registered")
+    return 0
+
+
+def cmd_allocation_solve(args: argparse.Namespace, settings: Settings) -> int:
+    from beat.allocation import allocate
+
+    client = _client(settings)
+    client.app.maas_settings = settings
+    summary = allocate(client.app, dry_run=args.dry_run)
+    if "skipped" in summary:
+        print(summary["skipped"])
+        return 1
+    moves = render(
+        ["#", "MOVE", "MODEL", "WORKER", "AFTER"],
+        [
+            [i, m["kind"], m["model"], m["device"], ",".join(map(str, m["after"])) or "-"]
+            for i, m in enumerate(summary["moves"])
+        ],
+    )
+    head = (
+        f"run {summary['run']}: {summary['status']} ({summary['solver_status']}, objective {summary['objective']:.3f},"
+        f" bound {summary['bound']:.3f}, gap {summary['gap']:.2%})"
+    )
+    target = "\n".join(f"  {m}: {', '.join(w)}" for m, w in sorted(summary["target"].items()))
+    reason = f"\n{summary['reason']}" if summary["reason"] else ""
+    _print(args, summary, f"{head}{reason}\ntarget placement:\n{target}\n\n{moves}")
+    return 0
+
+
+def cmd_allocation_history(args: argparse.Namespace, settings: Settings) -> int:
+    from sqlalchemy import select
+
+    from app.db.schema import AllocationRun
+    from app.db.session import session_scope
+
+    _client(settings)
+    with session_scope(settings.sqlalchemy_url) as session:
+        runs = session.scalars(select(AllocationRun).order_by(AllocationRun.id.desc()).limit(args.limit)).all()
+        rows = [
+            {
+                "run": r.id,
+                "at": r.started_at.isoformat(),
+                "status": r.status,
+                "solver": r.solver_status,
+                "objective": r.objective,
+                "gap": r.gap,
+                "solve_s": r.solve_s,
+                "moves": len(r.moves),
+                "done": sum(m.get("state") == "done" for m in r.moves),
+                "reason": r.reason,
+            }
+            for r in runs
+        ]
+    table = render(
+        ["RUN", "AT", "STATUS", "SOLVER", "GAP", "SOLVE S", "MOVES", "DONE", "REASON"],
+        [
+            [
+                r["run"],
+                r["at"][:19],
+                r["status"],
+                r["solver"],
+                f"{(r['gap'] or 0):.2%}",
+                f"{(r['solve_s'] or 0):.3f}",
+                r["moves"],
+                r["done"],
+                r["reason"][:50],
+            ]
+            for r in rows
+        ],
+    )
+    _print(args, rows, table)
+    return 0
+
+
 # --- processes ------------------------------------------------------------------------------------------------------
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from workers.main import run
@@ -497,6 +588,20 @@ def build_parser() -> argparse.ArgumentParser:
     hist.add_argument("model")
     hist.add_argument("--json", action="store_true")
     hist.set_defaults(func=cmd_history)
+
+    alloc = sub.add_parser("allocation", help="the MILP placement of replicas on devices")
+    asub = alloc.add_subparsers(dest="allocation_command", required=True, metavar="SUBCOMMAND")
+    ashow = asub.add_parser("show", help="each device with its models and a memory bar")
+    ashow.add_argument("--json", action="store_true")
+    ashow.set_defaults(func=cmd_allocation_show)
+    asolve = asub.add_parser("solve", help="re-solve the placement now (what beat does every period)")
+    asolve.add_argument("--dry-run", action="store_true", help="print the plan and its moves without acting")
+    asolve.add_argument("--json", action="store_true")
+    asolve.set_defaults(func=cmd_allocation_solve)
+    ahist = asub.add_parser("history", help="past allocation runs")
+    ahist.add_argument("--limit", type=int, default=20)
+    ahist.add_argument("--json", action="store_true")
+    ahist.set_defaults(func=cmd_allocation_history)
 
     worker = sub.add_parser("worker", help="run a worker pinned to one device")
     worker.add_argument("--device", type=int, required=True, help="device index (a GPU, or a virtual device)")

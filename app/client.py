@@ -19,7 +19,7 @@ from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult
 
 from app import ledger, placement, registry, telemetry
-from app.celery_app import CONTROL_PRIORITY, control_queue, create_app, model_queue
+from app.celery_app import CONTROL_PRIORITY, SYSTEM_QUEUE, control_queue, create_app, model_queue
 from app.db import devices as device_rows
 from app.db import replicas
 from app.db.schema import Device, Replica
@@ -93,7 +93,7 @@ class Client:
         self.app = app or create_app(self.settings)
         self._refs: dict[str, _Resolved] = {}
         self._redis = redis.Redis.from_url(self.settings.redis_url)
-        self.scheduler = Scheduler(self.settings, self._redis)
+        self.scheduler = Scheduler(self.settings, self._redis, trigger=self._request_allocation)
         self.jobs = Jobs(self.settings, self.app, self._redis)
 
     @property
@@ -197,6 +197,9 @@ class Client:
             parallelism=parallelism,
         )
 
+    def _request_allocation(self) -> None:
+        self.app.send_task("maas.allocate", queue=SYSTEM_QUEUE, priority=CONTROL_PRIORITY)
+
     def _priority(self, priority: int | None) -> int:
         if priority is None:
             return self.settings.default_priority
@@ -232,7 +235,9 @@ class Client:
             if existing is not None and existing.state == ReplicaState.READY.value:
                 return Handle(None, 0, done_value=_summary(existing))
             if existing is None:
-                target = placement.choose_device(views, version.mem_bytes, worker=worker, device=device)
+                target = placement.choose_device(
+                    views, replicas.need_bytes(session, version), worker=worker, device=device
+                )
                 dev = device_rows.by_worker(session, target.worker_name)
                 existing = replicas.create(session, version.id, dev.id, reason=f"load {version.ref}")
             replica_id, worker_name = existing.id, existing.device.worker_name

@@ -159,9 +159,8 @@ def _scenario(client, settings, workdir: Path) -> int:  # noqa: ANN001
     step("Loading a replica on every worker")
     for worker in sorted(d["worker"] for d in client.devices() if d["alive"]):
         info = client.load("digits", worker=worker).wait()
-        print(
-            f"    replica {info['replica']} {info['state']} on {info['worker']}, footprint {mib(info['footprint_bytes'])}"
-        )
+        footprint = mib(info["footprint_bytes"])
+        print(f"    replica {info['replica']} {info['state']} on {info['worker']}, footprint {footprint}")
 
     step(f"Sending {len(x_test)} requests at mixed priorities (0 highest .. 9 lowest)")
     t0 = time.perf_counter()

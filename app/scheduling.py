@@ -23,6 +23,8 @@ from app.settings import Settings
 
 #: How long per-model facts are reused before they are read again.
 CACHE_S = 5.0
+#: Debounces the scale-from-zero trigger across producers.
+TRIGGER_KEY = "maas:trigger:allocate"
 
 
 @dataclass(frozen=True)
@@ -44,9 +46,10 @@ class Decision:
 
 
 class Scheduler:
-    def __init__(self, settings: Settings, client: redis.Redis) -> None:
+    def __init__(self, settings: Settings, client: redis.Redis, trigger=None) -> None:  # noqa: ANN001
         self.settings = settings
         self.redis = client
+        self.trigger = trigger  # sends an allocation request; None in tools that must not start one
         self._facts: dict[str, ModelFacts] = {}
         self._estimators: dict[str, tuple[float, object]] = {}
         #: Size bands and the aging clock scale with the fleet's typical service time.
@@ -74,6 +77,13 @@ class Scheduler:
         self._facts[model] = fresh
         return fresh
 
+    def _scale_from_zero(self, model: str) -> None:
+        """Ask for an allocation run now rather than at the next period; at most one request per period."""
+        if not self.settings.allocation_enabled or self.trigger is None:
+            return
+        if self.redis.set(TRIGGER_KEY, model, nx=True, ex=max(1, int(self.settings.allocation_period_s))):
+            self.trigger()
+
     def estimate_s(self, model: str, size: float) -> float:
         facts = self.facts(model)
         cached = self._estimators.get(model)
@@ -95,6 +105,8 @@ class Scheduler:
     ) -> Decision:
         """The level to enqueue at; raises QueueFull before anything is sent when the backlog is at its limit."""
         facts = self.facts(model)
+        if facts.replicas == 0:
+            self._scale_from_zero(model)
         backlog = sum(depth_by_priority(self.redis, queue))
         if backlog >= facts.max_queue:
             raise QueueFull(f"model {model!r} has {backlog} requests waiting, at its limit of {facts.max_queue}")

@@ -70,14 +70,21 @@ def update_rates(client: redis.Redis, half_life_s: float, now: float | None = No
     for model, count in counts.items():
         prev = previous.get(model)
         if prev is None:
-            rate = 0.0
+            rate, last = 0.0, now if count else 0.0
         else:
             rate = ewma_rate(prev["rate_per_s"], count - prev["count"], now - prev["at"], half_life_s)
+            last = now if count > prev["count"] else prev.get("last_arrival_at", 0.0)
         rates[model] = rate
-        pipe.hset(RATES, model, json.dumps({"rate_per_s": rate, "count": count, "at": now}))
+        entry = {"rate_per_s": rate, "count": count, "at": now, "last_arrival_at": last}
+        pipe.hset(RATES, model, json.dumps(entry))
     pipe.execute()
     return rates
 
 
 def read_rates(client: redis.Redis) -> dict[str, float]:
     return {k.decode(): json.loads(v)["rate_per_s"] for k, v in client.hgetall(RATES).items()}
+
+
+def last_arrivals(client: redis.Redis) -> dict[str, float]:
+    """When each model last saw a request, to the precision of the allocator's period (unix seconds)."""
+    return {k.decode(): json.loads(v).get("last_arrival_at", 0.0) for k, v in client.hgetall(RATES).items()}

@@ -1,9 +1,11 @@
 """Aging: requests of models under the ``aging`` policy gain priority while they wait, so nothing starves.
 
 The level of a message is fixed when it is sent, so a beat task moves waiting messages to a higher level's list.
-The move is one Lua script (LREM from the old list, RPUSH onto the new one): a message is never lost or
-duplicated, and keeps its task id. RPUSH puts it at the end BRPOP pops first, since it waited longer than
-anything fresh at its new level.
+The move is one Lua script (LREM from the old list, LPUSH onto the new one): a message is never lost or
+duplicated, and keeps its task id. LPUSH puts it at the tail of its new level, like a fresh message: promoted
+messages then leave each level in the order they were promoted, which follows their age. (Pushing them at the
+head instead lets each newly promoted message pass the ones promoted before it: measured here, a request that
+had reached the top level first was served last of 41.)
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from app.settings import Settings
 
 _MOVE = """
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
-  redis.call('RPUSH', KEYS[2], ARGV[2])
+  redis.call('LPUSH', KEYS[2], ARGV[2])
   return 1
 end
 return 0
@@ -84,8 +86,8 @@ def age_queue(client: redis.Redis, queue: str, params: policies.PolicyParams, no
             start -= PAGE
     move = client.register_script(_MOVE)
     moved = 0
-    # Newest first, so the oldest lands nearest the popping end of its new list.
-    for p in sorted(due, key=lambda p: -p.submitted_at):
+    # Oldest first, so among one pass's promotions the oldest is nearest the popping end of its new list.
+    for p in sorted(due, key=lambda p: p.submitted_at):
         moved += move(keys=[lists[p.src], lists[p.dst]], args=[p.raw, _relevel(p.raw, p.dst)])
     return moved
 

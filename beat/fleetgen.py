@@ -15,7 +15,7 @@ serve all demand / memory; replicas the most popular model needs; models needing
     2000 x 256: 1.00, 1.08, 16.7, 25
 Serving all demand needs only 3-8% more memory than one replica each, and Zipf demand is uncorrelated with size:
 dropping the coldest few percent of memory costs about 1% of demand. So any sensible demand-aware placement serves
-97-99% here; the LP bound itself is within 2-3% of the demand greedy (see `bench.solver`'s ceiling field).
+97-99% here; the LP bound itself is within 2-4% of the demand greedy (see `bench.solver`'s ceiling field).
 """
 
 from __future__ import annotations

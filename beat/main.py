@@ -8,7 +8,7 @@ from app.settings import Settings
 
 
 def schedule(settings: Settings) -> dict:
-    return {
+    entries = {
         "reap-lost-workers": {
             "task": "maas.reap",
             "schedule": settings.reap_period_s,
@@ -26,6 +26,13 @@ def schedule(settings: Settings) -> dict:
             "options": {"queue": SYSTEM_QUEUE, "priority": 0, "expires": settings.aging_period_s},
         },
     }
+    if settings.allocation_enabled:
+        entries["allocate"] = {
+            "task": "maas.allocate",
+            "schedule": settings.allocation_period_s,
+            "options": {"queue": SYSTEM_QUEUE, "priority": 0, "expires": settings.allocation_period_s},
+        }
+    return entries
 
 
 def run(settings: Settings, loglevel: str | None = None) -> None:

@@ -3,16 +3,19 @@
 Small fleets get the exact MILP (`beat.problem`). Large ones (more than `EXACT_MAX_PAIRS` model-device pairs) get
 what measured best on 2 cores: prune each model to a few candidate devices, solve the LP relaxation, fix the
 replicas it puts above `FIX_ABOVE` where the incumbent has them too, and solve the rest as a MILP; repeat around
-the better incumbent while that gains and time is left (up to `MAX_FIX_ROUNDS`). Either way the current placement
-is scored and handed over as the incumbent, and a plan that moves replicas is taken only when its gain beats the
-amortised migration cost plus the hysteresis margin (`Snapshot.hysteresis`, see `_prefer_current`). HiGHS
-(highspy, arrays) is the solver; CBC through PuLP is the fallback; the demand greedy is the last resort.
+the better incumbent while that gains and time is left (up to `MAX_FIX_ROUNDS`; later rounds re-solve the LP as
+if the incumbent were loaded, `_proximity_round`). Either way the current placement is scored and handed over as
+the incumbent; moves that do not raise the objective are put back (`_revert_needless_moves`); and a plan that
+moves replicas is taken only when its gain beats the amortised migration cost plus the hysteresis margin
+(`Snapshot.hysteresis`, `_prefer_current`). HiGHS (highspy, arrays) is the solver; CBC through PuLP is the
+fallback; the demand greedy is the last resort.
 
-Tried and dropped (2 cores, shared): rounding the LP's values above 0.9 and filling greedily as a first incumbent
-(the LP puts the cold tail at 1 and the popular models fractional: 912 against the greedy's 1526 at 1000 x 64);
-also fixing to 0 where LP and incumbent agree on 0 (the sub-MILP still timed out and found less); a second round
-around the incumbent with its own LP, as a warm re-solve does (finds 0.6-1% more, but its LP does not fit in the
-1.8 s / 4.5 s budgets after the first LP and MILP).
+Why rounds: a single time-limited fixing round left 1-2.5% of the LP bound on the table at 200 x 16 to 2000 x 256,
+and the next beat round's warm re-solve picked it up by moving 10-18% of the replicas with no demand change at all.
+With the proximity round inside the cold solve's budget the gap is 0.9-1.2% and that re-solve moves (almost)
+nothing. Tried and dropped (2 cores, shared): rounding the LP's values above 0.9 and filling greedily as a first
+incumbent (the LP puts the cold tail at 1 and the popular models fractional: 912 against the greedy's 1526 at
+1000 x 64); fixing to 0 where LP and incumbent agree on 0 (the sub-MILP still timed out and found less).
 """
 
 from __future__ import annotations
@@ -133,7 +136,7 @@ def _solve_problem(
         # round's result as a warm re-solve would (`_proximity_round`) when another LP fits in the time left.
         room = _left(deadline) > PROXIMITY_LP_FACTOR * lp_s + MIN_ROUND_S
         if round_no > 0 and best is not None and snapshot.move_budget is None and room:
-            found = _proximity_round(problem, snapshot, solve_fn, best, deadline, last=True)
+            found = _proximity_round(problem, snapshot, solve_fn, best, deadline)
         else:
             found = _fix_and_solve(problem, snapshot, solve_fn, lp, best, deadline, last=last)
         if found is None or found.status is PlanStatus.INFEASIBLE:
@@ -151,13 +154,14 @@ def _solve_problem(
 
 
 def _proximity_round(
-    problem: Problem, snapshot: Snapshot, solve_fn: SolveFn, incumbent: RawSolution, deadline: float, *, last: bool
+    problem: Problem, snapshot: Snapshot, solve_fn: SolveFn, incumbent: RawSolution, deadline: float
 ) -> RawSolution | None:
     """A fixing round around the incumbent as if it were the current placement; the result is scored for real.
 
     What a warm re-solve does, inside the cold solve's budget: charging migration relative to the incumbent makes
-    the LP agree with it on far more replicas, the fixing fixes them, and the sub-MILP left finishes. (Measured:
-    re-solving a time-limited cold plan found 1-3% more at 200 x 16 to 500 x 64, in under a second.)
+    the LP agree with it on far more replicas (455 fixed against 95 at 500 x 64), and the sub-MILP left finishes;
+    it takes all the time left. Migration is charged against the incumbent only here: the result is re-routed and
+    scored on the real problem before it competes.
     """
     on = incumbent.x > 0.5
     load = np.where(problem.is_current, problem.x_gain / UNLOAD_COST_FRACTION, -problem.x_gain)
@@ -165,7 +169,7 @@ def _proximity_round(
     lp = solve_fn(prox, integer=False, time_limit_s=_left(deadline) * LP_TIME_SHARE)
     if lp is None or lp.status is PlanStatus.INFEASIBLE:
         return None
-    found = _fix_and_solve(prox, snapshot, solve_fn, lp, incumbent, deadline, last=last)
+    found = _fix_and_solve(prox, snapshot, solve_fn, lp, incumbent, deadline, last=True)
     if found is None or found.status is PlanStatus.INFEASIBLE:
         return found
     routed = _route(problem, solve_fn, found.x)
@@ -239,8 +243,8 @@ def _revert_needless_moves(
     A MILP stopped at its gap (1% by default) or by its time limit may move models for nothing: at 3 devices,
     moving a cold model aside for a hot one's new replica instead of using the empty device scored 0.3% worse
     and still counted as optimal. Each revert is checked against memory and replica bounds and re-routed, and
-    kept only if the objective does not drop, so this never costs served demand. Models whose served rate
-    changed least go first: those are the likely needless moves.
+    kept only if the objective (migration charge included) does not drop. Models whose served rate changed least
+    go first: those are the likely needless moves. Stops `POLISH_RESERVE_S` before the deadline.
     """
     if keep is None or np.array_equal(best.x > 0.5, keep.x > 0.5):
         return best
@@ -251,7 +255,7 @@ def _revert_needless_moves(
         np.bincount(pm, weights=best.r, minlength=n_models) - np.bincount(pm, weights=keep.r, minlength=n_models)
     )
     for m in changed[np.argsort(served_change[changed], kind="stable")].tolist():
-        if time.perf_counter() >= deadline:
+        if time.perf_counter() >= deadline - POLISH_RESERVE_S:
             break
         mine = pm == m
         x = np.where(mine, keep.x, best.x)

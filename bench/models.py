@@ -55,7 +55,8 @@ def mlp(path: Path, width: int = 512, layers: int = 8, seed: int = 0) -> Path:
         nodes.append(helper.make_node("Relu", [f"m{i}"], [out]))
         prev = out
     graph = helper.make_graph(
-        nodes, "mlp",
+        nodes,
+        "mlp",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, width])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, width])],
         initializer=inits,
@@ -63,7 +64,9 @@ def mlp(path: Path, width: int = 512, layers: int = 8, seed: int = 0) -> Path:
     return _save(graph, path)
 
 
-def wide_mlp(path: Path, in_width: int = 16, hidden: int = 2048, layers: int = 5, out_width: int = 8, seed: int = 0) -> Path:
+def wide_mlp(
+    path: Path, in_width: int = 16, hidden: int = 2048, layers: int = 5, out_width: int = 8, seed: int = 0
+) -> Path:
     """Narrow input and output around wide hidden layers: about 0.5 ms a row on one core here, small messages.
 
     Its run time grows with the rows of the request, so it stands in for a model whose cost follows its input.
@@ -79,7 +82,8 @@ def wide_mlp(path: Path, in_width: int = 16, hidden: int = 2048, layers: int = 5
         nodes.append(helper.make_node("Relu", [f"m{i}"], [out]))
         prev = out
     graph = helper.make_graph(
-        nodes, "wide_mlp",
+        nodes,
+        "wide_mlp",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, in_width])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, out_width])],
         initializer=inits,

@@ -4,11 +4,12 @@ Per size and round r (seed r): a seeded synthetic fleet (`beat.fleetgen`, conten
 cold by `beat.solver.solve`, the real path (screening, candidates, build, LP, LP-fixing MILP rounds, polish), with
 the wall budget `time_limit_s` (below each target: 1.8 s for the 2 s target, 4.5 s for 5 s, 20 s for 30 s). Then
 the same snapshot is re-solved twice from that placement, with the same budget: once unchanged (the control) and
-once after every demand drifts by a uniform factor in [0.9, 1.1] (seed 1000 + r). Numbers are medians over
---rounds; strings and flags come from the first round.
+once after every demand drifts by a uniform factor in [1 - d, 1 + d] (--drift d, 0.1; seed 1000 + r). Numbers
+are medians over --rounds; strings and flags come from the first round.
 
 Fields:
-    models, gpus, contended, load_factor, time_limit_s, horizon_s, hysteresis, rounds: what was run
+    models, gpus, contended, load_factor, time_limit_s, horizon_s, hysteresis, migration_weight, drift, rounds:
+                    what was run (--fleet: models, gpus, fleet, rounds; the knobs are the file's)
     solve_s         wall time of the cold `solve()` (the time targets are on this)
     build_s         its screening + candidates + array build part
     gap_lp          (bound - objective) / bound of the cold plan, bound = LP relaxation of the full, unpruned problem
@@ -93,7 +94,7 @@ def full_lp_bound(snapshot: Snapshot, max_pairs: int) -> tuple[float | None, str
     return (None, "pruned_lp") if sol is None else (sol.objective, "full_lp")
 
 
-def measure(snapshot: Snapshot, drift_seed: int, max_bound_pairs: int) -> dict[str, Any]:
+def measure(snapshot: Snapshot, drift_seed: int, max_bound_pairs: int, drift: float = 0.1) -> dict[str, Any]:
     """All figures for one fleet and one round (see the module docstring)."""
     started = time.perf_counter()
     plan = solve(snapshot)
@@ -109,7 +110,7 @@ def measure(snapshot: Snapshot, drift_seed: int, max_bound_pairs: int) -> dict[s
     replan_nodrift = solve(control)
     resolve_nodrift_s = time.perf_counter() - started
 
-    after = drifted(snapshot, plan.placement, seed=drift_seed)
+    after = drifted(snapshot, plan.placement, seed=drift_seed, amount=drift)
     started = time.perf_counter()
     replan = solve(after)
     resolve_s = time.perf_counter() - started
@@ -198,6 +199,13 @@ def main(argv: list[str] | None = None) -> int:
         "--hysteresis", type=float, default=Snapshot.hysteresis, help=f"Snapshot.hysteresis ({Snapshot.hysteresis})"
     )
     parser.add_argument(
+        "--migration-weight",
+        type=float,
+        default=Snapshot.migration_weight,
+        help=f"Snapshot.migration_weight; 0 = no migration cost ({Snapshot.migration_weight})",
+    )
+    parser.add_argument("--drift", type=float, default=0.1, help="demand drift: factors in [1 - d, 1 + d] (0.1)")
+    parser.add_argument(
         "--load-factor", type=float, default=0.7, help="offered work / usable fleet time, generated fleets (0.7)"
     )
     parser.add_argument(
@@ -214,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
             snapshot = snapshot_from_dict(json.load(fh))
         if args.time_limit_s:
             snapshot = dataclasses.replace(snapshot, time_limit_s=args.time_limit_s)
-        rows = [measure(snapshot, 1000 + r, args.full_bound_pairs) for r in range(args.rounds)]
+        rows = [measure(snapshot, 1000 + r, args.full_bound_pairs, args.drift) for r in range(args.rounds)]
         head = {"fleet": args.fleet, "models": len(snapshot.models), "gpus": len(snapshot.devices)}
         print(json.dumps({**head, "rounds": args.rounds, **summarise(rows)}), flush=True)
         return 0
@@ -232,10 +240,12 @@ def main(argv: list[str] | None = None) -> int:
                 time_limit_s=limit,
                 horizon_s=args.horizon_s,
                 hysteresis=args.hysteresis,
+                migration_weight=args.migration_weight,
             )
-            rows.append(measure(snapshot, 1000 + r, args.full_bound_pairs))
+            rows.append(measure(snapshot, 1000 + r, args.full_bound_pairs, args.drift))
         head = {"models": models, "gpus": gpus, "contended": not args.uncontended, "load_factor": args.load_factor}
         head |= {"time_limit_s": limit, "horizon_s": args.horizon_s, "hysteresis": args.hysteresis}
+        head |= {"migration_weight": args.migration_weight, "drift": args.drift}
         print(json.dumps({**head, "rounds": args.rounds, **summarise(rows)}), flush=True)
     return 0
 

@@ -57,6 +57,8 @@ def env(request: pytest.FixtureRequest, redis_url: str, postgres_url: str, tmp_p
         "MAAS_HEARTBEAT_S": "0.5",
         "MAAS_HEARTBEAT_TIMEOUT_S": "3",
         "MAAS_LOG_FORMAT": "json",
+        # Off unless a test is about allocation: a queued request would otherwise ask for a replica by itself.
+        "MAAS_ALLOCATION": "false",
     }
 
 
@@ -96,9 +98,9 @@ def pytest_runtest_makereport(item, call):  # noqa: ANN001
 @pytest.fixture(scope="session")
 def iris(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A logistic-regression classifier on scikit-learn's iris data, exported to ONNX."""
+    from skl2onnx import to_onnx
     from sklearn.datasets import load_iris
     from sklearn.linear_model import LogisticRegression
-    from skl2onnx import to_onnx
 
     x, y = load_iris(return_X_y=True)
     x = x.astype(np.float32)

@@ -121,6 +121,12 @@ def register(app: Celery) -> None:
         settings = app.maas_settings  # type: ignore[attr-defined]
         return age_all(settings, redis.Redis.from_url(settings.redis_url))
 
+    @app.task(name="maas.allocate")
+    def allocate_task(dry_run: bool = False) -> dict[str, Any]:
+        from beat.allocation import allocate
+
+        return allocate(app, dry_run=dry_run)
+
     @app.task(name="maas.reap")
     def reap_task() -> list[str]:
         from beat.reaper import reap

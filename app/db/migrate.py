@@ -8,7 +8,6 @@ from alembic import command
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-
 from sqlalchemy import create_engine
 
 from app.db.session import get_engine

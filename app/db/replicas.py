@@ -89,3 +89,22 @@ def fail_all_on_device(session: Session, device: Device, reason: str) -> list[Re
     for replica in failed:
         transition(session, replica, ReplicaState.FAILED, reason)
     return failed
+
+
+def measured_footprints(session: Session) -> dict[int, int]:
+    """The largest footprint measured on any loaded replica, per version id."""
+    found: dict[int, int] = {}
+    rows = session.execute(
+        select(Replica.version_id, Replica.footprint_bytes).where(Replica.footprint_bytes.is_not(None))
+    ).all()
+    for version_id, footprint in rows:
+        found[version_id] = max(found.get(version_id, 0), int(footprint))
+    return found
+
+
+def need_bytes(session: Session, version) -> int:  # noqa: ANN001 - ModelVersion
+    """What a new replica of ``version`` is expected to take: measured when known, else declared.
+
+    Placement by hand and the allocator use this same figure, so they never disagree about what fits.
+    """
+    return measured_footprints(session).get(version.id) or version.mem_bytes

@@ -14,9 +14,9 @@ from app import errors, registry
 from app.celery_app import model_queue, transport_options
 from app.db.schema import ModelVersion
 from app.db.session import session_scope
+from bench.models import add_one, reshape_to_2x2
 from tests.fleet import wait_for
 from tests.integration.test_end_to_end import register
-from bench.models import add_one, reshape_to_2x2
 
 pytestmark = pytest.mark.integration
 X = np.zeros((1, 4), dtype=np.float32)
@@ -97,7 +97,9 @@ def test_corrupt_onnx_is_refused_at_registration_and_at_load(settings, client, s
         version = registry.resolve(session, "junk")
         path_of(version.artifact_uri).write_bytes(junk.read_bytes())
         session.execute(
-            update(ModelVersion).where(ModelVersion.id == version.id).values(sha256=sha256_of(path_of(version.artifact_uri)))
+            update(ModelVersion)
+            .where(ModelVersion.id == version.id)
+            .values(sha256=sha256_of(path_of(version.artifact_uri)))
         )
     with pytest.raises(errors.CorruptArtifact, match="ONNX Runtime cannot load"):
         client.load("junk").wait()
@@ -128,8 +130,12 @@ def test_pickle_messages_are_refused_and_never_unpickled(settings, client, servi
     body = pickle.dumps(Exploit())
     with Connection(settings.redis_url, transport_options=transport_options(settings)) as conn:
         conn.Producer().publish(
-            body, exchange=Exchange(model_queue("add"), "direct"), routing_key=model_queue("add"),
-            content_type="application/x-python-serialize", content_encoding="binary", serializer=None,
+            body,
+            exchange=Exchange(model_queue("add"), "direct"),
+            routing_key=model_queue("add"),
+            content_type="application/x-python-serialize",
+            content_encoding="binary",
+            serializer=None,
             headers={"task": "maas.infer", "id": str(uuid.uuid4()), "lang": "py"},
         )
     wait_for(lambda: "untrusted content" in serving.log(), 20, "the worker to refuse the pickle message")
@@ -142,12 +148,18 @@ def test_cli_names_the_error_and_exits_nonzero(env):
 
     result = subprocess.run(
         [sys.executable, "-m", "app.cli", "infer", "nope", "--input", "x=[[1,2,3,4]]"],
-        env={**os.environ, **env}, capture_output=True, text=True, timeout=60,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 1
     assert "UNKNOWN_MODEL: model 'nope' is not registered" in result.stderr
     bad = subprocess.run(
-        [sys.executable, "-m", "app.cli", "status"], env={**os.environ, **env, "MAAS_HEARTBEAT_S": "soon"},
-        capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "app.cli", "status"],
+        env={**os.environ, **env, "MAAS_HEARTBEAT_S": "soon"},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert bad.returncode == 2 and "MAAS_HEARTBEAT_S='soon' is invalid" in bad.stderr

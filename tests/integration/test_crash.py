@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from bench.models import add_one, mlp
 from tests.fleet import wait_for
 from tests.integration.test_end_to_end import register
-from bench.models import add_one, mlp
 
 pytestmark = pytest.mark.integration
 

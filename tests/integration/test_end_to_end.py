@@ -37,8 +37,12 @@ def test_model_registered_loaded_served_and_stopped_with_every_transition_record
     assert stop.wait()["state"] == "STOPPED"
     states = [(e["from"], e["to"]) for e in client.history("iris")]
     assert states == [
-        (None, "PENDING"), ("PENDING", "LOADING"), ("LOADING", "READY"), ("READY", "DRAINING"),
-        ("DRAINING", "UNLOADING"), ("UNLOADING", "STOPPED"),
+        (None, "PENDING"),
+        ("PENDING", "LOADING"),
+        ("LOADING", "READY"),
+        ("READY", "DRAINING"),
+        ("DRAINING", "UNLOADING"),
+        ("UNLOADING", "STOPPED"),
     ]
     assert client.replicas() == []  # nothing live any more
     log = fleet.procs[0].log()

@@ -13,9 +13,9 @@ import urllib.request
 import pytest
 
 from app.localservers import free_port
+from bench.models import add_one
 from tests.fleet import wait_for
 from tests.integration.test_end_to_end import register
-from bench.models import add_one
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +35,10 @@ def get(url: str, auth: str | None = None) -> tuple[int, bytes]:
 
 def test_flower_refuses_to_start_without_credentials_unless_local(env):
     result = subprocess.run(
-        [sys.executable, "-m", "app.cli", "flower"], env={**os.environ, **env}, capture_output=True, text=True,
+        [sys.executable, "-m", "app.cli", "flower"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
         timeout=60,
     )
     assert result.returncode == 2 and "MAAS_FLOWER_BASIC_AUTH is not set" in result.stderr

@@ -38,21 +38,29 @@ def _fill_0001(url: str) -> None:
     from sqlalchemy import text
 
     with get_engine(url).begin() as conn:
-        conn.execute(text("INSERT INTO model (id, name, description, created_at) VALUES (1, 'm', '', CURRENT_TIMESTAMP)"))
-        conn.execute(text(
-            "INSERT INTO model_version (id, model_id, version, artifact_uri, sha256, size_bytes, runtime, inputs,"
-            " outputs, mem_bytes, service_ms, created_at) VALUES (1, 1, 1, 'file:///a', 'x', 1, 'onnx', '[]', '[]',"
-            " 1, 1.0, CURRENT_TIMESTAMP)"
-        ))
-        conn.execute(text(
-            "INSERT INTO device (id, worker_name, host, \"index\", uuid, name, kind, mem_bytes, status, started_at,"
-            " heartbeat_at) VALUES (1, 'w', 'h', 0, 'u', 'n', 'virtual', 1, 'online', CURRENT_TIMESTAMP,"
-            " CURRENT_TIMESTAMP)"
-        ))
-        conn.execute(text(
-            "INSERT INTO replica (id, version_id, device_id, state, reason, created_at, updated_at)"
-            " VALUES (1, 1, 1, 'READY', '', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
-        ))
+        conn.execute(
+            text("INSERT INTO model (id, name, description, created_at) VALUES (1, 'm', '', CURRENT_TIMESTAMP)")
+        )
+        conn.execute(
+            text(
+                "INSERT INTO model_version (id, model_id, version, artifact_uri, sha256, size_bytes, runtime, inputs,"
+                " outputs, mem_bytes, service_ms, created_at) VALUES (1, 1, 1, 'file:///a', 'x', 1, 'onnx', '[]', '[]',"
+                " 1, 1.0, CURRENT_TIMESTAMP)"
+            )
+        )
+        conn.execute(
+            text(
+                'INSERT INTO device (id, worker_name, host, "index", uuid, name, kind, mem_bytes, status, started_at,'
+                " heartbeat_at) VALUES (1, 'w', 'h', 0, 'u', 'n', 'virtual', 1, 'online', CURRENT_TIMESTAMP,"
+                " CURRENT_TIMESTAMP)"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO replica (id, version_id, device_id, state, reason, created_at, updated_at)"
+                " VALUES (1, 1, 1, 'READY', '', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+            )
+        )
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from celery.result import AsyncResult
 
-from tests.integration.test_end_to_end import register
 from bench.models import add_one
+from tests.integration.test_end_to_end import register
 
 pytestmark = pytest.mark.integration
 
@@ -29,9 +29,7 @@ def test_backlog_of_mixed_priorities_is_served_highest_first(settings, client, f
     for _, handle in handles:
         handle.wait(timeout_s=60)
     # Then it served the backlog in priority order (0 first), FIFO within a level
-    done_at = {
-        h.id: dt.datetime.fromisoformat(str(AsyncResult(h.id, app=client.app).date_done)) for _, h in handles
-    }
+    done_at = {h.id: dt.datetime.fromisoformat(str(AsyncResult(h.id, app=client.app).date_done)) for _, h in handles}
     served = [p for p, h in sorted(handles, key=lambda ph: done_at[ph[1].id])]
     assert served == sorted(priorities), served
 

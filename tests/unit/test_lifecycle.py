@@ -7,8 +7,12 @@ from app.lifecycle import TERMINAL, ReplicaState, allowed, check_transition
 
 S = ReplicaState
 LEGAL = {
-    (S.PENDING, S.LOADING), (S.PENDING, S.STOPPED), (S.LOADING, S.READY), (S.READY, S.DRAINING),
-    (S.DRAINING, S.UNLOADING), (S.UNLOADING, S.STOPPED),
+    (S.PENDING, S.LOADING),
+    (S.PENDING, S.STOPPED),
+    (S.LOADING, S.READY),
+    (S.READY, S.DRAINING),
+    (S.DRAINING, S.UNLOADING),
+    (S.UNLOADING, S.STOPPED),
 } | {(s, S.FAILED) for s in S if s not in TERMINAL}
 
 

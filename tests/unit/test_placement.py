@@ -26,7 +26,9 @@ def test_refusal_carries_the_figures():
         choose_device(FLEET, 7 * GIB)
 
 
-@pytest.mark.parametrize(("kw", "message"), [({"worker": "dead"}, "not registered or not alive"), ({"device": 9}, "device 9")])
+@pytest.mark.parametrize(
+    ("kw", "message"), [({"worker": "dead"}, "not registered or not alive"), ({"device": 9}, "device 9")]
+)
 def test_unknown_or_dead_targets(kw, message):
     with pytest.raises(UnknownWorker, match=message):
         choose_device(FLEET, GIB, **kw)

@@ -10,7 +10,12 @@ from app.settings import Settings
 
 @pytest.mark.parametrize(
     ("text", "ref"),
-    [("iris", Ref("iris")), ("iris:3", Ref("iris", 3)), ("iris@prod", Ref("iris", alias="prod")), ("a.b-c_1", Ref("a.b-c_1"))],
+    [
+        ("iris", Ref("iris")),
+        ("iris:3", Ref("iris", 3)),
+        ("iris@prod", Ref("iris", alias="prod")),
+        ("a.b-c_1", Ref("a.b-c_1")),
+    ],
 )
 def test_parse_ref(text, ref):
     assert parse_ref(text) == ref
@@ -18,8 +23,13 @@ def test_parse_ref(text, ref):
 
 @pytest.mark.parametrize(
     ("text", "error"),
-    [("Iris", errors.InvalidModelName), ("a:b", errors.UnknownVersion), ("a:1@prod", errors.RegistryError),
-     ("has:colon:", errors.UnknownVersion), ("", errors.InvalidModelName)],
+    [
+        ("Iris", errors.InvalidModelName),
+        ("a:b", errors.UnknownVersion),
+        ("a:1@prod", errors.RegistryError),
+        ("has:colon:", errors.UnknownVersion),
+        ("", errors.InvalidModelName),
+    ],
 )
 def test_bad_refs(text, error):
     with pytest.raises(error):

@@ -4,7 +4,9 @@ import pytest
 from app.errors import InvalidInput
 from app.signature import decode_tensor, encode_tensor, parse_signature, validate_inputs
 
-SIG = parse_signature([{"name": "x", "datatype": "FP32", "shape": [-1, 4]}, {"name": "t", "datatype": "BYTES", "shape": [-1]}])
+SIG = parse_signature(
+    [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}, {"name": "t", "datatype": "BYTES", "shape": [-1]}]
+)
 
 
 def tensor(name="x", shape=(1, 4), datatype="FP32", data=None):
@@ -36,8 +38,12 @@ def test_invalid_requests_name_what_is_wrong(tensors, message):
 
 @pytest.mark.parametrize(
     "array",
-    [np.arange(6, dtype=np.float32).reshape(2, 3), np.array([1, 2], dtype=np.int64), np.array(["a", "bc"], dtype=object),
-     np.array([True, False])],
+    [
+        np.arange(6, dtype=np.float32).reshape(2, 3),
+        np.array([1, 2], dtype=np.int64),
+        np.array(["a", "bc"], dtype=object),
+        np.array([True, False]),
+    ],
 )
 def test_encode_decode_round_trip(array):
     back = decode_tensor(encode_tensor("v", array))
@@ -47,9 +53,11 @@ def test_encode_decode_round_trip(array):
 
 @pytest.mark.parametrize(
     ("spec", "message"),
-    [({"name": "x", "datatype": "FP8", "shape": [1]}, "unknown datatype"),
-     ({"name": "x", "datatype": "FP32", "shape": [0]}, "positive sizes"),
-     ({"name": "x"}, "needs name, datatype")],
+    [
+        ({"name": "x", "datatype": "FP8", "shape": [1]}, "unknown datatype"),
+        ({"name": "x", "datatype": "FP32", "shape": [0]}, "positive sizes"),
+        ({"name": "x"}, "needs name, datatype"),
+    ],
 )
 def test_bad_specs(spec, message):
     with pytest.raises(InvalidInput, match=message):

@@ -166,3 +166,23 @@ def test_bench_reads_a_fleet_file(tmp_path, capsys: pytest.CaptureFixture[str]) 
     assert (row["models"], row["gpus"]) == (10, 2)
     assert set(row) >= BENCH_FIELDS
     assert np.isfinite(row["solve_s"])
+
+
+def test_needless_moves_are_put_back() -> None:
+    # b moved from g1 to g2 for nothing (a MILP stopped at its gap may do this); a's new replica is a real gain
+    devices = tuple(Device(f"g{i}", 40 * GB) for i in range(3))
+    models = (
+        ModelDemand("a", 10 * GB, 15.0, 0.1, current=("g0",)),
+        ModelDemand("b", 10 * GB, 1.0, 0.1, current=("g1",)),
+    )
+    snapshot = Snapshot(devices=devices, models=models)
+    problem = build_problem(snapshot, models, all_pairs(snapshot, models), fairness=False)
+    keep = solver_mod._route(problem, solve_highs, problem.is_current.astype(float))
+    pairs = list(zip(problem.pair_model.tolist(), problem.pair_device.tolist(), strict=True))
+    moved = np.array([p in {(0, 0), (0, 1), (1, 2)} for p in pairs], dtype=float)
+    best = solver_mod._route(problem, solve_highs, moved)
+    assert keep is not None and best is not None
+    fixed = solver_mod._revert_needless_moves(problem, solve_highs, best, keep, deadline=float("inf"))
+    placed = {pairs[p] for p in np.flatnonzero(fixed.x > 0.5).tolist()}
+    assert placed == {(0, 0), (0, 1), (1, 1)}
+    assert fixed.objective >= best.objective

@@ -1,0 +1,252 @@
+"""The allocation loop beat drives: re-solve the placement, then carry out the moves, make-before-break.
+
+Each run is short (it never waits for a load): it advances the moves of the run in progress, or, when none is in
+progress, solves a new placement and records it as an ``allocation_run``. A move starts only once the moves it
+depends on are done (loads READY before the unloads they replace), so one run is carried out over several
+periods. A Redis lock keeps two runs from overlapping. Each run also reconciles what workers actually consume
+with the database, because control messages on Redis are at most once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict
+from typing import Any
+
+import redis
+from celery import Celery
+from sqlalchemy import select
+
+from app import logs
+from app.celery_app import model_queue
+from app.client import Client
+from app.db import devices as device_rows
+from app.db import replicas as replica_rows
+from app.db.schema import AllocationRun, Replica, utcnow
+from app.db.session import session_scope
+from app.lifecycle import ReplicaState
+from app.settings import Settings
+from beat import fleet_state
+from beat.planner import PlanningError, plan_moves
+from beat.snapshot import PlanStatus
+from beat.solver import solve
+
+log = logging.getLogger("maas.beat")
+LOCK_KEY = "maas:lock:allocation"
+S = ReplicaState
+
+
+def allocate(app: Celery, *, dry_run: bool = False) -> dict[str, Any]:
+    """One period of the allocation loop; returns a summary (also what ``maas allocation solve`` prints)."""
+    settings: Settings = app.maas_settings  # type: ignore[attr-defined]
+    client = redis.Redis.from_url(settings.redis_url)
+    token = str(time.time())
+    lock_ms = int(max(settings.allocation_period_s, settings.solver_time_limit_s) * 3 * 1000)
+    if not client.set(LOCK_KEY, token, nx=True, px=lock_ms):
+        return {"skipped": "another allocation run holds the lock"}
+    try:
+        maas = Client(settings, app)
+        if not dry_run:
+            reconcile_consumers(app, settings)
+            in_progress = _run_in_progress(settings)
+            if in_progress is not None:
+                return advance(maas, in_progress)
+        return new_run(maas, client, dry_run=dry_run)
+    finally:
+        if client.get(LOCK_KEY) == token.encode():
+            client.delete(LOCK_KEY)
+
+
+def _run_in_progress(settings: Settings) -> int | None:
+    with session_scope(settings.sqlalchemy_url) as session:
+        run = session.scalars(
+            select(AllocationRun).where(AllocationRun.status == "executing").order_by(AllocationRun.id.desc())
+        ).first()
+        if run is None:
+            return None
+        age_s = (utcnow() - device_rows.as_utc(run.started_at)).total_seconds()
+        if age_s > 2 * settings.load_timeout_s:
+            run.status, run.finished_at = "failed", utcnow()
+            run.reason = f"moves not done after {age_s:.0f}s; the next run re-solves from what is"
+            return None
+        return run.id
+
+
+def new_run(maas: Client, client: redis.Redis, *, dry_run: bool) -> dict[str, Any]:
+    settings = maas.settings
+    with session_scope(settings.sqlalchemy_url) as session:
+        state = fleet_state.read(session, client, settings)
+    plan = solve(state.snapshot)
+    current = {m.name: m.current for m in state.snapshot.models if m.current}
+    status, reason, moves = "planned", "", []
+    if plan.status is PlanStatus.INFEASIBLE:
+        status, reason = "failed", "pinned devices or minimum replicas cannot all be honoured; placement kept"
+    else:
+        try:
+            moves = [
+                {**asdict(m), "kind": m.kind.value, "after": list(m.after), "state": "pending", "replica": None}
+                for m in plan_moves(
+                    current,
+                    plan.placement,
+                    mem_bytes=state.mem_bytes,
+                    capacity_bytes=state.capacity_bytes,
+                    min_replicas=state.min_replicas,
+                )
+            ]
+        except PlanningError as exc:
+            status, reason = "failed", str(exc)
+    if plan.infeasible_models:
+        reason = "; ".join(f"{name}: {why}" for name, why in plan.infeasible_models) + (f"; {reason}" if reason else "")
+    if status == "planned":
+        status = "dry_run" if dry_run else ("executing" if moves else "kept")
+    inputs = {
+        "devices": [asdict(d) for d in state.snapshot.devices],
+        "demand": state.demand,
+        "current": current,
+        "target": {m: list(g) for m, g in plan.placement.items()},
+    }
+    with session_scope(settings.sqlalchemy_url) as session:
+        run = AllocationRun(
+            status=status,
+            reason=reason,
+            solver=plan.solver,
+            solver_status=plan.status.value,
+            objective=plan.objective,
+            bound=plan.bound,
+            gap=plan.gap,
+            solve_s=plan.solve_s,
+            inputs=inputs,
+            moves=moves,
+            finished_at=None if status == "executing" else utcnow(),
+        )
+        session.add(run)
+        session.flush()
+        run_id = run.id
+    logs.event(
+        log,
+        "allocation_run",
+        run=run_id,
+        status=status,
+        moves=len(moves),
+        solver=plan.solver,
+        solver_status=plan.status.value,
+        gap=plan.gap,
+        solve_s=round(plan.solve_s, 3),
+        reason=reason,
+    )
+    summary = {
+        "run": run_id,
+        "status": status,
+        "reason": reason,
+        "moves": moves,
+        "target": inputs["target"],
+        "solver_status": plan.status.value,
+        "objective": plan.objective,
+        "bound": plan.bound,
+        "gap": plan.gap,
+    }
+    if status == "executing":
+        summary.update(advance(maas, run_id))
+    return summary
+
+
+def _replica_state(session, replica_id: int | None) -> ReplicaState | None:  # noqa: ANN001
+    if replica_id is None:
+        return None
+    replica = session.get(Replica, replica_id)
+    return ReplicaState(replica.state) if replica is not None else None
+
+
+def _settle(session, moves: list[dict]) -> None:  # noqa: ANN001
+    """Mark sent moves done or failed from their replica's state."""
+    for move in moves:
+        if move["state"] != "sent":
+            continue
+        state = _replica_state(session, move["replica"])
+        if move["kind"] == "load" and state is S.READY or move["kind"] == "unload" and state in (S.STOPPED, S.FAILED):
+            move["state"] = "done"
+        elif move["kind"] == "load" and state in (S.FAILED, S.STOPPED, None):
+            move["state"] = "failed"
+
+
+def advance(maas: Client, run_id: int) -> dict[str, Any]:
+    """Start every move whose prerequisites are done; finish the run when nothing is left."""
+    settings = maas.settings
+    with session_scope(settings.sqlalchemy_url) as session:
+        run = session.get(AllocationRun, run_id)
+        moves = [dict(m) for m in run.moves]
+        _settle(session, moves)
+    ready = [
+        i
+        for i, m in enumerate(moves)
+        if m["state"] == "pending" and all(moves[j]["state"] == "done" for j in m["after"])
+    ]
+    blocked = [
+        i
+        for i, m in enumerate(moves)
+        if m["state"] == "pending" and any(moves[j]["state"] == "failed" for j in m["after"])
+    ]
+    for i in blocked:
+        moves[i]["state"] = "failed"
+    for i in ready:
+        moves[i].update(_start(maas, moves[i]))
+    finished = all(m["state"] in ("done", "failed") for m in moves)
+    with session_scope(settings.sqlalchemy_url) as session:
+        run = session.get(AllocationRun, run_id)
+        run.moves = moves
+        if finished:
+            failed = [m for m in moves if m["state"] == "failed"]
+            run.status, run.finished_at = ("done" if not failed else "done_with_failures"), utcnow()
+    return {"run": run_id, "started": len(ready), "finished": finished}
+
+
+def _start(maas: Client, move: dict) -> dict[str, Any]:
+    model, worker = move["model"], move["device"]
+    try:
+        if move["kind"] == "load":
+            maas.load(model, worker=worker)
+            with session_scope(maas.settings.sqlalchemy_url) as session:
+                from app import registry
+
+                version = registry.resolve(session, model)
+                device = device_rows.by_worker(session, worker)
+                replica = replica_rows.find_live(session, version.id, device.id)
+                return {"state": "sent", "replica": replica.id if replica else None}
+        with session_scope(maas.settings.sqlalchemy_url) as session:
+            from app import registry
+
+            version = registry.resolve(session, model)
+            device = device_rows.by_worker(session, worker)
+            replica = replica_rows.find_live(session, version.id, device.id) if device else None
+            replica_id = replica.id if replica else None
+        if replica_id is None:
+            return {"state": "done", "replica": None}  # already gone
+        maas.stop(f"{model}:{version.version}", worker=worker)
+        return {"state": "sent", "replica": replica_id}
+    except Exception as exc:  # a move that cannot start is recorded, never retried blindly  # noqa: BLE001
+        logs.event(log, "move_failed", logging.WARNING, model=model, worker=worker, kind=move["kind"], reason=str(exc))
+        return {"state": "failed", "error": str(exc)}
+
+
+def reconcile_consumers(app: Celery, settings: Settings) -> dict[str, list[str]]:
+    """Make each answering worker consume exactly the queues of the models it holds READY."""
+    replies = app.control.inspect(timeout=1.0).active_queues() or {}
+    expected: dict[str, set[str]] = {}
+    with session_scope(settings.sqlalchemy_url) as session:
+        for r in replica_rows.all_with_devices(session):
+            if r.state == S.READY.value:
+                expected.setdefault(r.device.worker_name, set()).add(model_queue(r.version.model.name))
+    fixed: dict[str, list[str]] = {}
+    for worker, queues in replies.items():
+        actual = {q["name"] for q in queues if q["name"].startswith("m.")}
+        want = expected.get(worker, set())
+        for queue in sorted(want - actual):
+            app.control.add_consumer(queue, destination=[worker], reply=False)
+            fixed.setdefault(worker, []).append(f"+{queue}")
+        for queue in sorted(actual - want):
+            app.control.cancel_consumer(queue, destination=[worker], reply=False)
+            fixed.setdefault(worker, []).append(f"-{queue}")
+    if fixed:
+        logs.event(log, "consumers_reconciled", logging.WARNING, changes=fixed)
+    return fixed

@@ -1,0 +1,112 @@
+"""Reading the fleet into the solver's snapshot: devices, models, demand, placement. The database and Redis edge.
+
+Per model the allocator manages the version a bare reference resolves to (the ``prod`` alias, else the newest).
+Demand is the arrival-rate EWMA plus what it takes to drain the current backlog within one period; memory is
+the largest footprint measured on a loaded replica of that version, else the declared figure.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import redis
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app import registry, telemetry
+from app.celery_app import model_queue
+from app.db import devices as device_rows
+from app.db import replicas as replica_rows
+from app.db.schema import Model
+from app.lifecycle import HOLDS_MEMORY, ReplicaState
+from app.queues import depths
+from app.settings import Settings
+from beat.snapshot import Device, ModelDemand, Snapshot
+
+#: Seconds a load is assumed to take until one is measured; prices a move in the objective.
+DEFAULT_LOAD_S = 10.0
+
+
+@dataclass
+class FleetState:
+    snapshot: Snapshot
+    version_ids: dict[str, int]  # model -> the version the allocator places
+    mem_bytes: dict[str, int]
+    capacity_bytes: dict[str, int]  # device memory less what unmanaged replicas hold
+    min_replicas: dict[str, int]
+    demand: dict[str, dict[str, float]] = field(default_factory=dict)  # model -> rate, backlog, demand
+
+
+def read(session: Session, client: redis.Redis, settings: Settings, now: float | None = None) -> FleetState:
+    now = time.time() if now is None else now
+    alive = [d for d in device_rows.all_devices(session) if device_rows.is_alive(d, settings.heartbeat_timeout_s)]
+    names = {d.id: d.worker_name for d in alive}
+    classes = sorted({d.name if d.kind == "gpu" else "virtual" for d in alive}) or ["virtual"]
+    rates = telemetry.update_rates(client, settings.rate_half_life_s, now)
+    last_arrival = telemetry.last_arrivals(client)
+    models = list(session.scalars(select(Model).order_by(Model.name)))
+    backlog = depths(client, [model_queue(m.name) for m in models]) if models else {}
+    footprints = replica_rows.measured_footprints(session)
+    used_unmanaged = {d.id: 0 for d in alive}
+    state = FleetState(Snapshot((), ()), {}, {}, {}, {})
+    demands = []
+    for model in models:
+        try:
+            version = registry.resolve(session, model.name)
+        except Exception:  # a model without versions is not placeable  # noqa: BLE001
+            continue
+        live = replica_rows.live_for_model(session, model.id)
+        current = tuple(
+            sorted(
+                names[r.device_id]
+                for r in live
+                if r.version_id == version.id
+                and r.device_id in names
+                and ReplicaState(r.state) in (ReplicaState.PENDING, ReplicaState.LOADING, ReplicaState.READY)
+            )
+        )
+        for r in live:
+            # Memory the solver does not place: other versions, and replicas already on their way out.
+            unmanaged = r.version_id != version.id or r.state in ("DRAINING", "UNLOADING")
+            if r.device_id in used_unmanaged and unmanaged and ReplicaState(r.state) in HOLDS_MEMORY:
+                used_unmanaged[r.device_id] += r.footprint_bytes or r.version.mem_bytes
+        rate, waiting = rates.get(model.name, 0.0), backlog.get(model_queue(model.name), 0)
+        demand = rate + waiting / settings.allocation_period_s
+        recently_used = now - last_arrival.get(model.name, 0.0) < settings.idle_unload_s
+        keep = 1 if (model.keep_warm or (current and recently_used)) else 0
+        min_rep = max(model.min_replicas, keep)
+        if not (demand > 0 or current or min_rep or model.pinned):
+            continue
+        est = telemetry.estimator(client, model.name, version.service_ms / 1000, classes)
+        service_s = min(est.estimate((model.name, c), 1.0) for c in classes)
+        mem = footprints.get(version.id) or version.mem_bytes
+        pinned = tuple(w for w in model.pinned if w in names.values())
+        demands.append(
+            ModelDemand(
+                name=model.name,
+                mem_bytes=mem,
+                demand_per_s=demand,
+                service_s=max(service_s, 1e-4),
+                min_replicas=min(min_rep, len(alive)),
+                max_replicas=model.max_replicas,
+                pinned=pinned,
+                current=current,
+                load_cost_s=DEFAULT_LOAD_S,
+            )
+        )
+        state.version_ids[model.name], state.mem_bytes[model.name] = version.id, mem
+        state.min_replicas[model.name] = min_rep
+        state.demand[model.name] = {"rate_per_s": round(rate, 3), "waiting": waiting, "demand_per_s": round(demand, 3)}
+    devices = tuple(
+        Device(
+            d.worker_name,
+            max(0, d.mem_bytes - used_unmanaged[d.id]),
+            d.speed,
+            "virtual" if d.kind == "virtual" else "gpu",
+        )
+        for d in alive
+    )
+    state.capacity_bytes = {d.id: d.mem_bytes for d in devices}
+    state.snapshot = Snapshot(devices, tuple(demands), time_limit_s=settings.solver_time_limit_s)
+    return state
