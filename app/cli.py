@@ -115,7 +115,7 @@ def cmd_model_set(args: argparse.Namespace, settings: Settings) -> int:
 
     _client(settings)
     changes: dict[str, Any] = {}
-    for key in ("policy", "max_queue", "min_replicas", "max_replicas"):
+    for key in ("policy", "max_queue", "min_replicas", "max_replicas", "max_batch_size", "max_queue_delay_ms"):
         if getattr(args, key) is not None:
             changes[key] = getattr(args, key)
     if args.keep_warm is not None:
@@ -527,6 +527,8 @@ def build_parser() -> argparse.ArgumentParser:
     mset.add_argument("--min-replicas", type=int, help="the allocator keeps at least this many")
     mset.add_argument("--max-replicas", type=int, help="the allocator places at most this many")
     mset.add_argument("--pin", help="comma-separated worker names the model must be on ('' to clear)")
+    mset.add_argument("--max-batch-size", type=int, help="dynamic batching: requests per runtime call (next load)")
+    mset.add_argument("--max-queue-delay-ms", type=float, help="dynamic batching: wait this long for a batch to fill")
     mset.set_defaults(func=cmd_model_set)
 
     job = sub.add_parser("job", help="chunked batch jobs (SRTF overtakes at chunk boundaries)")

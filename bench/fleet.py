@@ -16,8 +16,10 @@ class BenchFleet:
         self.workdir = Path(tempfile.mkdtemp(prefix="maas-bench-"))
         self.redis: Server = start_redis(self.workdir / "redis")
         self.env = {
-            "REDIS_URL": self.redis.url, "MAAS_HOME": str(self.workdir / "home"),
-            "MAAS_VIRTUAL_DEVICES": "2x4GiB", **env,
+            "REDIS_URL": self.redis.url,
+            "MAAS_HOME": str(self.workdir / "home"),
+            "MAAS_VIRTUAL_DEVICES": "2x4GiB",
+            **env,
         }
         self.procs: list[Proc] = []
         from app.client import Client
@@ -35,6 +37,12 @@ class BenchFleet:
         wait_for(lambda: "worker_ready" in proc.log() or not proc.alive(), 90, f"{name} to start")
         if not proc.alive():
             raise RuntimeError(proc.log()[-2000:])
+        return proc
+
+    def beat(self) -> Proc:
+        argv = [sys.executable, "-m", "app.cli", "beat"]
+        proc = Proc("beat", argv, {**os.environ, **self.env}, self.workdir)
+        self.procs.append(proc)
         return proc
 
     def register(self, name: str, path: Path, **kw) -> None:  # noqa: ANN003

@@ -16,6 +16,8 @@ class Loaded:
     runtime: Runtime
     inputs: tuple[TensorSpec, ...]
     footprint_bytes: int
+    max_batch_size: int = 1  # dynamic batching: up to this many waiting requests per runtime call
+    max_queue_delay_s: float = 0.0  # how long a batch may wait to fill
 
 
 class ModelCache:

@@ -20,6 +20,15 @@ class WorkerContext:
     cache: ModelCache = field(default_factory=ModelCache)
     observations: Observations = field(default_factory=Observations)
     consumer: Any = None  # celery.worker.consumer.Consumer, captured by a bootstep once it starts
+    _redis: Any = None
+
+    @property
+    def redis(self):  # noqa: ANN201 - redis.Redis, created on first use (after fork, never before)
+        if self._redis is None:
+            import redis
+
+            self._redis = redis.Redis.from_url(self.settings.redis_url)
+        return self._redis
 
     def subscribe(self, queue: str) -> None:
         # Scheduled on the consumer's event loop, as Celery's own add_consumer control command does: it runs

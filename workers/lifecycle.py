@@ -69,7 +69,14 @@ def _read(ctx: WorkerContext, replica_id: int) -> tuple[ReplicaState, dict[str, 
         if replica.device_id != ctx.device_id:
             raise UnknownReplica(f"replica {replica_id} belongs to {replica.device.worker_name}, not {ctx.worker_name}")
         v = replica.version
-        spec = {"uri": v.artifact_uri, "sha256": v.sha256, "runtime": v.runtime, "inputs": v.inputs}
+        spec = {
+            "uri": v.artifact_uri,
+            "sha256": v.sha256,
+            "runtime": v.runtime,
+            "inputs": v.inputs,
+            "max_batch_size": v.model.max_batch_size,
+            "max_queue_delay_s": v.model.max_queue_delay_ms / 1000,
+        }
         return ReplicaState(replica.state), summary(replica), spec
 
 
@@ -94,7 +101,18 @@ def load(ctx: WorkerContext, replica_id: int) -> dict[str, Any]:
     except MaasError as exc:
         _move(ctx, replica_id, S.FAILED, str(exc))
         raise
-    ctx.cache.put(Loaded(replica_id, model, version, runtime, parse_signature(spec["inputs"]), footprint))
+    ctx.cache.put(
+        Loaded(
+            replica_id,
+            model,
+            version,
+            runtime,
+            parse_signature(spec["inputs"]),
+            footprint,
+            spec["max_batch_size"],
+            spec["max_queue_delay_s"],
+        )
+    )
     info = _move(ctx, replica_id, S.READY, f"on {runtime.device_label}", footprint_bytes=footprint)
     ctx.subscribe(model_queue(model))
     return info

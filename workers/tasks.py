@@ -13,17 +13,19 @@ from celery import Celery
 from celery.exceptions import Reject
 
 from app import logs
-from app.celery_app import CONTROL_PRIORITY, control_queue
+from app.celery_app import CONTROL_PRIORITY, control_queue, model_queue
 from app.errors import DeadlineExceeded, MaasError, NotLoaded
 from app.signature import decode_tensor, encode_tensor, rows_of, validate_inputs
-from workers import lifecycle
+from workers import batching, lifecycle
 from workers.context import current
 from workers.telemetry import device_class
 
 log = logging.getLogger("maas.worker")
 
 
-def infer(model: str, version: int | None, inputs: list[dict[str, Any]], deadline_at: float | None = None) -> dict:
+def infer(
+    app: Celery, model: str, version: int | None, inputs: list[dict[str, Any]], deadline_at: float | None = None
+) -> dict:
     ctx = current()
     loaded = ctx.cache.get(model, version)
     if loaded is None:
@@ -32,6 +34,8 @@ def infer(model: str, version: int | None, inputs: list[dict[str, Any]], deadlin
             # task). Give the message back for a replica that holds it; it is not lost and not failed.
             raise Reject(f"{model} is not held by {ctx.worker_name}", requeue=True)
         raise NotLoaded(f"{model}:{version} is not loaded; this replica serves versions {ctx.cache.versions_of(model)}")
+    if loaded.max_batch_size > 1:
+        return _infer_batch(app, ctx, loaded, batching.Member(None, model, version, inputs, deadline_at))
     try:
         if deadline_at is not None and time.time() > deadline_at:
             late_s = time.time() - deadline_at
@@ -42,16 +46,7 @@ def infer(model: str, version: int | None, inputs: list[dict[str, Any]], deadlin
         outputs = loaded.runtime.infer(arrays)
         service_s = time.perf_counter() - started
     except MaasError as exc:
-        logs.event(
-            log,
-            "request_failed",
-            logging.WARNING,
-            model=model,
-            version=loaded.version,
-            worker=ctx.worker_name,
-            code=exc.code,
-            reason=exc.message,
-        )
+        _log_failure(ctx.worker_name, model, loaded.version, exc)
         raise
     ctx.observations.add(model, device_class(ctx.device), rows_of(inputs), service_s)
     return {
@@ -62,6 +57,37 @@ def infer(model: str, version: int | None, inputs: list[dict[str, Any]], deadlin
     }
 
 
+def _log_failure(worker: str, model: str, version: int | None, exc: MaasError) -> None:
+    logs.event(
+        log,
+        "request_failed",
+        logging.WARNING,
+        model=model,
+        version=version,
+        worker=worker,
+        code=exc.code,
+        reason=exc.message,
+    )
+
+
+def _infer_batch(app: Celery, ctx, loaded, primary: batching.Member) -> dict:  # noqa: ANN001
+    """This request and up to max_batch_size - 1 waiting ones of the same model, as one runtime call."""
+    members = [
+        primary,
+        *batching.gather(ctx.redis, model_queue(loaded.model), loaded.max_batch_size - 1, loaded.max_queue_delay_s),
+    ]
+    service_s = batching.execute(members, loaded, ctx.worker_name)
+    batching.publish(app, members, ctx.worker_name)
+    rows = sum(rows_of(m.inputs) for m in members if m.result is not None)
+    if rows:
+        ctx.observations.add(loaded.model, device_class(ctx.device), rows, service_s)
+    if primary.error is not None:
+        _log_failure(ctx.worker_name, loaded.model, loaded.version, primary.error)
+        raise primary.error
+    primary.result["parameters"]["batch"] = len(members)
+    return primary.result
+
+
 def register(app: Celery) -> None:
     """Define every worker task on ``app``."""
 
@@ -69,13 +95,13 @@ def register(app: Celery) -> None:
     def infer_task(
         model: str, version: int | None, inputs: list[dict[str, Any]], deadline_at: float | None = None
     ) -> dict[str, Any]:
-        return infer(model, version, inputs, deadline_at)
+        return infer(app, model, version, inputs, deadline_at)
 
     @app.task(name="maas.chunk")
     def chunk_task(job_id: str, index: int) -> dict[str, Any]:
         from workers.jobs import run_chunk
 
-        return run_chunk(app, job_id, index, infer)
+        return run_chunk(app, job_id, index, lambda *a: infer(app, *a))
 
     @app.task(name="maas.load", throws=(MaasError,))
     def load_task(replica_id: int) -> dict[str, Any]:

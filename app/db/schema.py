@@ -38,6 +38,9 @@ class Model(Base):
     min_replicas: Mapped[int] = mapped_column(Integer, default=0)
     max_replicas: Mapped[int | None] = mapped_column(Integer, nullable=True)
     pinned: Mapped[list[Any]] = mapped_column(JSON, default=list)  # worker names it must be on
+    # Dynamic batching, read when a replica loads: up to max_batch_size waiting requests run as one call.
+    max_batch_size: Mapped[int] = mapped_column(Integer, default=1)
+    max_queue_delay_ms: Mapped[float] = mapped_column(Float, default=0.0)
     versions: Mapped[list[ModelVersion]] = relationship(back_populates="model", order_by="ModelVersion.version")
 
 

@@ -1,0 +1,180 @@
+"""``python -m bench.scheduling``: the scheduling policies on the live system, replaying a real request trace.
+
+A slice of ``shared/traces/azure_llm_code_2023.csv`` (or ``--trace PATH``, same columns) is replayed through one
+solo worker: each request is sent at its (compressed) arrival time to a model whose run time follows the request
+size (``bench.models.wide_mlp``, rows proportional to the trace's total tokens), with arrivals compressed so the
+offered load is ``--load`` (0.85) of the worker's measured capacity. Every policy runs on the same arrivals, one
+after the other, with the beat process running (aging needs it). Response time is from the client's send to the
+worker's result; the wait is the response less the model's own run time.
+
+The same arrivals also go through ``bench.simulate``'s discrete-event model of the fleet, with each request's
+service time taken from a calibration of the live path (a + b x rows, measured at saturation before the runs),
+so the live figures can be checked against what the model of the system predicts.
+
+Prints one JSON line per policy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from celery.result import AsyncResult
+
+from app import policies, registry
+from app.db.session import session_scope
+from bench.fleet import BenchFleet
+from bench.models import wide_mlp
+from bench.simulate import SimConfig, add_ratios, simulate, summarize
+from bench.trace import DEFAULT_TRACE_PATH, Request, SizeClass, load_trace, quantile
+
+MODEL = "trace"
+IN_WIDTH = 16
+
+
+def calibrate(fleet: BenchFleet, rows_small: int, rows_large: int, n: int = 40) -> tuple[float, float]:
+    """Seconds per request through the whole path at saturation, as a + b x rows."""
+    client = fleet.client
+    per_request = {}
+    for rows in (rows_small, rows_large):
+        for handle in client.stop(MODEL):
+            handle.wait()
+        x = np.zeros((rows, IN_WIDTH), dtype=np.float32)
+        handles = [client.infer(MODEL, {"x": x}, priority=1) for _ in range(n)]
+        client.load(MODEL).wait()
+        for h in handles:
+            h.wait(timeout_s=120)
+        done = sorted(AsyncResult(h.id, app=client.app).date_done.timestamp() for h in handles)
+        per_request[rows] = (done[-1] - done[0]) / (n - 1)
+    b = (per_request[rows_large] - per_request[rows_small]) / (rows_large - rows_small)
+    return per_request[rows_small] - b * rows_small, b
+
+
+def workload(trace: Path, count: int, tokens_per_row: int, max_rows: int, a: float, b: float, load: float):
+    """Requests (arrival, rows, calibrated service, size class) for the first ``count`` trace rows."""
+    rows_in = load_trace(trace)[:count]
+    sizes = [max(1, min(max_rows, round((r.context_tokens + r.generated_tokens) / tokens_per_row))) for r in rows_in]
+    services = [a + b * s for s in sizes]
+    span_s = rows_in[-1].arrival_s - rows_in[0].arrival_s
+    scale = sum(services) / (load * span_s)  # offered load = total work / span, on one server
+    short_max, long_min = quantile(services, 0.1), quantile(services, 0.9)
+
+    def size_class(service_s: float) -> SizeClass:
+        if service_s <= short_max:
+            return SizeClass.SHORTEST
+        return SizeClass.LONGEST if service_s >= long_min else SizeClass.MIDDLE
+
+    return [
+        Request((r.arrival_s - rows_in[0].arrival_s) * scale, s, svc, size_class(svc))
+        for r, s, svc in zip(rows_in, sizes, services, strict=True)
+    ]
+
+
+def replay(fleet: BenchFleet, requests: list[Request]) -> list[dict]:
+    """Send each request at its arrival time; return response, wait and class per request."""
+    client = fleet.client
+    rng = np.random.default_rng(0)
+    bodies = [{"x": rng.standard_normal((r.size_tokens, IN_WIDTH)).astype(np.float32)} for r in requests]
+    sent: list[tuple[float, object]] = []
+    start = time.time() + 0.5
+    for request, body in zip(requests, bodies, strict=True):
+        delay = start + request.arrival_s - time.time()
+        if delay > 0:
+            time.sleep(delay)
+        sent.append((time.time(), client.infer(MODEL, body)))
+    results = []
+    for (t0, handle), request in zip(sent, requests, strict=True):
+        answer = handle.wait(timeout_s=600)
+        done = AsyncResult(handle.id, app=client.app).date_done.timestamp()
+        response_s = done - t0
+        results.append(
+            {
+                "response_s": response_s,
+                "wait_s": max(0.0, response_s - answer["parameters"]["service_ms"] / 1000),
+                "size_class": request.size_class,
+            }
+        )
+    return results
+
+
+def figures(results: list[dict]) -> dict:
+    ms = [r["response_s"] * 1000 for r in results]
+    return {
+        "n": len(ms),
+        "mean_ms": round(statistics.fmean(ms), 3),
+        "p50_ms": round(quantile(ms, 0.5), 3),
+        "p99_ms": round(quantile(ms, 0.99), 3),
+        "max_wait_ms": round(max(r["wait_s"] for r in results) * 1000, 3),
+    }
+
+
+def run(args: argparse.Namespace) -> None:
+    env = {
+        "MAAS_TYPICAL_SERVICE_S": "0.05",
+        "MAAS_AGING_PERIOD_S": str(args.aging_period_s),
+        "MAAS_ALLOCATION": "false",
+        "MAAS_VIRTUAL_DEVICES": "1x4GiB",
+    }
+    with BenchFleet(**env) as fleet, tempfile.TemporaryDirectory() as tmp:
+        fleet.register(MODEL, wide_mlp(Path(tmp) / "trace.onnx", in_width=IN_WIDTH), service_ms=10)
+        fleet.worker(0, "bench0@local")
+        fleet.beat()
+        client = fleet.client
+        client.load(MODEL).wait()
+        a, b = calibrate(fleet, 1, args.max_rows)
+        time.sleep(1.5)  # the worker ships the calibration's service times, which the estimator learns from
+        requests = workload(Path(args.trace), args.requests, args.tokens_per_row, args.max_rows, a, b, args.load)
+        params = policies.PolicyParams.around(fleet.settings.typical_service_s)
+        fifo_live = fifo_sim = None
+        for policy in ("fifo", "sjf", "srtf", "aging"):
+            with session_scope(fleet.settings.sqlalchemy_url) as session:
+                registry.configure(session, MODEL, policy=policy)
+            client.scheduler._facts.clear()
+            results = replay(fleet, requests)
+            live = {"policy": policy, **figures(results)}
+            for cls in (SizeClass.SHORTEST, SizeClass.LONGEST):
+                live[cls.value] = figures([r for r in results if r["size_class"] is cls])
+            config = SimConfig(policies.Policy(policy), params, 1, None, args.aging_period_s)
+            sim = summarize(config, simulate(requests, config))
+            fifo_live, fifo_sim = fifo_live or live, fifo_sim or sim
+            add_ratios(live, fifo_live)
+            add_ratios(sim, fifo_sim)
+            live.update(
+                sim_mean_ms=sim["mean_ms"],
+                sim_p99_ms=sim["p99_ms"],
+                sim_mean_vs_fifo=sim["mean_vs_fifo"],
+                live_vs_sim_mean=round(live["mean_ms"] / sim["mean_ms"], 3),
+                requests=len(requests),
+                load=args.load,
+                calibrated_ms=[round(a * 1000, 3), round(b * 1000, 4)],
+                aging_period_s=args.aging_period_s,
+            )
+            print(json.dumps(live), flush=True)
+            time.sleep(1.0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.scheduling", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--trace",
+        default=str(DEFAULT_TRACE_PATH),
+        help="CSV with TIMESTAMP, ContextTokens, GeneratedTokens (default: the Azure LLM code trace)",
+    )
+    parser.add_argument("--requests", type=int, default=600, help="first N trace rows to replay (default 600)")
+    parser.add_argument("--load", type=float, default=0.85, help="offered load of the one worker (default 0.85)")
+    parser.add_argument("--tokens-per-row", type=int, default=16, help="trace tokens per model input row")
+    parser.add_argument("--max-rows", type=int, default=512, help="largest request, in rows")
+    parser.add_argument("--aging-period-s", type=float, default=0.25, help="beat period of the aging task")
+    args = parser.parse_args(argv)
+    run(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""Dynamic batching: when a request for a batching model runs, waiting requests of the same model join it.
+
+Each request is still its own message, so the worker takes up to ``max_batch_size - 1`` more straight from the
+model's priority lists, highest level first, in one Lua call (one round trip for the whole batch, instead of one
+per message through the consumer). They run as one runtime call, and each gets its own result, error or
+deadline verdict, stored under its own task id. A message taken this way is in no queue and not in kombu's
+unacknowledged set, so if this worker dies before storing its result, the request ledger finds it and sends it
+again (``app.ledger``): still at least once.
+
+Priorities hold: a batch only ever takes the highest waiting requests of its model, and a request of another
+model waits behind at most the one batch in progress.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import redis
+
+from app import logs
+from app.errors import DeadlineExceeded, MaasError, NotLoaded
+from app.queues import priority_lists
+from app.signature import decode_tensor, encode_tensor, rows_of, validate_inputs
+from workers.cache import Loaded
+
+log = logging.getLogger("maas.worker")
+
+#: Pops up to ARGV[1] infer messages from KEYS (the model's lists, highest level first). Stops at the first
+#: message of another task (a job chunk) in a list, so those keep their place and their own path.
+_TAKE = """
+local out, want = {}, tonumber(ARGV[1])
+for _, key in ipairs(KEYS) do
+  while #out < want do
+    local raw = redis.call('LINDEX', key, -1)
+    if not raw then break end
+    local ok, msg = pcall(cjson.decode, raw)
+    if not ok or type(msg['headers']) ~= 'table' or msg['headers']['task'] ~= 'maas.infer' then break end
+    redis.call('RPOP', key)
+    out[#out + 1] = raw
+  end
+  if #out >= want then break end
+end
+return out
+"""
+
+
+@dataclass
+class Member:
+    """One request of a batch: the running task's own (task_id None) or one taken from the queue."""
+
+    task_id: str | None
+    model: str
+    version: int | None
+    inputs: list[dict[str, Any]]
+    deadline_at: float | None
+    result: dict[str, Any] | None = None
+    error: MaasError | None = None
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def decode_message(raw: bytes) -> Member:
+    """A kombu/Celery (protocol 2, JSON) infer message -> Member."""
+    message = json.loads(raw)
+    body = (
+        base64.b64decode(message["body"]) if message["properties"].get("body_encoding") == "base64" else message["body"]
+    )
+    args, kwargs, _embed = json.loads(body)
+    model, version, inputs = args
+    return Member(message["headers"]["id"], model, version, inputs, kwargs.get("deadline_at"))
+
+
+def take(client: redis.Redis, queue: str, count: int) -> list[Member]:
+    if count <= 0:
+        return []
+    raws = client.eval(_TAKE, 10, *priority_lists(queue), count)
+    return [decode_message(raw) for raw in raws]
+
+
+def gather(client: redis.Redis, queue: str, want: int, delay_s: float) -> list[Member]:
+    """Take up to ``want`` waiting requests, waiting at most ``delay_s`` for the batch to fill."""
+    members = take(client, queue, want)
+    deadline = time.monotonic() + delay_s
+    while len(members) < want and time.monotonic() < deadline:
+        time.sleep(min(0.001, max(0.0, deadline - time.monotonic())))
+        members += take(client, queue, want - len(members))
+    return members
+
+
+def _admit(member: Member, loaded: Loaded, now: float) -> None:
+    """Check one member on its own; set its error if it cannot run."""
+    try:
+        if member.model != loaded.model or member.version not in (None, loaded.version):
+            raise NotLoaded(f"{member.model}:{member.version} is not loaded; this replica serves {loaded.version}")
+        if member.deadline_at is not None and now > member.deadline_at:
+            raise DeadlineExceeded(
+                f"the deadline passed {now - member.deadline_at:.3f}s before the request could run; not executed"
+            )
+        validate_inputs(loaded.inputs, member.inputs)
+        member.arrays = {t["name"]: decode_tensor(t) for t in member.inputs}
+    except MaasError as exc:
+        member.error = exc
+
+
+def _split(outputs: dict[str, np.ndarray], rows: list[int]) -> list[dict[str, np.ndarray]] | None:
+    total = sum(rows)
+    if any(a.ndim == 0 or a.shape[0] != total for a in outputs.values()):
+        return None  # not row-aligned: the model's outputs cannot be split back per request
+    bounds = np.cumsum([0, *rows])
+    return [{n: a[bounds[i] : bounds[i + 1]] for n, a in outputs.items()} for i in range(len(rows))]
+
+
+def _answer(member: Member, loaded: Loaded, outputs: dict[str, np.ndarray], worker: str, service_s: float) -> None:
+    member.result = {
+        "model_name": loaded.model,
+        "model_version": loaded.version,
+        "outputs": [encode_tensor(name, array) for name, array in outputs.items()],
+        "parameters": {"worker": worker, "service_ms": round(service_s * 1000, 3)},
+    }
+
+
+def execute(members: list[Member], loaded: Loaded, worker: str) -> float:
+    """Run every admissible member, as one call when their inputs concatenate; returns the runtime's seconds."""
+    now = time.time()
+    for m in members:
+        _admit(m, loaded, now)
+    ready = [m for m in members if m.error is None]
+    if not ready:
+        return 0.0
+    batchable = all(spec.shape and spec.shape[0] == -1 for spec in loaded.inputs) and len(ready) > 1
+    started = time.perf_counter()
+    if batchable:
+        joined = {s.name: np.concatenate([m.arrays[s.name] for m in ready]) for s in loaded.inputs}
+        try:
+            parts = _split(loaded.runtime.infer(joined), [rows_of(m.inputs) for m in ready])
+        except MaasError:
+            parts = None  # one bad request must not fail the others: run them one by one to find it
+        if parts is not None:
+            service_s = time.perf_counter() - started
+            for m, outputs in zip(ready, parts, strict=True):
+                _answer(m, loaded, outputs, worker, service_s)
+            return service_s
+    for m in ready:
+        t0 = time.perf_counter()
+        try:
+            _answer(m, loaded, loaded.runtime.infer(m.arrays), worker, time.perf_counter() - t0)
+        except MaasError as exc:
+            m.error = exc
+    return time.perf_counter() - started
+
+
+def publish(app, members: list[Member], worker: str) -> None:  # noqa: ANN001 - celery app
+    """Store the results of the members taken from the queue under their own task ids."""
+    for m in members:
+        if m.task_id is None:
+            continue
+        if m.error is not None:
+            logs.event(
+                log,
+                "request_failed",
+                logging.WARNING,
+                model=m.model,
+                version=m.version,
+                worker=worker,
+                code=m.error.code,
+                reason=m.error.message,
+                task_id=m.task_id,
+            )
+            app.backend.mark_as_failure(m.task_id, m.error)
+        else:
+            app.backend.mark_as_done(m.task_id, m.result)
