@@ -233,7 +233,7 @@ class Client:
             views = self._device_views(session)
             existing = self._existing(session, version.id, worker, device, views)
             if existing is not None and existing.state == ReplicaState.READY.value:
-                return Handle(None, 0, done_value=_summary(existing))
+                return Handle(None, 0, done_value=replicas.summary(existing))
             if existing is None:
                 target = placement.choose_device(
                     views, replicas.need_bytes(session, version), worker=worker, device=device
@@ -258,9 +258,10 @@ class Client:
 
     def _device_views(self, session) -> list[placement.DeviceView]:  # noqa: ANN001
         used: dict[int, int] = {}
+        measured = replicas.measured_footprints(session)
         for r in replicas.all_with_devices(session):
             if ReplicaState(r.state) in HOLDS_MEMORY:
-                used[r.device_id] = used.get(r.device_id, 0) + (r.footprint_bytes or r.version.mem_bytes)
+                used[r.device_id] = used.get(r.device_id, 0) + replicas.held_bytes(r, measured)
         timeout = self.settings.heartbeat_timeout_s
         return [
             placement.DeviceView(
@@ -294,7 +295,7 @@ class Client:
     # --- views ----------------------------------------------------------------------------------------------------
     def replicas(self, include_terminal: bool = False) -> list[dict[str, Any]]:
         with session_scope(self._url) as session:
-            return [_summary(r) for r in replicas.all_with_devices(session, include_terminal)]
+            return [replicas.summary(r) for r in replicas.all_with_devices(session, include_terminal)]
 
     def devices(self) -> list[dict[str, Any]]:
         with session_scope(self._url) as session:
@@ -334,20 +335,6 @@ class Client:
 def outputs_as_arrays(answer: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """An infer answer's OIP output tensors as numpy arrays by name."""
     return {t["name"]: decode_tensor(t) for t in answer["outputs"]}
-
-
-def _summary(r: Replica) -> dict[str, Any]:
-    return {
-        "replica": r.id,
-        "model": r.version.model.name,
-        "version": r.version.version,
-        "worker": r.device.worker_name,
-        "device_kind": r.device.kind,
-        "state": r.state,
-        "reason": r.reason,
-        "footprint_bytes": r.footprint_bytes,
-        "updated_at": r.updated_at.isoformat(),
-    }
 
 
 def _device(d: Device, view: placement.DeviceView) -> dict[str, Any]:

@@ -25,8 +25,14 @@ def flower_command(settings: Settings, *, local: bool, port: int | None, address
             "Set MAAS_FLOWER_BASIC_AUTH=user:password, or run `maas flower --local` to bind to 127.0.0.1 only"
         )
     argv = [
-        sys.executable, "-m", "celery", "-A", "app.flower_app:app", "flower",
-        f"--port={port or settings.flower_port}", f"--address={address}",
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "app.flower_app:app",
+        "flower",
+        f"--port={port or settings.flower_port}",
+        f"--address={address}",
     ]
     return argv, env
 

@@ -70,7 +70,7 @@ def read(session: Session, client: redis.Redis, settings: Settings, now: float |
             # Memory the solver does not place: other versions, and replicas already on their way out.
             unmanaged = r.version_id != version.id or r.state in ("DRAINING", "UNLOADING")
             if r.device_id in used_unmanaged and unmanaged and ReplicaState(r.state) in HOLDS_MEMORY:
-                used_unmanaged[r.device_id] += r.footprint_bytes or r.version.mem_bytes
+                used_unmanaged[r.device_id] += replica_rows.held_bytes(r, footprints)
         rate, waiting = rates.get(model.name, 0.0), backlog.get(model_queue(model.name), 0)
         demand = rate + waiting / settings.allocation_period_s
         recently_used = now - last_arrival.get(model.name, 0.0) < settings.idle_unload_s

@@ -44,24 +44,8 @@ def reshape_to_2x2(path: Path) -> Path:
 
 
 def mlp(path: Path, width: int = 512, layers: int = 8, seed: int = 0) -> Path:
-    """A wide ReLU MLP on FP32[-1, width]: its run time grows with rows, like a real model's."""
-    rng = np.random.default_rng(seed)
-    nodes, inits, prev = [], [], "x"
-    for i in range(layers):
-        weight = (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
-        inits.append(helper.make_tensor(f"w{i}", TensorProto.FLOAT, [width, width], weight.ravel()))
-        out = "y" if i == layers - 1 else f"h{i}"
-        nodes.append(helper.make_node("MatMul", [prev, f"w{i}"], [f"m{i}"]))
-        nodes.append(helper.make_node("Relu", [f"m{i}"], [out]))
-        prev = out
-    graph = helper.make_graph(
-        nodes,
-        "mlp",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, width])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, width])],
-        initializer=inits,
-    )
-    return _save(graph, path)
+    """A square ReLU MLP on FP32[-1, width]: its run time grows with rows, like a real model's."""
+    return wide_mlp(path, in_width=width, hidden=width, layers=layers, out_width=width, seed=seed)
 
 
 def wide_mlp(

@@ -14,7 +14,6 @@ from app import logs
 from app.artifacts import LocalArtifactStore
 from app.celery_app import model_queue
 from app.db import replicas
-from app.db.schema import Replica
 from app.db.session import session_scope
 from app.errors import MaasError, UnknownReplica
 from app.lifecycle import TERMINAL, ReplicaState
@@ -28,25 +27,13 @@ log = logging.getLogger("maas.worker")
 S = ReplicaState
 
 
-def summary(replica: Replica) -> dict[str, Any]:
-    return {
-        "replica": replica.id,
-        "model": replica.version.model.name,
-        "version": replica.version.version,
-        "worker": replica.device.worker_name,
-        "state": replica.state,
-        "reason": replica.reason,
-        "footprint_bytes": replica.footprint_bytes,
-    }
-
-
 def _move(ctx: WorkerContext, replica_id: int, dst: ReplicaState, reason: str = "", **updates: Any) -> dict:
     with session_scope(ctx.settings.sqlalchemy_url) as session:
         replica = replicas.get(session, replica_id, lock=True)
         src = replicas.transition(session, replica, dst, reason)
         for key, value in updates.items():
             setattr(replica, key, value)
-        info = summary(replica)
+        info = replicas.summary(replica)
     level = logging.WARNING if dst is S.FAILED else logging.INFO
     logs.event(
         log,
@@ -77,7 +64,7 @@ def _read(ctx: WorkerContext, replica_id: int) -> tuple[ReplicaState, dict[str, 
             "max_batch_size": v.model.max_batch_size,
             "max_queue_delay_s": v.model.max_queue_delay_ms / 1000,
         }
-        return ReplicaState(replica.state), summary(replica), spec
+        return ReplicaState(replica.state), replicas.summary(replica), spec
 
 
 def load(ctx: WorkerContext, replica_id: int) -> dict[str, Any]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session, joinedload
 
@@ -102,9 +104,29 @@ def measured_footprints(session: Session) -> dict[int, int]:
     return found
 
 
+def held_bytes(replica: Replica, measured: dict[int, int]) -> int:
+    """Memory a live replica holds or is about to hold: its own measurement, its version's, else declared."""
+    return replica.footprint_bytes or measured.get(replica.version_id) or replica.version.mem_bytes
+
+
 def need_bytes(session: Session, version) -> int:  # noqa: ANN001 - ModelVersion
     """What a new replica of ``version`` is expected to take: measured when known, else declared.
 
     Placement by hand and the allocator use this same figure, so they never disagree about what fits.
     """
     return measured_footprints(session).get(version.id) or version.mem_bytes
+
+
+def summary(r: Replica) -> dict[str, Any]:
+    """A replica as the client, the CLI and the worker's task results show it."""
+    return {
+        "replica": r.id,
+        "model": r.version.model.name,
+        "version": r.version.version,
+        "worker": r.device.worker_name,
+        "device_kind": r.device.kind,
+        "state": r.state,
+        "reason": r.reason,
+        "footprint_bytes": r.footprint_bytes,
+        "updated_at": r.updated_at.isoformat(),
+    }

@@ -61,7 +61,12 @@ def placed(settings, client, fleet, tmp_path):
     for handle in handles:
         handle.wait(timeout_s=90)  # served only once the allocator placed a replica (scale from zero)
     wait_for(lambda: set(placement(client)) == set(MODELS), 30, "every model placed")
-    return fleet
+    yield fleet
+    # Shown only when the test fails: what the allocator decided, run by run.
+    with session_scope(settings.sqlalchemy_url) as session:
+        for run in session.scalars(select(AllocationRun).order_by(AllocationRun.id)):
+            moves = [(m["kind"], m["model"], m["device"], m["state"]) for m in run.moves]
+            print(f"run {run.id} {run.status} {run.reason!r} demand={run.inputs.get('demand')} moves={moves}")
 
 
 def test_after_a_solve_every_model_is_where_the_plan_says_and_serving(settings, client, placed):
