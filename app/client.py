@@ -27,6 +27,7 @@ from app.db.session import session_scope
 from app.errors import InvalidInput, InvalidPriority, MaasError, RequestTimeout, UnknownPolicy
 from app.jobs import Jobs, split
 from app.lifecycle import HOLDS_MEMORY, TERMINAL, ReplicaState
+from app.queues import priority_lists
 from app.scheduling import Scheduler
 from app.settings import Settings
 from app.signature import TensorSpec, decode_tensor, encode_tensor, parse_signature, rows_of, validate_inputs
@@ -133,13 +134,12 @@ class Client:
         queue = model_queue(resolved.model)
         decision = self.scheduler.decide(
             resolved.model,
-            queue,
             request_class=request_class,
             size=rows_of(tensors),
             priority=None if priority is None else self._priority(priority),
             remaining_s=remaining_s,
         )
-        now = time.time()
+        now, task_id = time.time(), str(uuid.uuid4())
         message = {
             "name": "maas.infer",
             "queue": queue,
@@ -154,19 +154,32 @@ class Client:
                 "maas_backlog_s": decision.backlog_s,
             },
         }
-        result = self.app.send_task(
-            message["name"],
-            args=message["args"],
-            kwargs=message["kwargs"],
-            queue=queue,
-            priority=decision.priority,
-            headers=message["headers"],
-        )
-        # After the publish: a failed publish raises to the caller and must not be resent later by the sweep.
+        # One round trip before the publish: the queue's depth (for its limit), the ledger record and the arrival
+        # count. If the queue is full or the publish fails, the record is taken back: nothing is half-accepted, and
+        # the sweep (which only looks at records older than two periods) never resends what was refused.
         pipe = self._redis.pipeline(transaction=False)
-        ledger.record(pipe, result.id, message)
+        for key in priority_lists(queue):
+            pipe.llen(key)
+        ledger.record(pipe, task_id, message)
         pipe.hincrby(telemetry.ARRIVALS, resolved.model, 1)
-        pipe.execute()
+        depths = pipe.execute()[:10]
+        try:
+            self.scheduler.admit(resolved.model, depths)
+            result = self.app.send_task(
+                message["name"],
+                args=message["args"],
+                kwargs=message["kwargs"],
+                queue=queue,
+                priority=decision.priority,
+                headers=message["headers"],
+                task_id=task_id,
+            )
+        except BaseException:
+            pipe = self._redis.pipeline(transaction=False)
+            ledger.forget(pipe, task_id)
+            pipe.hincrby(telemetry.ARRIVALS, resolved.model, -1)
+            pipe.execute()
+            raise
         return Handle(result, timeout_s or self.settings.infer_timeout_s)
 
     def submit_job(

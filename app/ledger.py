@@ -52,6 +52,11 @@ def record(pipe: redis.client.Pipeline, task_id: str, message: dict) -> None:
     pipe.zadd(SINCE, {task_id: time.time()}).hset(BODY, task_id, json.dumps(message))
 
 
+def forget(pipe: redis.client.Pipeline, task_id: str) -> None:
+    """Take back a record whose request was refused or never published (the caller executes ``pipe``)."""
+    pipe.zrem(SINCE, task_id).hdel(BODY, task_id)
+
+
 def _ids_in(values: Iterable[bytes]) -> set[str]:
     found: set[str] = set()
     for value in values:

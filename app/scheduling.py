@@ -18,7 +18,6 @@ from app.db import replicas as replica_rows
 from app.db.schema import Model, ModelVersion
 from app.db.session import session_scope
 from app.errors import QueueFull, UnknownPolicy
-from app.queues import depth_by_priority
 from app.settings import Settings
 
 #: How long per-model facts are reused before they are read again.
@@ -52,6 +51,8 @@ class Scheduler:
         self.trigger = trigger  # sends an allocation request; None in tools that must not start one
         self._facts: dict[str, ModelFacts] = {}
         self._estimators: dict[str, tuple[float, object]] = {}
+        self._backlog: dict[str, int] = {}  # model -> queue depth read with the last submission
+        self._mean_s: dict[str, float] = {}  # model -> moving average of its requests' estimated service
         #: Size bands and the aging clock scale with the fleet's typical service time.
         self.params = policies.PolicyParams.around(settings.typical_service_s)
 
@@ -94,24 +95,18 @@ class Scheduler:
         return min(est.estimate((model, c), size) for c in facts.device_classes)  # type: ignore[attr-defined]
 
     def decide(
-        self,
-        model: str,
-        queue: str,
-        *,
-        request_class: str,
-        size: float,
-        priority: int | None,
-        remaining_s: float | None = None,
+        self, model: str, *, request_class: str, size: float, priority: int | None, remaining_s: float | None = None
     ) -> Decision:
-        """The level to enqueue at; raises QueueFull before anything is sent when the backlog is at its limit."""
+        """The level to enqueue at. No I/O: the backlog is the one read with the previous submission."""
         facts = self.facts(model)
         if facts.replicas == 0:
             self._scale_from_zero(model)
-        backlog = sum(depth_by_priority(self.redis, queue))
-        if backlog >= facts.max_queue:
-            raise QueueFull(f"model {model!r} has {backlog} requests waiting, at its limit of {facts.max_queue}")
+        backlog = self._backlog.get(model, 0)
         estimated_s = self.estimate_s(model, size)
-        backlog_s = backlog * estimated_s / max(1, facts.replicas)
+        # The wait FIFO would give it: the work queued ahead, sized by what this model's requests take on average
+        # (not by this request's own size), over the replicas serving it.
+        mean_s = self._mean_s[model] = 0.95 * self._mean_s.get(model, estimated_s) + 0.05 * estimated_s
+        backlog_s = backlog * mean_s / max(1, facts.replicas)
         if priority is None:
             try:
                 request = policies.RequestFacts(request_class, estimated_s, remaining_s, 0.0, backlog_s)
@@ -119,3 +114,11 @@ class Scheduler:
             except ValueError as exc:
                 raise UnknownPolicy(str(exc)) from None
         return Decision(priority, estimated_s, backlog, backlog_s)
+
+    def admit(self, model: str, depths: list[int]) -> None:
+        """Record the backlog read with this submission; raise QueueFull when it is at the model's limit."""
+        backlog = sum(depths)
+        self._backlog[model] = backlog
+        limit = self.facts(model).max_queue
+        if backlog >= limit:
+            raise QueueFull(f"model {model!r} has {backlog} requests waiting, at its limit of {limit}")

@@ -10,7 +10,7 @@ had reached the top level first was served last of 41.)
 
 from __future__ import annotations
 
-import json
+import re
 import time
 from dataclasses import dataclass
 
@@ -43,20 +43,30 @@ class Promotion:
     submitted_at: float
 
 
+def _header(raw: bytes, key: bytes) -> bytes | None:
+    """One of our headers, read straight from the message bytes.
+
+    A message carries its whole request body (base64, which holds no quotes, so a header name cannot appear in
+    it): parsing the JSON of every waiting message on every pass cost the worker running this task more time than
+    it spent serving, measured on a backlog of a few hundred large requests. A search reads only what it needs.
+    """
+    match = re.search(rb'"' + key + rb'": "?([^",}]+)', raw)
+    return match.group(1) if match else None
+
+
 def promotions(raws: list[bytes], level: int, now: float, params: policies.PolicyParams) -> list[Promotion]:
     """Pure: which of the messages waiting at ``level`` move up, and to where."""
     found = []
     for raw in raws:
-        headers = json.loads(raw).get("headers") or {}
-        submitted_at = headers.get("maas_submitted_at")
+        submitted_at = _header(raw, b"maas_submitted_at")
         if submitted_at is None:
             continue  # not sent through the client (e.g. a resend without headers): leave it where it is
         facts = policies.RequestFacts(
-            headers.get("maas_class", "interactive"),
-            float(headers.get("maas_est_s", 0.0)),
+            (_header(raw, b"maas_class") or b"interactive").decode(),
+            float(_header(raw, b"maas_est_s") or 0.0),
             None,
             max(0.0, now - float(submitted_at)),
-            float(headers.get("maas_backlog_s", 0.0)),
+            float(_header(raw, b"maas_backlog_s") or 0.0),
         )
         target = policies.aging(facts, params)
         if target < level:
@@ -64,10 +74,16 @@ def promotions(raws: list[bytes], level: int, now: float, params: policies.Polic
     return found
 
 
-def _relevel(raw: bytes, level: int) -> str:
-    message = json.loads(raw)
-    message["properties"]["priority"] = level  # so a later restore (visibility timeout) keeps the new level
-    return json.dumps(message)
+def _relevel(raw: bytes, level: int) -> bytes:
+    """The same message with its priority property set to ``level``, so a later restore keeps the new level."""
+    at = raw.rfind(b'"priority": ')  # the properties come last; the headers hold no "priority" key
+    if at < 0:
+        return raw
+    start = at + len(b'"priority": ')
+    end = start
+    while end < len(raw) and raw[end : end + 1].isdigit():
+        end += 1
+    return raw[:start] + str(level).encode() + raw[end:]
 
 
 def age_queue(client: redis.Redis, queue: str, params: policies.PolicyParams, now: float | None = None) -> int:

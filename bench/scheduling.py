@@ -11,7 +11,9 @@ The same arrivals also go through ``bench.simulate``'s discrete-event model of t
 service time taken from a calibration of the live path (a + b x rows, measured at saturation before the runs),
 so the live figures can be checked against what the model of the system predicts.
 
-Prints one JSON line per policy.
+Each trace request is one message, so under SRTF a request is a single chunk and is ordered like SJF (the
+preemption of long jobs at chunk boundaries is what ``maas job`` adds; tests/integration/test_scheduling.py shows
+it). Prints one JSON line per policy.
 """
 
 from __future__ import annotations
@@ -124,13 +126,18 @@ def run(args: argparse.Namespace) -> None:
     with BenchFleet(**env) as fleet, tempfile.TemporaryDirectory() as tmp:
         fleet.register(MODEL, wide_mlp(Path(tmp) / "trace.onnx", in_width=IN_WIDTH), service_ms=10)
         fleet.worker(0, "bench0@local")
-        fleet.beat()
         client = fleet.client
         client.load(MODEL).wait()
         a, b = calibrate(fleet, 1, args.max_rows)
         time.sleep(1.5)  # the worker ships the calibration's service times, which the estimator learns from
         requests = workload(Path(args.trace), args.requests, args.tokens_per_row, args.max_rows, a, b, args.load)
-        params = policies.PolicyParams.around(fleet.settings.typical_service_s)
+        # Size bands and the aging clock follow the workload's typical (mean) service time, as an operator sets
+        # MAAS_TYPICAL_SERVICE_S from the fleet's measured mean: for the producer here, for the beat's aging task.
+        typical_s = statistics.fmean(r.service_s for r in requests)
+        fleet.env["MAAS_TYPICAL_SERVICE_S"] = f"{typical_s:.4f}"
+        params = policies.PolicyParams.around(typical_s)
+        client.scheduler.params = params
+        fleet.beat()
         fifo_live = fifo_sim = None
         for policy in ("fifo", "sjf", "srtf", "aging"):
             with session_scope(fleet.settings.sqlalchemy_url) as session:
@@ -166,10 +173,10 @@ def main(argv: list[str] | None = None) -> int:
         default=str(DEFAULT_TRACE_PATH),
         help="CSV with TIMESTAMP, ContextTokens, GeneratedTokens (default: the Azure LLM code trace)",
     )
-    parser.add_argument("--requests", type=int, default=600, help="first N trace rows to replay (default 600)")
+    parser.add_argument("--requests", type=int, default=1000, help="first N trace rows to replay (default 1000)")
     parser.add_argument("--load", type=float, default=0.85, help="offered load of the one worker (default 0.85)")
-    parser.add_argument("--tokens-per-row", type=int, default=16, help="trace tokens per model input row")
-    parser.add_argument("--max-rows", type=int, default=512, help="largest request, in rows")
+    parser.add_argument("--tokens-per-row", type=int, default=8, help="trace tokens per model input row (default 8)")
+    parser.add_argument("--max-rows", type=int, default=1024, help="largest request, in rows (default 1024)")
     parser.add_argument("--aging-period-s", type=float, default=0.25, help="beat period of the aging task")
     args = parser.parse_args(argv)
     run(args)
