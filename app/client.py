@@ -18,7 +18,7 @@ from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult
 
-from app import ledger, placement, registry, telemetry
+from app import aging_index, ledger, placement, registry, telemetry
 from app.celery_app import CONTROL_PRIORITY, SYSTEM_QUEUE, control_queue, create_app, model_queue
 from app.db import devices as device_rows
 from app.db import replicas
@@ -146,14 +146,10 @@ class Client:
             "priority": decision.priority,
             "args": [resolved.model, resolved.send_version, tensors],
             "kwargs": {"deadline_at": now + deadline_s} if deadline_s else {},
-            # Read by the aging beat to promote requests that waited too long (it cannot unpack the body cheaply).
-            "headers": {
-                "maas_submitted_at": now,
-                "maas_class": request_class,
-                "maas_est_s": decision.estimated_s,
-                "maas_backlog_s": decision.backlog_s,
-            },
+            "headers": {"maas_submitted_at": now, "maas_class": request_class},
         }
+        if decision.policy == "aging":
+            message["kwargs"]["dedup"] = True  # a promoted copy (beat/aging.py) may run first
         # One round trip before the publish: the queue's depth (for its limit), the ledger record and the arrival
         # count. If the queue is full or the publish fails, the record is taken back: nothing is half-accepted, and
         # the sweep (which only looks at records older than two periods) never resends what was refused.
@@ -162,6 +158,9 @@ class Client:
             pipe.llen(key)
         ledger.record(pipe, task_id, message)
         pipe.hincrby(telemetry.ARRIVALS, resolved.model, 1)
+        if decision.policy == "aging":
+            facts = {"c": request_class, "e": decision.estimated_s, "b": decision.backlog_s, "l": decision.priority}
+            aging_index.record(pipe, resolved.model, task_id, now, facts)
         depths = pipe.execute()[:10]
         try:
             self.scheduler.admit(resolved.model, depths)
@@ -177,6 +176,7 @@ class Client:
         except BaseException:
             pipe = self._redis.pipeline(transaction=False)
             ledger.forget(pipe, task_id)
+            pipe.zrem(aging_index.key(resolved.model), task_id)
             pipe.hincrby(telemetry.ARRIVALS, resolved.model, -1)
             pipe.execute()
             raise

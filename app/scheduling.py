@@ -38,6 +38,7 @@ class ModelFacts:
 
 @dataclass(frozen=True)
 class Decision:
+    policy: str
     priority: int
     estimated_s: float
     backlog: int
@@ -113,7 +114,7 @@ class Scheduler:
                 priority = policies.priority_for(facts.policy, request, self.params)
             except ValueError as exc:
                 raise UnknownPolicy(str(exc)) from None
-        return Decision(priority, estimated_s, backlog, backlog_s)
+        return Decision(facts.policy, priority, estimated_s, backlog, backlog_s)
 
     def admit(self, model: str, depths: list[int]) -> None:
         """Record the backlog read with this submission; raise QueueFull when it is at the model's limit."""

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import redis
 
-from app import logs
+from app import ledger, logs
 from app.errors import DeadlineExceeded, MaasError, NotLoaded
 from app.queues import priority_lists
 from app.signature import decode_tensor, encode_tensor, rows_of, validate_inputs
@@ -57,8 +57,10 @@ class Member:
     task_id: str | None
     model: str
     version: int | None
-    inputs: list[dict[str, Any]]
+    inputs: list[dict[str, Any]] | None
     deadline_at: float | None
+    ref: str | None = None  # a promoted copy (aging): its body is in the request ledger
+    dedup: bool = False  # may travel as several copies: run only if no copy answered yet
     result: dict[str, Any] | None = None
     error: MaasError | None = None
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
@@ -72,14 +74,39 @@ def decode_message(raw: bytes) -> Member:
     )
     args, kwargs, _embed = json.loads(body)
     model, version, inputs = args
-    return Member(message["headers"]["id"], model, version, inputs, kwargs.get("deadline_at"))
+    return Member(
+        message["headers"]["id"],
+        model,
+        version,
+        inputs,
+        kwargs.get("deadline_at"),
+        kwargs.get("ref"),
+        bool(kwargs.get("dedup")),
+    )
+
+
+def _resolve_copies(client: redis.Redis, members: list[Member]) -> list[Member]:
+    """Drop copies whose request another copy already answered; fill promoted copies from the ledger."""
+    kept = []
+    for m in members:
+        if m.dedup and client.exists(ledger.RESULT_PREFIX + m.task_id):
+            continue
+        if m.ref is not None:
+            body = client.hget(ledger.BODY, m.ref)
+            if body is None:
+                continue
+            original = json.loads(body)
+            m.model, m.version, m.inputs = original["args"]
+            m.deadline_at = original.get("kwargs", {}).get("deadline_at")
+        kept.append(m)
+    return kept
 
 
 def take(client: redis.Redis, queue: str, count: int) -> list[Member]:
     if count <= 0:
         return []
     raws = client.eval(_TAKE, 10, *priority_lists(queue), count)
-    return [decode_message(raw) for raw in raws]
+    return _resolve_copies(client, [decode_message(raw) for raw in raws])
 
 
 def gather(client: redis.Redis, queue: str, want: int, delay_s: float) -> list[Member]:

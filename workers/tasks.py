@@ -5,14 +5,15 @@ Task names are the wire contract with producers (``app.client`` sends them by na
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import Any
 
 from celery import Celery
-from celery.exceptions import Reject
+from celery.exceptions import Ignore, Reject
 
-from app import logs
+from app import ledger, logs
 from app.celery_app import CONTROL_PRIORITY, control_queue, model_queue
 from app.errors import DeadlineExceeded, MaasError, NotLoaded
 from app.signature import decode_tensor, encode_tensor, rows_of, validate_inputs
@@ -88,13 +89,37 @@ def _infer_batch(app: Celery, ctx, loaded, primary: batching.Member) -> dict:  #
     return primary.result
 
 
+def _dedup(client, task_id: str, model, version, inputs, deadline_at, ref):  # noqa: ANN001, ANN202
+    """For requests that may travel as several copies (aging): run the first copy taken, drop the others."""
+    if client.exists(ledger.RESULT_PREFIX + task_id):
+        raise Ignore()  # another copy already answered; keep its result
+    if ref is None:
+        return model, version, inputs, deadline_at
+    body = client.hget(ledger.BODY, ref)
+    if body is None:
+        raise Ignore()  # answered and forgotten meanwhile
+    original = json.loads(body)
+    model, version, inputs = original["args"]
+    return model, version, inputs, original.get("kwargs", {}).get("deadline_at")
+
+
 def register(app: Celery) -> None:
     """Define every worker task on ``app``."""
 
-    @app.task(name="maas.infer", throws=(MaasError,))
+    @app.task(name="maas.infer", throws=(MaasError,), bind=True)
     def infer_task(
-        model: str, version: int | None, inputs: list[dict[str, Any]], deadline_at: float | None = None
+        task,  # noqa: ANN001 - the bound Celery task
+        model: str,
+        version: int | None,
+        inputs: list[dict[str, Any]] | None,
+        deadline_at: float | None = None,
+        ref: str | None = None,
+        dedup: bool = False,
     ) -> dict[str, Any]:
+        if dedup:
+            model, version, inputs, deadline_at = _dedup(
+                current().redis, task.request.id, model, version, inputs, deadline_at, ref
+            )
         return infer(app, model, version, inputs, deadline_at)
 
     @app.task(name="maas.chunk")
@@ -127,6 +152,12 @@ def register(app: Celery) -> None:
     def unload_task(replica_id: int) -> dict[str, Any]:
         return lifecycle.unload(current(), replica_id)
 
+    register_system(app)
+
+
+def register_system(app: Celery) -> None:
+    """Tasks beat sends to the system queue, and the bare task the dispatch benchmark compares against."""
+
     @app.task(name="maas.ping")
     def ping_task(payload: Any = None) -> Any:
         """A bare task for the dispatch benchmark: the cost of Celery itself on this broker and pool."""
@@ -140,12 +171,10 @@ def register(app: Celery) -> None:
 
     @app.task(name="maas.age")
     def age_task() -> dict[str, int]:
-        import redis
-
         from beat.aging import age_all
 
         settings = app.maas_settings  # type: ignore[attr-defined]
-        return age_all(settings, redis.Redis.from_url(settings.redis_url))
+        return age_all(app, settings, current().redis)
 
     @app.task(name="maas.allocate")
     def allocate_task(dry_run: bool = False) -> dict[str, Any]:

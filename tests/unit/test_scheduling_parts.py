@@ -1,5 +1,3 @@
-import json
-
 import numpy as np
 import pytest
 
@@ -8,26 +6,28 @@ from app.errors import InvalidInput
 from app.jobs import chunk_priority, split
 from app.settings import Settings
 from app.telemetry import ewma_rate
-from beat.aging import promotions
+from beat.aging import due
 
 
-def message(level, submitted_at, cls="interactive", est=0.01, backlog=0.0):
-    headers = {"maas_submitted_at": submitted_at, "maas_class": cls, "maas_est_s": est, "maas_backlog_s": backlog}
-    return json.dumps({"headers": headers, "properties": {"priority": level}}).encode()
+def entry(task_id, level, submitted_at, cls="interactive", est=0.01, backlog=0.0):
+    return (task_id, submitted_at, {"c": cls, "e": est, "b": backlog, "l": level})
 
 
 def test_aging_promotes_only_what_waited_long_enough():
     params = policies.PolicyParams.around(0.01)
     now = 1000.0
     level = policies.aging(policies.RequestFacts("interactive", 0.01), params)  # where it was submitted
-    raws = [message(level, now - 10.0), message(level, now - 0.001), json.dumps({"headers": {}}).encode()]
-    moved = promotions(raws, level, now, params)
-    assert len(moved) == 1 and moved[0].raw == raws[0] and moved[0].dst < level
+    moves = due([entry("old", level, now - 10.0), entry("new", level, now - 0.001)], now, params)
+    assert len(moves) == 1 and moves[0][0] == "old" and moves[0][1] < level
 
 
-def test_aging_never_demotes():
+def test_aging_never_demotes_and_a_backlog_stretches_the_clock():
     params = policies.PolicyParams.around(0.01)
-    assert promotions([message(0, 0.0)], 0, 1e6, params) == []
+    assert due([entry("top", 0, 0.0)], 1e6, params) == []
+    level = policies.aging(policies.RequestFacts("interactive", 0.01), params)
+    # Waiting 1 s is long against a 0.01 s request, but not against the 100 s FIFO would have made it wait.
+    assert due([entry("a", level, 999.0, backlog=100.0)], 1000.0, params) == []
+    assert due([entry("a", level, 999.0)], 1000.0, params) != []
 
 
 def test_split_into_chunks():
