@@ -7,9 +7,11 @@ offered load is ``--load`` (0.85) of the worker's measured capacity. Every polic
 after the other, with the beat process running (aging needs it). Response time is from the client's send to the
 worker's result; the wait is the response less the model's own run time.
 
-The same arrivals also go through ``bench.simulate``'s discrete-event model of the fleet, with each request's
-service time taken from a calibration of the live path (a + b x rows, measured at saturation before the runs),
-so the live figures can be checked against what the model of the system predicts.
+The arrivals are compressed from a calibration of the live path (a + b x rows at saturation). The same arrivals
+then go through ``bench.simulate``'s discrete-event model of the fleet, with each request's service time as the
+live FIFO run measured it (model time plus the per-message cost read off back-to-back completions), so the live
+figures can be checked against what the model of the system predicts; ``measured_load`` is the offered load
+those measured times give.
 
 Each trace request is one message, so under SRTF a request is a single chunk and is ordered like SJF (the
 preemption of long jobs at chunk boundaries is what ``maas job`` adds; tests/integration/test_scheduling.py shows
@@ -98,14 +100,39 @@ def replay(fleet: BenchFleet, requests: list[Request]) -> list[dict]:
         answer = handle.wait(timeout_s=600)
         done = AsyncResult(handle.id, app=client.app).date_done.timestamp()
         response_s = done - t0
+        model_s = answer["parameters"]["service_ms"] / 1000
         results.append(
             {
                 "response_s": response_s,
-                "wait_s": max(0.0, response_s - answer["parameters"]["service_ms"] / 1000),
+                "wait_s": max(0.0, response_s - model_s),
                 "size_class": request.size_class,
+                "sent": t0,
+                "done": done,
+                "model_s": model_s,
             }
         )
     return results
+
+
+def measured_workload(requests: list[Request], fifo: list[dict]) -> tuple[list[Request], float]:
+    """The same arrivals with each request's service time as the live FIFO run measured it.
+
+    A worker's time per request is the model's own run time plus a per-message cost (fetch, decode, result,
+    acknowledgement, events). That cost is read off the FIFO run: for two requests served back to back (the next one
+    was already waiting when the previous finished), the gap between their completions less the model time.
+    """
+    by_done = sorted(fifo, key=lambda r: r["done"])
+    gaps = [
+        cur["done"] - prev["done"] - cur["model_s"]
+        for prev, cur in zip(by_done, by_done[1:], strict=False)
+        if cur["sent"] < prev["done"]
+    ]
+    overhead_s = statistics.median(gaps) if gaps else 0.0
+    measured = [
+        Request(q.arrival_s, q.size_tokens, r["model_s"] + overhead_s, q.size_class)
+        for q, r in zip(requests, fifo, strict=True)
+    ]
+    return measured, overhead_s
 
 
 def figures(results: list[dict]) -> dict:
@@ -142,16 +169,21 @@ def run(args: argparse.Namespace) -> None:
         client.scheduler.params = params
         fleet.beat()
         fifo_live = fifo_sim = None
+        simulated = None
         for policy in ("fifo", "sjf", "srtf", "aging"):
             with session_scope(fleet.settings.sqlalchemy_url) as session:
                 registry.configure(session, MODEL, policy=policy)
             client.scheduler._facts.clear()
             results = replay(fleet, requests)
+            if simulated is None:  # the FIFO run measures what each request costs the worker
+                simulated, overhead_s = measured_workload(requests, results)
+                span_s = simulated[-1].arrival_s - simulated[0].arrival_s
+                actual_load = sum(r.service_s for r in simulated) / span_s
             live = {"policy": policy, **figures(results)}
             for cls in (SizeClass.SHORTEST, SizeClass.LONGEST):
                 live[cls.value] = figures([r for r in results if r["size_class"] is cls])
             config = SimConfig(policies.Policy(policy), params, 1, None, args.aging_period_s)
-            sim = summarize(config, simulate(requests, config))
+            sim = summarize(config, simulate(simulated, config))
             fifo_live, fifo_sim = fifo_live or live, fifo_sim or sim
             add_ratios(live, fifo_live)
             add_ratios(sim, fifo_sim)
@@ -162,6 +194,8 @@ def run(args: argparse.Namespace) -> None:
                 live_vs_sim_mean=round(live["mean_ms"] / sim["mean_ms"], 3),
                 requests=len(requests),
                 load=args.load,
+                measured_load=round(actual_load, 3),
+                per_message_ms=round(overhead_s * 1000, 3),
                 calibrated_ms=[round(a * 1000, 3), round(b * 1000, 4)],
                 aging_period_s=args.aging_period_s,
                 typical_service_ms=round(typical_s * 1000, 1),
