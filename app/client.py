@@ -18,7 +18,7 @@ from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult
 
-from app import aging_index, ledger, placement, registry, telemetry
+from app import admission, placement, registry
 from app.celery_app import CONTROL_PRIORITY, SYSTEM_QUEUE, control_queue, create_app, model_queue
 from app.db import devices as device_rows
 from app.db import replicas
@@ -27,7 +27,6 @@ from app.db.session import session_scope
 from app.errors import InvalidInput, InvalidPriority, MaasError, RequestTimeout, UnknownPolicy
 from app.jobs import Jobs, split
 from app.lifecycle import HOLDS_MEMORY, TERMINAL, ReplicaState
-from app.queues import priority_lists
 from app.scheduling import Scheduler
 from app.settings import Settings
 from app.signature import TensorSpec, decode_tensor, encode_tensor, parse_signature, rows_of, validate_inputs
@@ -150,20 +149,26 @@ class Client:
         }
         if decision.policy == "aging":
             message["kwargs"]["dedup"] = True  # a promoted copy (beat/aging.py) may run first
-        # One round trip before the publish: the queue's depth (for its limit), the ledger record and the arrival
-        # count. If the queue is full or the publish fails, the record is taken back: nothing is half-accepted, and
-        # the sweep (which only looks at records older than two periods) never resends what was refused.
-        pipe = self._redis.pipeline(transaction=False)
-        for key in priority_lists(queue):
-            pipe.llen(key)
-        ledger.record(pipe, task_id, message)
-        pipe.hincrby(telemetry.ARRIVALS, resolved.model, 1)
-        if decision.policy == "aging":
-            facts = {"c": request_class, "e": decision.estimated_s, "b": decision.backlog_s, "l": decision.priority}
-            aging_index.record(pipe, resolved.model, task_id, now, facts)
-        depths = pipe.execute()[:10]
+        # One atomic Redis call before the publish checks the queue's limit and, only when there is room, records
+        # the request in the ledger (and the aging index) and counts the arrival: a refused request leaves nothing.
+        # If the publish then fails, the records are taken back, so the sweep never resends what was not sent.
+        aging_facts = (
+            {"c": request_class, "e": decision.estimated_s, "b": decision.backlog_s, "l": decision.priority}
+            if decision.policy == "aging"
+            else None
+        )
+        backlog = admission.admit(
+            self._redis,
+            queue,
+            resolved.model,
+            task_id,
+            now,
+            message,
+            self.scheduler.facts(resolved.model).max_queue,
+            aging_facts,
+        )
+        self.scheduler.admit(resolved.model, backlog)
         try:
-            self.scheduler.admit(resolved.model, depths)
             result = self.app.send_task(
                 message["name"],
                 args=message["args"],
@@ -174,11 +179,7 @@ class Client:
                 task_id=task_id,
             )
         except BaseException:
-            pipe = self._redis.pipeline(transaction=False)
-            ledger.forget(pipe, task_id)
-            pipe.zrem(aging_index.key(resolved.model), task_id)
-            pipe.hincrby(telemetry.ARRIVALS, resolved.model, -1)
-            pipe.execute()
+            admission.withdraw(self._redis, resolved.model, task_id)
             raise
         return Handle(result, timeout_s or self.settings.infer_timeout_s)
 

@@ -17,7 +17,7 @@ from app import policies, telemetry
 from app.db import replicas as replica_rows
 from app.db.schema import Model, ModelVersion
 from app.db.session import session_scope
-from app.errors import QueueFull, UnknownPolicy
+from app.errors import UnknownPolicy
 from app.settings import Settings
 
 #: How long per-model facts are reused before they are read again.
@@ -116,10 +116,6 @@ class Scheduler:
                 raise UnknownPolicy(str(exc)) from None
         return Decision(facts.policy, priority, estimated_s, backlog, backlog_s)
 
-    def admit(self, model: str, depths: list[int]) -> None:
-        """Record the backlog read with this submission; raise QueueFull when it is at the model's limit."""
-        backlog = sum(depths)
+    def admit(self, model: str, backlog: int) -> None:
+        """Record the backlog read with this submission (for the next one's backlog estimate)."""
         self._backlog[model] = backlog
-        limit = self.facts(model).max_queue
-        if backlog >= limit:
-            raise QueueFull(f"model {model!r} has {backlog} requests waiting, at its limit of {limit}")
