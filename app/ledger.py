@@ -52,6 +52,21 @@ def record(pipe: redis.client.Pipeline, task_id: str, message: dict) -> None:
     pipe.zadd(SINCE, {task_id: time.time()}).hset(BODY, task_id, json.dumps(message))
 
 
+def answered(client: redis.Redis, task_id: str) -> bool:
+    """Whether a result is stored for ``task_id`` (a request sent as several copies runs only once)."""
+    return bool(client.exists(RESULT_PREFIX + task_id))
+
+
+def original(client: redis.Redis, task_id: str) -> tuple[str, int | None, list, float | None] | None:
+    """(model, version, inputs, deadline_at) of a recorded request, or None once it was answered and forgotten."""
+    body = client.hget(BODY, task_id)
+    if body is None:
+        return None
+    message = json.loads(body)
+    model, version, inputs = message["args"]
+    return model, version, inputs, message.get("kwargs", {}).get("deadline_at")
+
+
 def forget(pipe: redis.client.Pipeline, task_id: str) -> None:
     """Take back a record whose request was refused or never published (the caller executes ``pipe``)."""
     pipe.zrem(SINCE, task_id).hdel(BODY, task_id)

@@ -67,7 +67,7 @@ class Scheduler:
                 select(ModelVersion).where(ModelVersion.model_id == row.id).order_by(ModelVersion.version.desc())
             ).first()
             live = [r for r in replica_rows.live_for_model(session, row.id) if r.state == "READY"]
-            classes = {r.device.name if r.device.kind == "gpu" else "virtual" for r in live} or {"virtual"}
+            classes = {telemetry.device_class(r.device.kind, r.device.name) for r in live} or {"virtual"}
             fresh = ModelFacts(
                 policy=row.policy or self.settings.policy,
                 max_queue=row.max_queue or self.settings.max_queue,

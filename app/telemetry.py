@@ -22,6 +22,11 @@ _SERVICE = "maas:service:{model}:{kind}"  # list of "size service_s", newest las
 SERVICE_SAMPLES = 500
 
 
+def device_class(kind: str, name: str) -> str:
+    """Service times are learned per class of device: the GPU model, or 'virtual' for every virtual device."""
+    return name if kind == "gpu" else "virtual"
+
+
 def service_key(model: str, device_class: str) -> str:
     return _SERVICE.format(model=model, kind=device_class)
 

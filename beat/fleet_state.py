@@ -42,7 +42,7 @@ def read(session: Session, client: redis.Redis, settings: Settings, now: float |
     now = time.time() if now is None else now
     alive = [d for d in device_rows.all_devices(session) if device_rows.is_alive(d, settings.heartbeat_timeout_s)]
     names = {d.id: d.worker_name for d in alive}
-    classes = sorted({d.name if d.kind == "gpu" else "virtual" for d in alive}) or ["virtual"]
+    classes = sorted({telemetry.device_class(d.kind, d.name) for d in alive}) or ["virtual"]
     rates = telemetry.update_rates(client, settings.rate_half_life_s, now)
     last_arrival = telemetry.last_arrivals(client)
     models = list(session.scalars(select(Model).order_by(Model.name)))

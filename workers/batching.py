@@ -89,15 +89,13 @@ def _resolve_copies(client: redis.Redis, members: list[Member]) -> list[Member]:
     """Drop copies whose request another copy already answered; fill promoted copies from the ledger."""
     kept = []
     for m in members:
-        if m.dedup and client.exists(ledger.RESULT_PREFIX + m.task_id):
+        if m.dedup and ledger.answered(client, m.task_id):
             continue
         if m.ref is not None:
-            body = client.hget(ledger.BODY, m.ref)
-            if body is None:
+            found = ledger.original(client, m.ref)
+            if found is None:
                 continue
-            original = json.loads(body)
-            m.model, m.version, m.inputs = original["args"]
-            m.deadline_at = original.get("kwargs", {}).get("deadline_at")
+            m.model, m.version, m.inputs, m.deadline_at = found
         kept.append(m)
     return kept
 

@@ -5,7 +5,6 @@ Task names are the wire contract with producers (``app.client`` sends them by na
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any
@@ -89,18 +88,16 @@ def _infer_batch(app: Celery, ctx, loaded, primary: batching.Member) -> dict:  #
     return primary.result
 
 
-def _dedup(client, task_id: str, model, version, inputs, deadline_at, ref):  # noqa: ANN001, ANN202
+def _dedup(client, task_id: str, ref: str | None, request: tuple):  # noqa: ANN001, ANN202
     """For requests that may travel as several copies (aging): run the first copy taken, drop the others."""
-    if client.exists(ledger.RESULT_PREFIX + task_id):
+    if ledger.answered(client, task_id):
         raise Ignore()  # another copy already answered; keep its result
     if ref is None:
-        return model, version, inputs, deadline_at
-    body = client.hget(ledger.BODY, ref)
-    if body is None:
+        return request
+    found = ledger.original(client, ref)
+    if found is None:
         raise Ignore()  # answered and forgotten meanwhile
-    original = json.loads(body)
-    model, version, inputs = original["args"]
-    return model, version, inputs, original.get("kwargs", {}).get("deadline_at")
+    return found
 
 
 def register(app: Celery) -> None:
@@ -118,7 +115,7 @@ def register(app: Celery) -> None:
     ) -> dict[str, Any]:
         if dedup:
             model, version, inputs, deadline_at = _dedup(
-                current().redis, task.request.id, model, version, inputs, deadline_at, ref
+                current().redis, task.request.id, ref, (model, version, inputs, deadline_at)
             )
         return infer(app, model, version, inputs, deadline_at)
 

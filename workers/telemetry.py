@@ -7,13 +7,13 @@ from typing import Any
 
 import psutil
 
+from app import telemetry
 from app.db.devices import DeviceInfo
 from workers import nvml
 
 
 def device_class(device: DeviceInfo) -> str:
-    """Service times are learned per class of device: the GPU model, or 'virtual' for every virtual device."""
-    return device.name if device.kind == "gpu" else "virtual"
+    return telemetry.device_class(device.kind, device.name)
 
 
 def sample(device: DeviceInfo, process: psutil.Process) -> dict[str, Any]:

@@ -39,13 +39,6 @@ def get_engine(url: str) -> Engine:
     return engine
 
 
-def dispose_all() -> None:
-    """Drop every cached engine without closing the parent's sockets (call after fork)."""
-    for engine in _ENGINES.values():
-        engine.dispose(close=False)
-    _ENGINES.clear()
-
-
 @contextmanager
 def session_scope(url: str) -> Iterator[Session]:
     """A transaction: commit on success, roll back on error."""

@@ -32,8 +32,10 @@ def test_batched_requests_each_get_their_own_answer_in_priority_order(settings, 
         x = rng.standard_normal((1 + i % 3, 16)).astype(np.float32)
         good.append((i % 10, x, client.infer("mlp", {"x": x}, priority=i % 10)))
     wrong_shape = client.app.send_task(
-        "maas.infer", args=["mlp", None, [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [0, 0, 0]}]],
-        queue=model_queue("mlp"), priority=0,
+        "maas.infer",
+        args=["mlp", None, [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [0, 0, 0]}]],
+        queue=model_queue("mlp"),
+        priority=0,
     )
     expired = client.infer("mlp", {"x": x}, priority=0, deadline_s=0.2)
     time.sleep(0.4)

@@ -15,7 +15,7 @@ from app import errors
 from app.runtime_signatures import signature_for
 from app.signature import decode_tensor, encode_tensor
 from workers.runtimes import archive, create, optional
-from workers.runtimes.entrypoint import module_allowed, parse_allow
+from workers.runtimes.entrypoint import module_allowed
 
 # torch.jit.script/save warn that TorchScript is deprecated (PyTorch 2.13); the runtime serves existing files.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:torch.jit")
@@ -150,8 +150,10 @@ def test_allow_list_matches_whole_module_names(module, prefixes, allowed):
 
 @pytest.mark.parametrize("text", ["*", "pkg,*", "pkg/evil", "a..b"])
 def test_allow_list_has_no_wildcards(text):
+    from app.settings import Settings
+
     with pytest.raises(errors.ConfigError, match="MAAS_ENTRYPOINT_ALLOW"):
-        parse_allow(text)
+        Settings.from_env({"MAAS_ENTRYPOINT_ALLOW": text})
 
 
 def test_entry_point_signature_comes_from_its_file_without_importing_it(tmp_path):

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from app.errors import ArtifactError, ConfigError, CorruptArtifact, MaasError, ModelExecutionError, UntrustedArtifact
+from app.errors import ArtifactError, CorruptArtifact, MaasError, ModelExecutionError, UntrustedArtifact
 
 #: Environment variable holding the module prefixes entry points may be imported from.
 ALLOW_VAR = "MAAS_ENTRYPOINT_ALLOW"
@@ -55,15 +55,6 @@ def allowed_prefixes() -> tuple[str, ...]:
     from app.settings import Settings
 
     return Settings.from_env().entrypoint_allow
-
-
-def parse_allow(text: str) -> tuple[str, ...]:
-    prefixes = tuple(p.strip() for p in text.split(",") if p.strip())
-    bad = [p for p in prefixes if not _DOTTED.match(p)]
-    if bad:
-        # No wildcards: "*" or "" would let any installed module (os, subprocess) be named.
-        raise ConfigError(f"{ALLOW_VAR}={text!r} is invalid: {bad} are not dotted module names (no wildcards)")
-    return prefixes
 
 
 def module_allowed(module: str, prefixes: tuple[str, ...]) -> bool:
