@@ -441,6 +441,13 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_controller(args: argparse.Namespace, settings: Settings) -> int:
+    from workers.controller import run
+
+    run(settings, loglevel=args.loglevel)
+    return 0
+
+
 def cmd_beat(args: argparse.Namespace, settings: Settings) -> int:
     from beat.main import run
 
@@ -609,6 +616,14 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--device", type=int, required=True, help="device index (a GPU, or a virtual device)")
     worker.add_argument("--loglevel", help="override MAAS_LOG_LEVEL")
     worker.set_defaults(func=cmd_worker)
+
+    controller = sub.add_parser(
+        "controller",
+        help="run beat's tasks (allocation, aging, recovery, reaping) in a process of their own, off the serving "
+        "workers; start those with MAAS_WORKER_SYSTEM_TASKS=false",
+    )
+    controller.add_argument("--loglevel", help="override MAAS_LOG_LEVEL")
+    controller.set_defaults(func=cmd_controller)
 
     beat = sub.add_parser("beat", help="run the periodic scheduler (exactly one per fleet)")
     beat.add_argument("--loglevel", help="override MAAS_LOG_LEVEL")

@@ -141,6 +141,12 @@ class Settings:
         "MAAS_MAX_ARTIFACT_BYTES", parse_size_bytes, 4 * 1024**3, "Largest artifact accepted, e.g. 4GiB"
     )
     worker_name: str = _env("MAAS_WORKER_NAME", str, "", "Worker node name; default gpu<N>@<host>")
+    worker_system_tasks: bool = _env(
+        "MAAS_WORKER_SYSTEM_TASKS",
+        _bool,
+        True,
+        "Serving workers also run beat's tasks (set false when a `maas controller` runs them)",
+    )
     policy: str = _env(
         "MAAS_POLICY",
         _choice("fifo", "sjf", "srtf", "aging"),

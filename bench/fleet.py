@@ -39,6 +39,15 @@ class BenchFleet:
             raise RuntimeError(proc.log()[-2000:])
         return proc
 
+    def controller(self) -> Proc:
+        argv = [sys.executable, "-m", "app.cli", "controller"]
+        proc = Proc("controller", argv, {**os.environ, **self.env}, self.workdir)
+        self.procs.append(proc)
+        wait_for(lambda: "controller_ready" in proc.log() or not proc.alive(), 90, "the controller to start")
+        if not proc.alive():
+            raise RuntimeError(proc.log()[-2000:])
+        return proc
+
     def beat(self) -> Proc:
         argv = [sys.executable, "-m", "app.cli", "beat"]
         proc = Proc("beat", argv, {**os.environ, **self.env}, self.workdir)

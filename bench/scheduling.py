@@ -32,7 +32,9 @@ import numpy as np
 from celery.result import AsyncResult
 
 from app import policies, registry
+from app.celery_app import model_queue
 from app.db.session import session_scope
+from app.signature import encode_tensor
 from bench.fleet import BenchFleet
 from bench.models import wide_mlp
 from bench.simulate import SimConfig, add_ratios, simulate, summarize
@@ -61,6 +63,39 @@ def calibrate(fleet: BenchFleet, rows_small: int, rows_large: int, n: int = 60) 
         per_request[rows] = (done[-1] - done[skip]) / (n - 1 - skip)
     b = (per_request[rows_large] - per_request[rows_small]) / (rows_large - rows_small)
     return per_request[rows_small] - b * rows_small, b
+
+
+def stale_copy_cost(fleet: BenchFleet, rows: int, n: int = 60) -> float:
+    """Seconds the worker spends taking and dropping one superseded copy of an answered aging request.
+
+    Aging leaves one such copy per promotion (the original, or an earlier promoted copy). Measured as the extra
+    time a request takes behind ``n`` copies of an answered request carrying a body of ``rows`` rows, over the
+    same request alone; each measured 3 times, median.
+    """
+    client = fleet.client
+    x = np.zeros((rows, IN_WIDTH), dtype=np.float32)
+    answered = client.infer(MODEL, {"x": x}, priority=1)
+    answered.wait(timeout_s=60)
+    body = [encode_tensor("x", x)]
+
+    def behind(copies: int) -> float:
+        t0 = time.time()
+        for _ in range(copies):
+            client.app.send_task(
+                "maas.infer",
+                args=[MODEL, None, body],
+                kwargs={"dedup": True},
+                queue=model_queue(MODEL),
+                priority=1,
+                task_id=answered.id,
+            )
+        last = client.infer(MODEL, {"x": x}, priority=1)
+        last.wait(timeout_s=120)
+        return AsyncResult(last.id, app=client.app).date_done.timestamp() - t0
+
+    alone = statistics.median(behind(0) for _ in range(3))
+    crowded = statistics.median(behind(n) for _ in range(3))
+    return max(0.0, (crowded - alone) / n)
 
 
 def workload(trace: Path, count: int, tokens_per_row: int, max_rows: int, a: float, b: float, load: float):
@@ -152,13 +187,17 @@ def run(args: argparse.Namespace) -> None:
         "MAAS_AGING_PERIOD_S": str(args.aging_period_s),
         "MAAS_ALLOCATION": "false",
         "MAAS_VIRTUAL_DEVICES": "1x4GiB",
+        "MAAS_WORKER_SYSTEM_TASKS": "false",
     }
     with BenchFleet(**env) as fleet, tempfile.TemporaryDirectory() as tmp:
         fleet.register(MODEL, wide_mlp(Path(tmp) / "trace.onnx", in_width=IN_WIDTH), service_ms=10)
+        # Beat's tasks (aging passes every --aging-period-s) run on a controller, off the one serving worker.
+        fleet.controller()
         fleet.worker(0, "bench0@local")
         client = fleet.client
         client.load(MODEL).wait()
         a, b = calibrate(fleet, 1, args.max_rows)
+        stale_s = stale_copy_cost(fleet, args.max_rows // 8)
         time.sleep(1.5)  # the worker ships the calibration's service times, which the estimator learns from
         requests = workload(Path(args.trace), args.requests, args.tokens_per_row, args.max_rows, a, b, args.load)
         # Size bands and the aging clock follow the workload's typical (mean) service time, as an operator sets
@@ -182,8 +221,9 @@ def run(args: argparse.Namespace) -> None:
             live = {"policy": policy, **figures(results)}
             for cls in (SizeClass.SHORTEST, SizeClass.LONGEST):
                 live[cls.value] = figures([r for r in results if r["size_class"] is cls])
-            config = SimConfig(policies.Policy(policy), params, 1, None, args.aging_period_s)
-            sim = summarize(config, simulate(simulated, config))
+            config = SimConfig(policies.Policy(policy), params, 1, None, args.aging_period_s, stale_copy_s=stale_s)
+            counts: dict[str, int] = {}
+            sim = summarize(config, simulate(simulated, config, counts))
             fifo_live, fifo_sim = fifo_live or live, fifo_sim or sim
             add_ratios(live, fifo_live)
             add_ratios(sim, fifo_sim)
@@ -196,6 +236,8 @@ def run(args: argparse.Namespace) -> None:
                 load=args.load,
                 measured_load=round(actual_load, 3),
                 per_message_ms=round(overhead_s * 1000, 3),
+                stale_copy_ms=round(stale_s * 1000, 3),
+                sim_promoted=counts.get("promoted", 0),
                 calibrated_ms=[round(a * 1000, 3), round(b * 1000, 4)],
                 aging_period_s=args.aging_period_s,
                 typical_service_ms=round(typical_s * 1000, 1),

@@ -47,6 +47,7 @@ class SimConfig:
     aging_period_s: float = 1.0
     oracle: bool = False
     request_class: str = "interactive"
+    stale_copy_s: float = 0.0  # server time a worker spends taking and dropping a stale copy
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ class _Sim:
     running: list[tuple[float, int, float]] = field(default_factory=list)  # (end time, job index, chunk s)
     outcomes: list[Outcome | None] = field(default_factory=list)
     next_seq: int = 0
+    promoted: int = 0  # copies sent by aging
 
     def facts(self, job: _Job, now_s: float) -> RequestFacts:
         return RequestFacts(
@@ -120,7 +122,11 @@ class _Sim:
             _, seq, index = heapq.heappop(self.queue)
             job = self.jobs[index]
             if seq != job.seq:
-                continue  # stale copy left behind by an aging re-enqueue
+                # A stale copy left behind by an aging re-enqueue: the worker still takes it, finds it
+                # superseded and drops it, which costs it a message's handling but runs nothing.
+                if self.config.stale_copy_s > 0.0:
+                    heapq.heappush(self.running, (now_s + self.config.stale_copy_s, -1, 0.0))
+                continue
             # max(): the running sum drifts by rounding errors and must not go negative.
             self.queued_work_s = max(self.queued_work_s - self.waiting.pop(index), 0.0)
             left_s = job.request.service_s - job.done_s
@@ -131,6 +137,8 @@ class _Sim:
 
     def complete(self, now_s: float) -> None:
         _, index, chunk_s = heapq.heappop(self.running)
+        if index < 0:
+            return  # a stale copy dropped
         job = self.jobs[index]
         job.done_s += chunk_s
         request = job.request
@@ -158,10 +166,14 @@ class _Sim:
         # In submission order, as a beat scanning the pending set by submission time would re-enqueue them.
         for index in sorted(due):
             self.enqueue(index, now_s)
+        self.promoted += len(due)
 
 
-def simulate(requests: Sequence[Request], config: SimConfig) -> list[Outcome]:
-    """Run ``requests`` (sorted by arrival) through ``config``; outcomes in request order."""
+def simulate(requests: Sequence[Request], config: SimConfig, counts: dict[str, int] | None = None) -> list[Outcome]:
+    """Run ``requests`` (sorted by arrival) through ``config``; outcomes in request order.
+
+    ``counts``, when given, receives ``promoted``: how many copies aging sent.
+    """
     if config.servers < 1:
         raise ValueError(f"servers must be >= 1, got {config.servers}")
     if config.aging_period_s <= 0.0:
@@ -183,6 +195,8 @@ def simulate(requests: Sequence[Request], config: SimConfig) -> list[Outcome]:
         else:
             sim.beat(now_s)
         sim.dispatch(now_s)
+    if counts is not None:
+        counts["promoted"] = sim.promoted
     return [o for o in sim.outcomes if o is not None]
 
 

@@ -39,6 +39,11 @@ class Fleet:
 
         wait_for(ready, timeout_s, f"{proc.name} to be ready")
 
+    def controller(self, name: str = "ctl@test") -> Proc:
+        proc = self._spawn(name, ["controller"], {"MAAS_WORKER_NAME": name})
+        self.wait_ready(proc)
+        return proc
+
     def beat(self) -> Proc:
         return self._spawn("beat", ["beat"])
 

@@ -97,7 +97,7 @@ def run(settings: Settings, device_index: int, loglevel: str | None = None) -> N
             "--concurrency",
             "1",
             "--queues",
-            f"{control_queue(worker_name)},{SYSTEM_QUEUE}",
+            ",".join([control_queue(worker_name), *([SYSTEM_QUEUE] if settings.worker_system_tasks else [])]),
             "--loglevel",
             loglevel or settings.log_level,
             "--without-gossip",

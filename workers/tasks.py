@@ -153,7 +153,19 @@ def register(app: Celery) -> None:
 
 
 def register_system(app: Celery) -> None:
-    """Tasks beat sends to the system queue, and the bare task the dispatch benchmark compares against."""
+    """Tasks beat sends to the system queue, and the bare task the dispatch benchmark compares against.
+
+    They run on serving workers or on a ``maas controller`` (no device, no worker context), so they use only the
+    app's settings and a Redis client of their own.
+    """
+    clients: list[Any] = []
+
+    def redis_client():  # noqa: ANN202 - redis.Redis, created in the process that runs the task
+        if not clients:
+            import redis
+
+            clients.append(redis.Redis.from_url(app.maas_settings.redis_url))  # type: ignore[attr-defined]
+        return clients[0]
 
     @app.task(name="maas.ping")
     def ping_task(payload: Any = None) -> Any:
@@ -170,8 +182,7 @@ def register_system(app: Celery) -> None:
     def age_task() -> dict[str, int]:
         from beat.aging import age_all
 
-        settings = app.maas_settings  # type: ignore[attr-defined]
-        return age_all(app, settings, current().redis)
+        return age_all(app, app.maas_settings, redis_client())  # type: ignore[attr-defined]
 
     @app.task(name="maas.allocate")
     def allocate_task(dry_run: bool = False) -> dict[str, Any]:

@@ -101,6 +101,29 @@ def test_aging_lifts_a_starved_batch_request_above_fresh_interactive_work(settin
     assert order.index(old) == 0, f"aged request served at position {order.index(old)} of 41"
 
 
+def test_a_controller_runs_the_aging_pass_and_the_serving_worker_takes_no_system_task(
+    settings, client, fleet, tmp_path
+):
+    register(settings, "mlp", wide_mlp(tmp_path / "mlp.onnx"), service_ms=5)
+    configure(settings, "mlp", policy="aging")
+    fleet.worker(0, "w0@test", MAAS_WORKER_SYSTEM_TASKS="false")
+    fleet.controller("ctl@test")
+    fleet.beat()
+    queues = {
+        node: {q["name"] for q in qs}
+        for node, qs in (client.app.control.inspect(timeout=2.0).active_queues() or {}).items()
+    }
+    assert "maas.system" not in queues["w0@test"]
+    assert queues["ctl@test"] == {"maas.system"}
+    # Nothing serves the model yet, so its request waits; only the controller can promote it.
+    handle = client.infer("mlp", {"x": x_rows(64)}, request_class="batch")
+    r = redis.Redis.from_url(settings.redis_url)
+    wait_for(lambda: depth_by_priority(r, "m.mlp")[0] == 1, 30, "the controller's aging pass to promote the request")
+    client.load("mlp").wait()
+    answer = handle.wait(timeout_s=60)
+    assert answer["parameters"]["worker"] == "w0@test"
+
+
 def test_a_request_past_its_deadline_is_never_executed(settings, client, mlp_served):
     for handle in client.stop("mlp"):
         handle.wait()

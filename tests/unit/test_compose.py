@@ -14,7 +14,7 @@ FLEET = {name: svc for name, svc in SERVICES.items() if svc.get("command", [None
 
 
 def test_has_the_services_the_design_needs():
-    assert {"redis", "postgres", "migrate", "beat", "flower"} <= set(SERVICES)
+    assert {"redis", "postgres", "migrate", "beat", "controller", "flower"} <= set(SERVICES)
     assert [n for n in SERVICES if n.startswith("worker-gpu")], "one worker per GPU"
     assert "--appendonly" in SERVICES["redis"]["command"] and "noeviction" in SERVICES["redis"]["command"]
 
@@ -37,3 +37,12 @@ def test_workers_reserve_their_own_gpu_and_flower_requires_auth():
             assert reservation["capabilities"] == ["gpu"] and len(reservation["device_ids"]) == 1
     assert "MAAS_FLOWER_BASIC_AUTH" in SERVICES["flower"]["environment"]
     assert "--local" not in SERVICES["flower"]["command"]
+
+
+def test_beats_tasks_run_on_the_controller_not_on_gpu_workers():
+    # Without a controller nothing would run the solves and aging passes; with workers also taking them, a solve
+    # would hold a GPU worker's one slot.
+    assert SERVICES["controller"]["command"] == ["maas", "controller"]
+    for name, svc in SERVICES.items():
+        if name.startswith("worker-gpu"):
+            assert svc["environment"]["MAAS_WORKER_SYSTEM_TASKS"] == "false"

@@ -97,10 +97,10 @@ def test_aging_boost(waited_s: float, boost: int) -> None:
         (1.5 + 0.6 * 7, 0.0, 1),
         (1.5 + 0.6 * 8 + 0.01, 0.0, 0),
         (1e9, 0.0, 0),
-        # A 100 s backlog stretches the clock: aging starts at 1.25 x 100 s, steps of 0.6 * 125 / 1.5 = 50 s.
-        (100.0, 100.0, 9),
-        (125.0, 100.0, 8),
-        (175.0, 100.0, 7),
+        # A 100 s backlog stretches the clock: aging starts at 2 x 100 s, steps of 0.6 * 200 / 1.5 = 80 s.
+        (199.0, 100.0, 9),
+        (200.5, 100.0, 8),
+        (280.5, 100.0, 7),
         (1.0, 0.5, 9),  # a backlog below the threshold never shortens it
     ],
 )
@@ -129,7 +129,7 @@ def test_every_request_reaches_level_zero_within_the_bound() -> None:
 
 @pytest.mark.parametrize(
     ("waited_s", "backlog_s", "next_s"),
-    [(0.0, 0.0, 1.5), (1.5, 0.0, 2.1), (2.0, 0.0, 2.1), (0.0, 100.0, 125.0), (130.0, 100.0, 175.0)],
+    [(0.0, 0.0, 1.5), (1.5, 0.0, 2.1), (2.0, 0.0, 2.1), (0.0, 100.0, 200.0), (210.0, 100.0, 280.0)],
 )
 def test_next_promotion_wait(waited_s: float, backlog_s: float, next_s: float) -> None:
     facts = RequestFacts("batch", 100.0, waited_s=waited_s, backlog_s=backlog_s)
