@@ -8,6 +8,7 @@ from __future__ import annotations
 
 _INDEX = "maas:aging:{model}"  # zset: task id -> submitted at (unix s)
 FACTS = "maas:aging:facts"  # hash: task id -> {"c": class, "e": estimate s, "b": backlog s, "l": current level}
+PROMOTED = "maas:aging:promoted"  # hash: model -> promoted copies sent so far (a counter)
 
 
 def key(model: str) -> str:

@@ -48,7 +48,7 @@ def split(inputs: Mapping[str, np.ndarray], chunk_rows: int) -> list[list[dict[s
 def chunk_priority(policy: str, request_class: str, chunk_s: float, remaining_chunks: int, settings: Settings) -> int:
     """Pure: the level of a job's next chunk, from the work the job has left."""
     facts = policies.RequestFacts(request_class, chunk_s, chunk_s * remaining_chunks)
-    return policies.priority_for(policy, facts, policies.PolicyParams.around(settings.typical_service_s))
+    return policies.priority_for(policy, facts, settings.policy_params())
 
 
 def send_chunk(app: Celery, client: redis.Redis, job_id: str, model: str, index: int, priority: int) -> None:

@@ -31,13 +31,13 @@ Its wait is therefore bounded by that climb plus the FIFO wait of the aged sub-s
 class.
 
 Why ``aging_backlog_factor`` is 2. Every promotion is one more message a worker must take (and drop, for the copy
-that loses), and it moves a long request ahead of short ones; both raise the mean. Measured with ``bench.simulate``
-(each dropped copy charged 10 ms) on 30 slices and loads of the Azure trace, factor 1.25 gave a median mean of
-0.59x FIFO's, factor 2 gave 0.52x (SJF: 0.45x) with the worst wait at most 1.97x FIFO's (SJF: 1.89x). On a
-synthetic stream built to starve (long requests sparse among short ones at load 0.95), factor 2 bounds the worst
-wait to 3.2-3.9x FIFO's against SJF's 2.9-6.2x, while factor 1.25 gets 2.5-3.2x but a mean 1.0-1.5x FIFO's: the
-copies it sends cost more than its reordering saves. Lower the factor where a tight worst wait matters more than
-the mean.
+that loses), and it moves a long request ahead of short ones; both raise the mean. ``python -m bench.aging_factor``
+(simulation, each dropped copy charged 10 ms) on 30 runs of the Azure trace (slices x loads 0.8-0.97 x 1 or 3
+servers): factor 1.25 gives a median mean of 0.59x FIFO's, factor 2 gives 0.51x (SJF: 0.45x), worst waits 1.7x
+and 2.06x FIFO's (SJF: 1.98x). On 9 streams built to starve long requests (sparse among short ones, load
+0.95-0.98), factor 2 holds the worst wait to 3.9x FIFO's where SJF lets it reach 6.3x, at a mean of 0.71x FIFO's;
+factor 1.25 holds it to 3.1x but its copies push the mean to 1.13x FIFO's, worse than no policy at all. Lower the
+factor where a tight worst wait matters more than the mean.
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ class Scheduler:
         self._backlog: dict[str, int] = {}  # model -> queue depth read with the last submission
         self._mean_s: dict[str, float] = {}  # model -> moving average of its requests' estimated service
         #: Size bands and the aging clock scale with the fleet's typical service time.
-        self.params = policies.PolicyParams.around(settings.typical_service_s)
+        self.params = settings.policy_params()
 
     def facts(self, model: str) -> ModelFacts:
         cached = self._facts.get(model)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from app.errors import ConfigError
+from app.policies import PolicyParams
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "B": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4}
@@ -158,6 +159,12 @@ class Settings:
     )
     max_queue: int = _env("MAAS_MAX_QUEUE", int, 10000, "Backlog of a model queue past which requests are refused")
     aging_period_s: float = _env("MAAS_AGING_PERIOD_S", _positive_float, 1.0, "Beat: how often waiting work ages")
+    aging_backlog_factor: float = _env(
+        "MAAS_AGING_BACKLOG_FACTOR",
+        _positive_float,
+        2.0,
+        "Aging starts once a request waited this many times its FIFO wait (lower: tighter worst wait, higher mean)",
+    )
     allocation_period_s: float = _env(
         "MAAS_ALLOCATION_PERIOD_S", _positive_float, 30.0, "Beat: how often the placement is re-solved"
     )
@@ -229,6 +236,10 @@ class Settings:
     @property
     def artifact_dir(self) -> Path:
         return self.home / "artifacts"
+
+    def policy_params(self) -> PolicyParams:
+        """The scheduling policies' bands and aging clock for this fleet (producer, jobs and beat agree)."""
+        return PolicyParams.around(self.typical_service_s, aging_backlog_factor=self.aging_backlog_factor)
 
 
 #: (variable, help) for every setting, for ``maas config`` and the compose check.

@@ -73,6 +73,8 @@ def age_model(app: Celery, client: redis.Redis, model: str, params: policies.Pol
             task_id=task_id,
         )
         client.hset(aging_index.FACTS, task_id, json.dumps({**facts_by_id[task_id], "l": level}))
+    if promoted:
+        client.hincrby(aging_index.PROMOTED, model, len(promoted))
     return len(promoted)
 
 
@@ -83,5 +85,5 @@ def age_all(app: Celery, settings: Settings, client: redis.Redis) -> dict[str, i
             for m in session.scalars(select(Model))
             if (m.policy or settings.policy) == policies.Policy.AGING.value
         ]
-    params = policies.PolicyParams.around(settings.typical_service_s)
+    params = settings.policy_params()
     return {name: age_model(app, client, name, params, settings.result_expires_s) for name in names}

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from celery.result import AsyncResult
 
-from app import policies, registry
+from app import aging_index, policies, registry
 from app.celery_app import model_queue
 from app.db.session import session_scope
 from app.signature import encode_tensor
@@ -213,7 +213,9 @@ def run(args: argparse.Namespace) -> None:
             with session_scope(fleet.settings.sqlalchemy_url) as session:
                 registry.configure(session, MODEL, policy=policy)
             client.scheduler._facts.clear()
+            promoted_before = int(client._redis.hget(aging_index.PROMOTED, MODEL) or 0)
             results = replay(fleet, requests)
+            live_promoted = int(client._redis.hget(aging_index.PROMOTED, MODEL) or 0) - promoted_before
             if simulated is None:  # the FIFO run measures what each request costs the worker
                 simulated, overhead_s = measured_workload(requests, results)
                 span_s = simulated[-1].arrival_s - simulated[0].arrival_s
@@ -237,6 +239,7 @@ def run(args: argparse.Namespace) -> None:
                 measured_load=round(actual_load, 3),
                 per_message_ms=round(overhead_s * 1000, 3),
                 stale_copy_ms=round(stale_s * 1000, 3),
+                live_promoted=live_promoted,
                 sim_promoted=counts.get("promoted", 0),
                 calibrated_ms=[round(a * 1000, 3), round(b * 1000, 4)],
                 aging_period_s=args.aging_period_s,

@@ -20,6 +20,7 @@ from app.db.session import session_scope
 from app.settings import Settings
 from workers import context
 from workers import devices as device_discovery
+from workers.footprint import open_cuda_context
 from workers.heartbeat import Heartbeat
 
 log = logging.getLogger("maas.worker")
@@ -50,6 +51,7 @@ def run(settings: Settings, device_index: int, loglevel: str | None = None) -> N
     found = device_discovery.discover(settings)
     device = device_discovery.pick(found, device_index)
     device_discovery.pin(device)
+    context_bytes = open_cuda_context(device.index) if device.kind == "gpu" else None
     host = socket.gethostname()
     worker_name = settings.worker_name or f"gpu{device.index}@{host}"
     ensure_current(settings.sqlalchemy_url)
@@ -77,6 +79,7 @@ def run(settings: Settings, device_index: int, loglevel: str | None = None) -> N
             device=device.name,
             kind=device.kind,
             mem_bytes=device.mem_bytes,
+            cuda_context_bytes=context_bytes,
             reloading=reload_ids,
         )
 

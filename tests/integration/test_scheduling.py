@@ -119,6 +119,7 @@ def test_a_controller_runs_the_aging_pass_and_the_serving_worker_takes_no_system
     handle = client.infer("mlp", {"x": x_rows(64)}, request_class="batch")
     r = redis.Redis.from_url(settings.redis_url)
     wait_for(lambda: depth_by_priority(r, "m.mlp")[0] == 1, 30, "the controller's aging pass to promote the request")
+    assert int(r.hget("maas:aging:promoted", "mlp")) >= 1
     client.load("mlp").wait()
     answer = handle.wait(timeout_s=60)
     assert answer["parameters"]["worker"] == "w0@test"

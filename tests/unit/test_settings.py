@@ -47,3 +47,11 @@ def test_invalid_values_fail_naming_the_variable(env, names):
 def test_every_field_has_a_variable_and_help():
     assert all(var and help_text for var, help_text in FIELDS)
     assert {"REDIS_URL", "DATABASE_URL", "MAAS_VIRTUAL_DEVICES"} <= {v for v, _ in FIELDS}
+
+
+def test_policy_params_follow_the_typical_time_and_the_aging_factor():
+    params = Settings.from_env({"MAAS_TYPICAL_SERVICE_S": "0.2", "MAAS_AGING_BACKLOG_FACTOR": "3"}).policy_params()
+    assert params.aging_backlog_factor == 3.0 and params.aging_threshold_s == pytest.approx(1.0)
+    assert Settings.from_env({}).policy_params().aging_backlog_factor == 2.0
+    with pytest.raises(ConfigError, match="MAAS_AGING_BACKLOG_FACTOR"):
+        Settings.from_env({"MAAS_AGING_BACKLOG_FACTOR": "-1"})

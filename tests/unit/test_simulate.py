@@ -85,6 +85,25 @@ def test_aging_rescues_a_starved_request() -> None:
     assert aging_wait_s < PARAMS.max_climb_s(6) + 0.1 + 2 * 0.05 + 2.0
 
 
+def test_every_aging_copy_is_counted_and_a_dropped_copy_costs_server_time() -> None:
+    # Given the starved request above promoted by aging, when each stale copy a server takes costs it 10 ms, then the
+    # promotions are counted and the requests behind a dropped copy finish later than when dropping is free.
+    requests = [_request(0.0, 0.05), _request(0.001, 2.0)]
+    requests += [_request(0.002 + 0.05 * i, 0.05) for i in range(400)]
+    free, charged = {}, {}
+    free_s = sum(
+        o.response_s for o in simulate(requests, SimConfig(Policy.AGING, PARAMS, aging_period_s=0.1, oracle=True), free)
+    )
+    charged_s = sum(
+        o.response_s
+        for o in simulate(
+            requests, SimConfig(Policy.AGING, PARAMS, aging_period_s=0.1, oracle=True, stale_copy_s=0.01), charged
+        )
+    )
+    assert free["promoted"] >= 1 and charged["promoted"] >= 1
+    assert charged_s > free_s
+
+
 @pytest.mark.parametrize("servers", [1, 2])
 def test_policies_on_a_synthetic_workload(servers: int) -> None:
     requests = _bursty(servers)

@@ -25,4 +25,9 @@ def release(device: str) -> None:
     if device.startswith("cuda"):
         import torch
 
+        # cuBLAS keeps a workspace per stream, taken from PyTorch's caching allocator, that outlives the module:
+        # on an H100 33 MiB stayed allocated after an unload without this. Private, hence looked up.
+        clear_workspaces = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
+        if clear_workspaces is not None:
+            clear_workspaces()
         torch.cuda.empty_cache()
