@@ -223,7 +223,12 @@ def run(args: argparse.Namespace) -> None:
             live = {"policy": policy, **figures(results)}
             for cls in (SizeClass.SHORTEST, SizeClass.LONGEST):
                 live[cls.value] = figures([r for r in results if r["size_class"] is cls])
-            config = SimConfig(policies.Policy(policy), params, 1, None, args.aging_period_s, stale_copy_s=stale_s)
+            # The live estimator has learned from every earlier run (FIFO's included) by the time SJF runs; the
+            # simulated one starts from what FIFO measured, not from nothing.
+            warm = tuple((r.size_tokens, r.service_s) for r in simulated)
+            config = SimConfig(
+                policies.Policy(policy), params, 1, None, args.aging_period_s, stale_copy_s=stale_s, warm_start=warm
+            )
             counts: dict[str, int] = {}
             sim = summarize(config, simulate(simulated, config, counts))
             fifo_live, fifo_sim = fifo_live or live, fifo_sim or sim

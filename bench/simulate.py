@@ -48,6 +48,8 @@ class SimConfig:
     oracle: bool = False
     request_class: str = "interactive"
     stale_copy_s: float = 0.0  # server time a worker spends taking and dropping a stale copy
+    #: (size, service s) the estimator has seen before the first arrival, as a live fleet's has from earlier traffic
+    warm_start: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -180,6 +182,8 @@ def simulate(requests: Sequence[Request], config: SimConfig, counts: dict[str, i
         raise ValueError(f"aging_period_s must be > 0, got {config.aging_period_s}")
     mean_service_s = sum(r.service_s for r in requests) / max(len(requests), 1)
     estimator = ServiceTimeEstimator(default_service_s=mean_service_s)
+    for size, service_s in config.warm_start:
+        estimator.observe(TRACE_KEY, size, service_s)
     sim = _Sim(config, estimator, [_Job(r) for r in requests], outcomes=[None] * len(requests))
     next_arrival = 0
     while next_arrival < len(requests) or sim.running:

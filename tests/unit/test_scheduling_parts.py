@@ -6,7 +6,7 @@ from app.errors import InvalidInput
 from app.jobs import chunk_priority, split
 from app.settings import Settings
 from app.telemetry import ewma_rate
-from beat.aging import due
+from beat.aging import due, work_ahead
 
 
 def entry(task_id, level, submitted_at, cls="interactive", est=0.01, backlog=0.0):
@@ -28,6 +28,19 @@ def test_aging_never_demotes_and_a_backlog_stretches_the_clock():
     # Waiting 1 s is long against a 0.01 s request, but not against the 100 s FIFO would have made it wait.
     assert due([entry("a", level, 999.0, backlog=100.0)], 1000.0, params) == []
     assert due([entry("a", level, 999.0)], 1000.0, params) != []
+
+
+def test_the_pass_sets_each_new_requests_backlog_to_the_work_submitted_before_it():
+    # Given three waiting requests in submission order, the last one already seen by an earlier pass
+    entries = [entry("a", 5, 1.0, est=2.0), entry("b", 5, 2.0, est=4.0), entry("c", 5, 3.0, est=1.0, backlog=9.0)]
+    entries[2][2]["w"] = 1
+    # When a pass sees them with two replicas serving the model
+    changed = work_ahead(entries, replicas=2)
+    # Then the new ones get the work ahead of them over the replicas, and the one seen before keeps its figure
+    assert changed == ["a", "b"]
+    assert [f["b"] for _, _, f in entries] == [0.0, 1.0, 9.0]
+    assert work_ahead(entries, replicas=2) == []  # a second pass changes nothing
+    assert work_ahead([entry("x", 5, 1.0, est=2.0), entry("y", 5, 2.0)], replicas=0)[1] == "y"
 
 
 def test_split_into_chunks():
