@@ -617,11 +617,11 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--loglevel", help="override MAAS_LOG_LEVEL")
     worker.set_defaults(func=cmd_worker)
 
-    controller = sub.add_parser(
-        "controller",
-        help="run beat's tasks (allocation, aging, recovery, reaping) in a process of their own, off the serving "
-        "workers; start those with MAAS_WORKER_SYSTEM_TASKS=false",
+    controller_help = (
+        "run beat's tasks (allocation, aging, recovery, reaping) in a process of their own, off the serving "
+        "workers; start those with MAAS_WORKER_SYSTEM_TASKS=false"
     )
+    controller = sub.add_parser("controller", help=controller_help, description=controller_help)
     controller.add_argument("--loglevel", help="override MAAS_LOG_LEVEL")
     controller.set_defaults(func=cmd_controller)
 
