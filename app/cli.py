@@ -194,7 +194,9 @@ def cmd_job_cancel(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_job_results(args: argparse.Namespace, settings: Settings) -> int:
     results = _client(settings).jobs.results(args.job)
-    print(json.dumps([{"chunk": i, "outputs": r} for i, r in enumerate(results)]))
+    from app.signature import as_data_lists
+
+    print(json.dumps([{"chunk": i, "outputs": r and as_data_lists(r)} for i, r in enumerate(results)]))
     return 0
 
 
@@ -249,7 +251,9 @@ def cmd_infer(args: argparse.Namespace, settings: Settings) -> int:
         deadline_s=args.deadline,
         timeout_s=args.timeout,
     )
-    print(json.dumps(handle.wait(), indent=None if args.compact else 2))
+    from app.client import with_data_lists
+
+    print(json.dumps(with_data_lists(handle.wait()), indent=None if args.compact else 2))
     return 0
 
 

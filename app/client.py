@@ -29,7 +29,15 @@ from app.jobs import Jobs, split
 from app.lifecycle import HOLDS_MEMORY, TERMINAL, ReplicaState
 from app.scheduling import Scheduler
 from app.settings import Settings
-from app.signature import TensorSpec, decode_tensor, encode_tensor, parse_signature, rows_of, validate_inputs
+from app.signature import (
+    TensorSpec,
+    as_data_lists,
+    decode_tensor,
+    encode_tensor,
+    parse_signature,
+    rows_of,
+    validate_inputs,
+)
 
 #: Request classes the policies know (interactive work goes ahead of batch work of the same size).
 REQUEST_CLASSES = ("interactive", "batch")
@@ -349,6 +357,11 @@ class Client:
 def outputs_as_arrays(answer: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """An infer answer's OIP output tensors as numpy arrays by name."""
     return {t["name"]: decode_tensor(t) for t in answer["outputs"]}
+
+
+def with_data_lists(answer: Mapping[str, Any]) -> dict[str, Any]:
+    """The answer with every output tensor as an OIP ``data`` list (for people and JSON tools), not ``raw``."""
+    return {**answer, "outputs": as_data_lists(answer["outputs"])}
 
 
 def _device(d: Device, view: placement.DeviceView) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from app.localservers import Proc, start_redis, wait_for
+from app.signature import decode_tensor
 from app.table import mib, render
 
 REQUESTS_TIMEOUT_S = 120
@@ -96,7 +97,7 @@ def burst(client, x_test: np.ndarray) -> tuple[np.ndarray, dict]:
     predictions, workers = [], Counter()
     for i, handle in enumerate(handles, 1):
         answer = handle.wait(timeout_s=REQUESTS_TIMEOUT_S)
-        predictions.append(answer["outputs"][0]["data"][0])
+        predictions.append(int(decode_tensor(answer["outputs"][0]).reshape(-1)[0]))
         workers[answer["parameters"]["worker"]] += 1
         progress(i, len(handles))
     latency_by_band: dict[str, list[float]] = defaultdict(list)

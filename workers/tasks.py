@@ -15,7 +15,7 @@ from celery.exceptions import Ignore, Reject
 from app import ledger, logs
 from app.celery_app import CONTROL_PRIORITY, control_queue, model_queue
 from app.errors import DeadlineExceeded, MaasError, NotLoaded
-from app.signature import decode_tensor, encode_tensor, rows_of, validate_inputs
+from app.signature import decode_tensor, encode_tensor, is_raw, rows_of, validate_inputs
 from workers import batching, lifecycle
 from workers.context import current
 from workers.telemetry import device_class
@@ -52,7 +52,7 @@ def infer(
     return {
         "model_name": model,
         "model_version": loaded.version,
-        "outputs": [encode_tensor(name, array) for name, array in outputs.items()],
+        "outputs": [encode_tensor(name, array, raw=is_raw(inputs)) for name, array in outputs.items()],
         "parameters": {"worker": ctx.worker_name, "service_ms": round(service_s * 1000, 3)},
     }
 

@@ -12,6 +12,7 @@ from sqlalchemy import select
 from app import registry
 from app.db.schema import AllocationRun
 from app.db.session import session_scope
+from app.signature import decode_tensor
 from bench.models import add_one
 from tests.fleet import wait_for
 from tests.integration.test_end_to_end import register
@@ -78,7 +79,10 @@ def test_after_a_solve_every_model_is_where_the_plan_says_and_serving(settings, 
     target = {m: set(w) for m, w in run.inputs["target"].items()}
     assert {m: w for m, w in placement(client).items() if m in target} == target
     for name in MODELS:
-        assert client.infer(name, {"x": X}).wait(timeout_s=30)["outputs"][0]["data"] == [1.0] * 4
+        assert (
+            decode_tensor(client.infer(name, {"x": X}).wait(timeout_s=30)["outputs"][0]).reshape(-1).tolist()
+            == [1.0] * 4
+        )
     # Device memory is respected, by declared figures where nothing was measured yet.
     for d in client.devices():
         assert d["used_bytes"] <= d["mem_bytes"]

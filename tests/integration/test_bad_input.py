@@ -14,6 +14,7 @@ from app import errors, registry
 from app.celery_app import model_queue, transport_options
 from app.db.schema import ModelVersion
 from app.db.session import session_scope
+from app.signature import decode_tensor
 from bench.models import add_one, reshape_to_2x2
 from tests.fleet import wait_for
 from tests.integration.test_end_to_end import register
@@ -33,7 +34,7 @@ def serving(settings, client, fleet, tmp_path):
 
 def still_serves(client) -> None:
     answer = client.infer("add", {"x": X}).wait(timeout_s=30)
-    assert answer["outputs"][0]["data"] == [1.0, 1.0, 1.0, 1.0]
+    assert decode_tensor(answer["outputs"][0]).reshape(-1).tolist() == [1.0, 1.0, 1.0, 1.0]
 
 
 def test_unknown_model_version_and_alias_are_named(settings, client, serving):

@@ -12,6 +12,7 @@ from celery.result import AsyncResult
 from app import errors, registry
 from app.celery_app import model_queue
 from app.db.session import session_scope
+from app.signature import decode_tensor
 from bench.models import wide_mlp
 from tests.integration.test_end_to_end import register
 
@@ -48,7 +49,7 @@ def test_batched_requests_each_get_their_own_answer_in_priority_order(settings, 
     # Then every request got the output of its own input
     for _, x, answer in answers:
         (expected,) = reference.run(None, {"x": x})
-        got = np.asarray(answer["outputs"][0]["data"], dtype=np.float32).reshape(answer["outputs"][0]["shape"])
+        got = decode_tensor(answer["outputs"][0])
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
     assert max(a["parameters"].get("batch", 1) for _, _, a in answers) > 1, "nothing was batched"
     with pytest.raises(errors.InvalidInput, match="shape \\[1, 3\\]"):

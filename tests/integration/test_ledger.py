@@ -10,6 +10,7 @@ import redis
 
 from app.celery_app import create_app
 from app.queues import priority_lists
+from app.signature import decode_tensor
 from beat.recovery import recover
 from bench.models import add_one
 from tests.integration.test_end_to_end import register
@@ -41,7 +42,7 @@ def test_a_request_popped_by_a_worker_that_died_before_recording_it_is_sent_agai
 
     fleet.worker(0, "w0@test")
     client.load("add").wait()
-    assert handle.wait(timeout_s=30)["outputs"][0]["data"] == [1.0] * 4
-    assert kept.wait(timeout_s=30)["outputs"][0]["data"] == [1.0] * 4
+    assert decode_tensor(handle.wait(timeout_s=30)["outputs"][0]).reshape(-1).tolist() == [1.0] * 4
+    assert decode_tensor(kept.wait(timeout_s=30)["outputs"][0]).reshape(-1).tolist() == [1.0] * 4
     time.sleep(1.1)
     assert recover(app)["done"] == 2 and r.zcard("maas:ledger:since") == 0
