@@ -30,23 +30,20 @@ class BenchFleet:
         ensure_current(self.settings.sqlalchemy_url)
         self.client = Client(self.settings)
 
-    def worker(self, device: int, name: str) -> Proc:
-        argv = [sys.executable, "-m", "app.cli", "worker", "--device", str(device)]
-        proc = Proc(name, argv, {**os.environ, **self.env, "MAAS_WORKER_NAME": name}, self.workdir)
+    def _start(self, name: str, args: list[str], ready_event: str, env: dict[str, str]) -> Proc:
+        """Start ``maas ARGS`` and wait for its log to show ``ready_event``; raise with its log if it exits."""
+        proc = Proc(name, [sys.executable, "-m", "app.cli", *args], {**os.environ, **self.env, **env}, self.workdir)
         self.procs.append(proc)
-        wait_for(lambda: "worker_ready" in proc.log() or not proc.alive(), 90, f"{name} to start")
+        wait_for(lambda: ready_event in proc.log() or not proc.alive(), 90, f"{name} to start")
         if not proc.alive():
             raise RuntimeError(proc.log()[-2000:])
         return proc
 
+    def worker(self, device: int, name: str) -> Proc:
+        return self._start(name, ["worker", "--device", str(device)], "worker_ready", {"MAAS_WORKER_NAME": name})
+
     def controller(self) -> Proc:
-        argv = [sys.executable, "-m", "app.cli", "controller"]
-        proc = Proc("controller", argv, {**os.environ, **self.env}, self.workdir)
-        self.procs.append(proc)
-        wait_for(lambda: "controller_ready" in proc.log() or not proc.alive(), 90, "the controller to start")
-        if not proc.alive():
-            raise RuntimeError(proc.log()[-2000:])
-        return proc
+        return self._start("controller", ["controller"], "controller_ready", {})
 
     def beat(self) -> Proc:
         argv = [sys.executable, "-m", "app.cli", "beat"]

@@ -91,25 +91,31 @@ def check_onnx(tmp: Path, device: DeviceInfo) -> dict[str, Any]:
     return result
 
 
-def check_torchscript(tmp: Path, device: DeviceInfo) -> dict[str, Any]:
-    if importlib.util.find_spec("torch") is None:
-        return {"ok": None, "skipped": "torch is not installed (pip install torch==2.13.0)"}
+def torch_mlp(path: Path, x: np.ndarray) -> np.ndarray:
+    """Save a seeded TorchScript MLP (4 layers of WIDTH x WIDTH) at ``path``; its CPU answer for ``x``."""
     import warnings
 
     import torch
-
-    from workers.runtimes.torchscript import TorchScriptRuntime
 
     torch.manual_seed(0)
     layers = [m for _ in range(4) for m in (torch.nn.Linear(WIDTH, WIDTH), torch.nn.ReLU())]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is deprecated in 2.13, still supported
         net = torch.jit.script(torch.nn.Sequential(*layers).eval())
-        torch.jit.save(net, str(tmp / "mlp.pt"))
-    x = np.random.default_rng(0).normal(size=(8, WIDTH)).astype(np.float32)
+        torch.jit.save(net, str(path))
     with torch.no_grad():
-        expected = net(torch.from_numpy(x)).numpy()  # the CPU answer, in this process
-    del net
+        return net(torch.from_numpy(x)).numpy()  # the CPU answer, in this process
+
+
+def check_torchscript(tmp: Path, device: DeviceInfo) -> dict[str, Any]:
+    if importlib.util.find_spec("torch") is None:
+        return {"ok": None, "skipped": "torch is not installed (pip install torch==2.13.0)"}
+    import torch
+
+    from workers.runtimes.torchscript import TorchScriptRuntime
+
+    x = np.random.default_rng(0).normal(size=(8, WIDTH)).astype(np.float32)
+    expected = torch_mlp(tmp / "mlp.pt", x)
     on_gpu = device.kind == "gpu" and torch.cuda.is_available()
     allocated_before = torch.cuda.memory_allocated() if on_gpu else 0
     runtime = TorchScriptRuntime()
@@ -127,9 +133,6 @@ def check_fleet(tmp: Path) -> dict[str, Any]:
     """A worker process on device 0 serving a TorchScript MLP through Redis, checked against the CPU answer."""
     if importlib.util.find_spec("torch") is None:
         return {"ok": None, "skipped": "torch is not installed"}
-    import warnings
-
-    import torch
     from sqlalchemy import select
 
     from app.client import outputs_as_arrays
@@ -137,15 +140,8 @@ def check_fleet(tmp: Path) -> dict[str, Any]:
     from app.db.session import session_scope
     from bench.fleet import BenchFleet
 
-    torch.manual_seed(0)
-    layers = [m for _ in range(4) for m in (torch.nn.Linear(WIDTH, WIDTH), torch.nn.ReLU())]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        net = torch.jit.script(torch.nn.Sequential(*layers).eval())
-        torch.jit.save(net, str(tmp / "fleet_mlp.pt"))
     x = np.random.default_rng(1).normal(size=(16, WIDTH)).astype(np.float32)
-    with torch.no_grad():
-        expected = net(torch.from_numpy(x)).numpy()
+    expected = torch_mlp(tmp / "fleet_mlp.pt", x)
     signature = {
         "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, WIDTH]}],
         "outputs": [{"name": "output", "datatype": "FP32", "shape": [-1, WIDTH]}],

@@ -191,8 +191,6 @@ def run(args: argparse.Namespace) -> None:
     }
     with BenchFleet(**env) as fleet, tempfile.TemporaryDirectory() as tmp:
         fleet.register(MODEL, wide_mlp(Path(tmp) / "trace.onnx", in_width=IN_WIDTH), service_ms=10)
-        # Beat's tasks (aging passes every --aging-period-s) run on a controller, off the one serving worker.
-        fleet.controller()
         fleet.worker(0, "bench0@local")
         client = fleet.client
         client.load(MODEL).wait()
@@ -206,6 +204,9 @@ def run(args: argparse.Namespace) -> None:
         fleet.env["MAAS_TYPICAL_SERVICE_S"] = f"{typical_s:.4f}"
         params = policies.PolicyParams.around(typical_s)
         client.scheduler.params = params
+        # Beat's tasks (aging passes every --aging-period-s) run on a controller, off the one serving worker. It
+        # starts only now, so that its aging pass reads the same typical time as the producer and the simulation.
+        fleet.controller()
         fleet.beat()
         fifo_live = fifo_sim = None
         simulated = None

@@ -26,7 +26,7 @@ import redis
 from app import ledger, logs
 from app.errors import DeadlineExceeded, MaasError, NotLoaded
 from app.queues import priority_lists
-from app.signature import decode_tensor, encode_tensor, is_raw, rows_of, validate_inputs
+from app.signature import answer, decode_tensor, rows_of, validate_inputs
 from workers.cache import Loaded
 
 log = logging.getLogger("maas.worker")
@@ -141,12 +141,7 @@ def _split(outputs: dict[str, np.ndarray], rows: list[int]) -> list[dict[str, np
 
 
 def _answer(member: Member, loaded: Loaded, outputs: dict[str, np.ndarray], worker: str, service_s: float) -> None:
-    member.result = {
-        "model_name": loaded.model,
-        "model_version": loaded.version,
-        "outputs": [encode_tensor(name, array, raw=is_raw(member.inputs or ())) for name, array in outputs.items()],
-        "parameters": {"worker": worker, "service_ms": round(service_s * 1000, 3)},
-    }
+    member.result = answer(loaded.model, loaded.version, outputs, member.inputs or (), worker, service_s)
 
 
 def execute(members: list[Member], loaded: Loaded, worker: str) -> float:

@@ -15,7 +15,7 @@ from celery.exceptions import Ignore, Reject
 from app import ledger, logs
 from app.celery_app import CONTROL_PRIORITY, control_queue, model_queue
 from app.errors import DeadlineExceeded, MaasError, NotLoaded
-from app.signature import decode_tensor, encode_tensor, is_raw, rows_of, validate_inputs
+from app.signature import answer, decode_tensor, rows_of, validate_inputs
 from workers import batching, lifecycle
 from workers.context import current
 from workers.telemetry import device_class
@@ -49,12 +49,7 @@ def infer(
         _log_failure(ctx.worker_name, model, loaded.version, exc)
         raise
     ctx.observations.add(model, device_class(ctx.device), rows_of(inputs), service_s)
-    return {
-        "model_name": model,
-        "model_version": loaded.version,
-        "outputs": [encode_tensor(name, array, raw=is_raw(inputs)) for name, array in outputs.items()],
-        "parameters": {"worker": ctx.worker_name, "service_ms": round(service_s * 1000, 3)},
-    }
+    return answer(model, loaded.version, outputs, inputs, ctx.worker_name, service_s)
 
 
 def _log_failure(worker: str, model: str, version: int | None, exc: MaasError) -> None:
