@@ -91,3 +91,25 @@ def create_app(settings: Settings | None = None) -> Celery:
     )
     app.maas_settings = settings  # type: ignore[attr-defined]
     return app
+
+
+def solo_worker_argv(hostname: str, queues: list[str], loglevel: str) -> list[str]:
+    """``celery worker`` arguments for one of our processes: solo pool (see workers.main), only ``queues``.
+
+    Gossip and mingle (worker-to-worker state sharing) are off: nothing here uses them.
+    """
+    return [
+        "worker",
+        "--hostname",
+        hostname,
+        "--pool",
+        "solo",
+        "--concurrency",
+        "1",
+        "--queues",
+        ",".join(queues),
+        "--loglevel",
+        loglevel,
+        "--without-gossip",
+        "--without-mingle",
+    ]

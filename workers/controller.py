@@ -19,7 +19,7 @@ import socket
 from celery import signals
 
 from app import logs
-from app.celery_app import SYSTEM_QUEUE, create_app
+from app.celery_app import SYSTEM_QUEUE, create_app, solo_worker_argv
 from app.db.migrate import ensure_current
 from app.settings import Settings
 
@@ -39,20 +39,4 @@ def run(settings: Settings, loglevel: str | None = None) -> None:
     def _ready(**_kw) -> None:
         logs.event(log, "controller_ready", worker=name, queue=SYSTEM_QUEUE)
 
-    app.worker_main(
-        [
-            "worker",
-            "--hostname",
-            name,
-            "--pool",
-            "solo",
-            "--concurrency",
-            "1",
-            "--queues",
-            SYSTEM_QUEUE,
-            "--loglevel",
-            loglevel or settings.log_level,
-            "--without-gossip",
-            "--without-mingle",
-        ]
-    )
+    app.worker_main(solo_worker_argv(name, [SYSTEM_QUEUE], loglevel or settings.log_level))

@@ -13,7 +13,7 @@ import socket
 from celery import bootsteps, signals
 
 from app import logs
-from app.celery_app import CONTROL_PRIORITY, SYSTEM_QUEUE, control_queue, create_app
+from app.celery_app import CONTROL_PRIORITY, SYSTEM_QUEUE, control_queue, create_app, solo_worker_argv
 from app.db import devices, replicas
 from app.db.migrate import ensure_current
 from app.db.session import session_scope
@@ -90,20 +90,5 @@ def run(settings: Settings, device_index: int, loglevel: str | None = None) -> N
             devices.mark(session, worker_name, "offline")
         logs.event(log, "worker_stopped", worker=worker_name)
 
-    app.worker_main(
-        [
-            "worker",
-            "--hostname",
-            worker_name,
-            "--pool",
-            "solo",
-            "--concurrency",
-            "1",
-            "--queues",
-            ",".join([control_queue(worker_name), *([SYSTEM_QUEUE] if settings.worker_system_tasks else [])]),
-            "--loglevel",
-            loglevel or settings.log_level,
-            "--without-gossip",
-            "--without-mingle",
-        ]
-    )
+    queues = [control_queue(worker_name), *([SYSTEM_QUEUE] if settings.worker_system_tasks else [])]
+    app.worker_main(solo_worker_argv(worker_name, queues, loglevel or settings.log_level))
