@@ -6,7 +6,6 @@ COPY pyproject.toml README.md ./
 COPY app app
 COPY workers workers
 COPY beat beat
-COPY bench bench
 RUN pip install --no-cache-dir .
 ENV MAAS_HOME=/var/lib/maas
 ENTRYPOINT []

@@ -20,7 +20,7 @@ install: $(STAMP)
 
 ## Register, load, serve and stop a real model on a fleet started from nothing (Redis and workers included).
 demo: install
-	$(BIN)/python -m app.demo
+	$(BIN)/python -m harness.demo
 
 ## The whole suite against real redis-server, PostgreSQL and worker processes (installed with apt-get if absent).
 test: install services

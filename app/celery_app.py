@@ -6,44 +6,15 @@ once, from :class:`~app.settings.Settings`. See CELERY_NOTES.md for why each opt
 
 from __future__ import annotations
 
-import re
+from typing import Any
 
 from celery import Celery
 
-from app.errors import InvalidModelName
+from app.broker.layout import PRIORITY_LEVELS, PRIORITY_SEP, SYSTEM_QUEUE
 from app.settings import Settings
 
-#: Ten Redis priority levels, 0 the highest (the reverse of RabbitMQ). kombu keeps one list per level.
-PRIORITY_LEVELS = tuple(range(10))
-#: kombu joins queue and level with this; it must never appear in a queue name (celery#7633).
-PRIORITY_SEP = ":"
-#: Control messages (load, stop) jump ahead of every request.
-CONTROL_PRIORITY = 0
-#: Queue for fleet-wide periodic work sent by beat (reaping lost workers, allocation).
-SYSTEM_QUEUE = "maas.system"
 
-_MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,99}$")
-
-
-def check_model_name(name: str) -> str:
-    if not _MODEL_NAME.match(name):
-        raise InvalidModelName(
-            f"model name {name!r} must be 1-100 characters of a-z, 0-9, '_', '.', '-' and start with a letter or digit"
-        )
-    return name
-
-
-def model_queue(model: str) -> str:
-    """The infer queue of a model: every replica of it consumes this one queue."""
-    return f"m.{check_model_name(model)}"
-
-
-def control_queue(worker_name: str) -> str:
-    """The load/stop queue of one worker, so control never waits behind inference of other workers."""
-    return f"ctl.{worker_name}"
-
-
-def transport_options(settings: Settings) -> dict:
+def transport_options(settings: Settings) -> dict[str, Any]:
     return {
         "priority_steps": list(PRIORITY_LEVELS),
         "sep": PRIORITY_SEP,
@@ -91,6 +62,12 @@ def create_app(settings: Settings | None = None) -> Celery:
     )
     app.maas_settings = settings  # type: ignore[attr-defined]
     return app
+
+
+def settings_of(app: Celery) -> Settings:
+    """The settings an app was created with by :func:`create_app`."""
+    settings: Settings = app.maas_settings  # type: ignore[attr-defined]
+    return settings
 
 
 def solo_worker_argv(hostname: str, queues: list[str], loglevel: str) -> list[str]:

@@ -258,14 +258,16 @@ def cmd_infer(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    import redis
-
-    from app.queues import depths
+    from app.broker.clients import sync_client
+    from app.broker.demand import read_rates
+    from app.broker.layout import model_queue
+    from app.broker.queues import depths
 
     client = _client(settings)
     devices, reps = client.devices(), client.replicas()
     models = sorted({r["model"] for r in reps})
-    queue_depths = depths(redis.Redis.from_url(settings.redis_url), [f"m.{m}" for m in models]) if models else {}
+    redis_client = sync_client(settings.redis_url)
+    queue_depths = depths(redis_client, [model_queue(m) for m in models]) if models else {}
     value = {"devices": devices, "replicas": reps, "queues": queue_depths}
     dev_table = render(
         ["WORKER", "DEVICE", "KIND", "STATUS", "MEMORY", "USED"],
@@ -295,9 +297,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             for r in reps
         ],
     )
-    from app.telemetry import read_rates
-
-    rates = read_rates(redis.Redis.from_url(settings.redis_url))
+    rates = read_rates(redis_client)
     model_rows = []
     for m in models:
         facts = client.scheduler.facts(m)
@@ -306,7 +306,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             [
                 m,
                 facts.policy,
-                queue_depths[f"m.{m}"],
+                queue_depths[model_queue(m)],
                 f"{facts.max_queue}",
                 f"{rates.get(m, 0.0):.2f}",
                 f"{one * 1000:.2f}",
@@ -318,7 +318,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             {
                 "model": m,
                 "policy": facts.policy,
-                "waiting": queue_depths[f"m.{m}"],
+                "waiting": queue_depths[model_queue(m)],
                 "max_queue": facts.max_queue,
                 "rate_per_s": rates.get(m, 0.0),
                 "est_ms_1_row": one * 1000,
@@ -439,14 +439,17 @@ def cmd_allocation_history(args: argparse.Namespace, settings: Settings) -> int:
 
 # --- processes ------------------------------------------------------------------------------------------------------
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from beat.tasks import register as register_system_tasks
     from workers.main import run
 
-    run(settings, args.device, loglevel=args.loglevel)
+    # Beat's tasks live in beat/; a serving worker runs them only when no controller is meant to.
+    extra = register_system_tasks if settings.worker_system_tasks else None
+    run(settings, args.device, loglevel=args.loglevel, extra_tasks=extra)
     return 0
 
 
 def cmd_controller(args: argparse.Namespace, settings: Settings) -> int:
-    from workers.controller import run
+    from beat.controller import run
 
     run(settings, loglevel=args.loglevel)
     return 0
@@ -480,8 +483,10 @@ def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from app.demo import main as demo_main
-
+    try:
+        from harness.demo import main as demo_main
+    except ImportError:
+        raise ConfigError("the demo runs from a checkout of the repository: run `make demo` there") from None
     return demo_main()
 
 

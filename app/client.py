@@ -13,20 +13,25 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import redis
 from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult
+from sqlalchemy import select
 
-from app import admission, placement, registry
-from app.celery_app import CONTROL_PRIORITY, SYSTEM_QUEUE, control_queue, create_app, model_queue
+from app import registry
+from app.broker import clients, scripts
+from app.broker.layout import model_queue
+from app.celery_app import create_app
+from app.control import Control, StopOrder, device_views
 from app.db import devices as device_rows
 from app.db import replicas
-from app.db.schema import Device, Replica
+from app.db.schema import Device, ModelVersion, Replica, ReplicaEvent
 from app.db.session import session_scope
 from app.errors import InvalidInput, InvalidPriority, MaasError, RequestTimeout, UnknownPolicy
 from app.jobs import Jobs, split
-from app.lifecycle import HOLDS_MEMORY, TERMINAL, ReplicaState
+from app.lifecycle import TERMINAL
+from app.placement import DeviceView
+from app.policies import Policy
 from app.scheduling import Scheduler
 from app.settings import Settings
 from app.signature import (
@@ -100,8 +105,9 @@ class Client:
         self.settings = settings or Settings.from_env()
         self.app = app or create_app(self.settings)
         self._refs: dict[str, _Resolved] = {}
-        self._redis = redis.Redis.from_url(self.settings.redis_url)
-        self.scheduler = Scheduler(self.settings, self._redis, trigger=self._request_allocation)
+        self._redis = clients.sync_client(self.settings.redis_url)
+        self.control = Control(self.app)
+        self.scheduler = Scheduler(self.settings, self._redis, trigger=self.control.request_allocation)
         self.jobs = Jobs(self.settings, self.app, self._redis)
 
     @property
@@ -133,7 +139,16 @@ class Client:
         validate_inputs(resolved.inputs, tensors)
         return self._submit(resolved, tensors, priority, request_class, deadline_s, timeout_s)
 
-    def _submit(self, resolved, tensors, priority, request_class, deadline_s, timeout_s, remaining_s=None) -> Handle:  # noqa: ANN001
+    def _submit(
+        self,
+        resolved: _Resolved,
+        tensors: list[dict[str, Any]],
+        priority: int | None,
+        request_class: str,
+        deadline_s: float | None,
+        timeout_s: float | None,
+        remaining_s: float | None = None,
+    ) -> Handle:
         if request_class not in REQUEST_CLASSES:
             raise UnknownPolicy(f"request class {request_class!r} is not one of {', '.join(REQUEST_CLASSES)}")
         if deadline_s is not None and not deadline_s > 0:
@@ -147,7 +162,7 @@ class Client:
             remaining_s=remaining_s,
         )
         now, task_id = time.time(), str(uuid.uuid4())
-        message = {
+        message: dict[str, Any] = {
             "name": "maas.infer",
             "queue": queue,
             "priority": decision.priority,
@@ -155,26 +170,20 @@ class Client:
             "kwargs": {"deadline_at": now + deadline_s} if deadline_s else {},
             "headers": {"maas_submitted_at": now, "maas_class": request_class},
         }
-        if decision.policy == "aging":
+        if decision.policy == Policy.AGING:
             message["kwargs"]["dedup"] = True  # a promoted copy (beat/aging.py) may run first
         # One atomic Redis call before the publish checks the queue's limit and, only when there is room, records
         # the request in the ledger (and the aging index) and counts the arrival: a refused request leaves nothing.
         # If the publish then fails, the records are taken back, so the sweep never resends what was not sent.
         aging_facts = (
             {"c": request_class, "e": decision.estimated_s, "b": decision.backlog_s, "l": decision.priority}
-            if decision.policy == "aging"
+            if decision.policy == Policy.AGING
             else None
         )
-        backlog = admission.admit(
-            self._redis,
-            queue,
-            resolved.model,
-            task_id,
-            now,
-            message,
-            self.scheduler.facts(resolved.model).max_queue,
-            aging_facts,
+        admission = scripts.Admission(
+            queue, resolved.model, task_id, now, message, self.scheduler.facts(resolved.model).max_queue, aging_facts
         )
+        backlog = scripts.admit(self._redis, admission)
         self.scheduler.admit(resolved.model, backlog)
         try:
             result = self.app.send_task(
@@ -187,7 +196,7 @@ class Client:
                 task_id=task_id,
             )
         except BaseException:
-            admission.withdraw(self._redis, resolved.model, task_id)
+            scripts.withdraw(self._redis, resolved.model, task_id)
             raise
         return Handle(result, timeout_s or self.settings.infer_timeout_s)
 
@@ -219,9 +228,6 @@ class Client:
             parallelism=parallelism,
         )
 
-    def _request_allocation(self) -> None:
-        self.app.send_task("maas.allocate", queue=SYSTEM_QUEUE, priority=CONTROL_PRIORITY)
-
     def _priority(self, priority: int | None) -> int:
         if priority is None:
             return self.settings.default_priority
@@ -250,69 +256,17 @@ class Client:
     # --- lifecycle ----------------------------------------------------------------------------------------------
     def load(self, ref: str, *, worker: str | None = None, device: int | None = None) -> Handle:
         """Place a replica of ``ref`` (on a named worker or device, else the one with most free memory) and load it."""
-        with session_scope(self._url) as session:
-            version = registry.resolve(session, ref)
-            views = self._device_views(session)
-            existing = self._existing(session, version.id, worker, device, views)
-            if existing is not None and existing.state == ReplicaState.READY.value:
-                return Handle(None, 0, done_value=replicas.summary(existing))
-            if existing is None:
-                target = placement.choose_device(
-                    views, replicas.need_bytes(session, version), worker=worker, device=device
-                )
-                dev = device_rows.by_worker(session, target.worker_name)
-                existing = replicas.create(session, version.id, dev.id, reason=f"load {version.ref}")
-            replica_id, worker_name = existing.id, existing.device.worker_name
-        result = self.app.send_task(
-            "maas.load", args=[replica_id], queue=control_queue(worker_name), priority=CONTROL_PRIORITY
-        )
-        return Handle(result, self.settings.load_timeout_s)
-
-    def _existing(self, session, version_id, worker, device, views) -> Replica | None:  # noqa: ANN001
-        for view in views:
-            if (worker and view.worker_name != worker) or (device is not None and view.index != device):
-                continue
-            dev = device_rows.by_worker(session, view.worker_name)
-            found = replicas.find_live(session, version_id, dev.id) if view.alive else None
-            if found is not None and (worker or device is not None or found.state == ReplicaState.READY.value):
-                return found
-        return None
-
-    def _device_views(self, session) -> list[placement.DeviceView]:  # noqa: ANN001
-        used: dict[int, int] = {}
-        measured = replicas.measured_footprints(session)
-        for r in replicas.all_with_devices(session):
-            if ReplicaState(r.state) in HOLDS_MEMORY:
-                used[r.device_id] = used.get(r.device_id, 0) + replicas.held_bytes(r, measured)
-        timeout = self.settings.heartbeat_timeout_s
-        return [
-            placement.DeviceView(
-                d.worker_name, d.index, d.label, d.mem_bytes, used.get(d.id, 0), device_rows.is_alive(d, timeout)
-            )
-            for d in device_rows.all_devices(session)
-        ]
+        order = self.control.load(ref, worker=worker, device=device)
+        if order.sent is None:
+            return Handle(None, 0, done_value=order.summary)
+        return Handle(order.sent, self.settings.load_timeout_s)
 
     def stop(self, ref: str, *, worker: str | None = None) -> list[Handle]:
         """Drain and unload the live replicas of ``ref`` (all of them, or the one on ``worker``)."""
-        parsed = registry.parse_ref(ref)
-        with session_scope(self._url) as session:
-            model = registry.get_model(session, parsed.model)
-            explicit = parsed.version is not None or parsed.alias is not None
-            version_id = registry.resolve(session, parsed).id if explicit else None
-            targets = [
-                (r.id, r.device.worker_name)
-                for r in replicas.live_for_model(session, model.id)
-                if (version_id is None or r.version_id == version_id)
-                and (worker is None or r.device.worker_name == worker)
-            ]
-        handles = []
-        for replica_id, worker_name in targets:
-            unload_id = str(uuid.uuid4())
-            drain = self.app.send_task(
-                "maas.drain", args=[replica_id, unload_id], queue=control_queue(worker_name), priority=CONTROL_PRIORITY
-            )
-            handles.append(Handle(drain, self.settings.load_timeout_s, then=AsyncResult(unload_id, app=self.app)))
-        return handles
+        return [self._stop_handle(order) for order in self.control.stop(ref, worker=worker)]
+
+    def _stop_handle(self, order: StopOrder) -> Handle:
+        return Handle(order.drain, self.settings.load_timeout_s, then=order.unload)
 
     # --- views ----------------------------------------------------------------------------------------------------
     def replicas(self, include_terminal: bool = False) -> list[dict[str, Any]]:
@@ -321,15 +275,11 @@ class Client:
 
     def devices(self) -> list[dict[str, Any]]:
         with session_scope(self._url) as session:
-            views = {v.worker_name: v for v in self._device_views(session)}
+            views = {v.worker_name: v for v in device_views(session, self.settings.heartbeat_timeout_s)}
             return [_device(d, views[d.worker_name]) for d in device_rows.all_devices(session)]
 
     def history(self, model: str) -> list[dict[str, Any]]:
         """Every lifecycle transition of every replica of ``model``, oldest first."""
-        from sqlalchemy import select
-
-        from app.db.schema import ModelVersion, ReplicaEvent
-
         with session_scope(self._url) as session:
             m = registry.get_model(session, model)
             rows = session.execute(
@@ -364,7 +314,7 @@ def with_data_lists(answer: Mapping[str, Any]) -> dict[str, Any]:
     return {**answer, "outputs": as_data_lists(answer["outputs"])}
 
 
-def _device(d: Device, view: placement.DeviceView) -> dict[str, Any]:
+def _device(d: Device, view: DeviceView) -> dict[str, Any]:
     return {
         "worker": d.worker_name,
         "host": d.host,

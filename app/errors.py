@@ -140,6 +140,12 @@ class QueueFull(MaasError):
     code = "QUEUE_FULL"
 
 
+class MalformedMessage(RequestError):
+    """Raised when a message in a queue is not a Celery protocol 2 JSON message of the shape its task expects."""
+
+    code = "MALFORMED_MESSAGE"
+
+
 class UnknownPolicy(RequestError):
     """Raised when a scheduling policy or request class name is not known."""
 

@@ -19,8 +19,9 @@ from celery import Celery
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app import ledger, policies
-from app.celery_app import model_queue
+from app import policies
+from app.broker import ledger
+from app.broker.layout import model_queue
 from app.db.schema import Job, JobChunk, Model, utcnow
 from app.db.session import session_scope
 from app.errors import InvalidInput, UnknownJob

@@ -28,7 +28,8 @@ class JsonFormatter(logging.Formatter):
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         extra = " ".join(f"{k}={v}" for k, v in record.__dict__.items() if k not in _RESERVED)
-        return f"{self.formatTime(record)} {record.levelname:7} {record.name}: {record.getMessage()} {extra}".rstrip()
+        line = f"{self.formatTime(record)} {record.levelname:7} {record.name}: {record.getMessage()} {extra}".rstrip()
+        return f"{line}\n{self.formatException(record.exc_info)}" if record.exc_info else line
 
 
 def configure(level: str = "INFO", fmt: str = "json") -> None:
@@ -40,6 +41,11 @@ def configure(level: str = "INFO", fmt: str = "json") -> None:
     root.setLevel(level)
 
 
-def event(logger: logging.Logger, name: str, level: int = logging.INFO, **fields: Any) -> None:
-    """Log one event with its fields as top-level keys (model, version, worker, replica, reason...)."""
-    logger.log(level, name, extra={"event": name, **fields})
+def event(
+    logger: logging.Logger, name: str, level: int = logging.INFO, *, exc_info: bool = False, **fields: Any
+) -> None:
+    """Log one event with its fields as top-level keys (model, version, worker, replica, reason...).
+
+    ``exc_info=True`` (inside an ``except`` block) adds the traceback of the exception being handled.
+    """
+    logger.log(level, name, exc_info=exc_info, extra={"event": name, **fields})

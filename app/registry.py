@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, joinedload
 
 from app.artifacts import ArtifactStore
-from app.celery_app import check_model_name
+from app.broker.layout import check_model_name
 from app.db.schema import Model, ModelAlias, ModelVersion
 from app.errors import RegistryError, UnknownAlias, UnknownModel, UnknownRuntime, UnknownVersion
 from app.signature import parse_signature

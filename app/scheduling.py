@@ -13,17 +13,18 @@ from dataclasses import dataclass
 import redis
 from sqlalchemy import select
 
-from app import policies, telemetry
+from app import policies
+from app.broker import demand
+from app.broker.keys import ALLOCATION_TRIGGER
 from app.db import replicas as replica_rows
 from app.db.schema import Model, ModelVersion
 from app.db.session import session_scope
 from app.errors import UnknownPolicy
+from app.service_time import device_class
 from app.settings import Settings
 
 #: How long per-model facts are reused before they are read again.
 CACHE_S = 5.0
-#: Debounces the scale-from-zero trigger across producers.
-TRIGGER_KEY = "maas:trigger:allocate"
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ class Scheduler:
                 select(ModelVersion).where(ModelVersion.model_id == row.id).order_by(ModelVersion.version.desc())
             ).first()
             live = [r for r in replica_rows.live_for_model(session, row.id) if r.state == "READY"]
-            classes = {telemetry.device_class(r.device.kind, r.device.name) for r in live} or {"virtual"}
+            classes = {device_class(r.device.kind, r.device.name) for r in live} or {"virtual"}
             fresh = ModelFacts(
                 policy=row.policy or self.settings.policy,
                 max_queue=row.max_queue or self.settings.max_queue,
@@ -83,14 +84,14 @@ class Scheduler:
         """Ask for an allocation run now rather than at the next period; at most one request per period."""
         if not self.settings.allocation_enabled or self.trigger is None:
             return
-        if self.redis.set(TRIGGER_KEY, model, nx=True, ex=max(1, int(self.settings.allocation_period_s))):
+        if self.redis.set(ALLOCATION_TRIGGER, model, nx=True, ex=max(1, int(self.settings.allocation_period_s))):
             self.trigger()
 
     def estimate_s(self, model: str, size: float) -> float:
         facts = self.facts(model)
         cached = self._estimators.get(model)
         if cached is None or time.monotonic() - cached[0] >= CACHE_S:
-            est = telemetry.estimator(self.redis, model, facts.declared_s, facts.device_classes)
+            est = demand.estimator(self.redis, model, facts.declared_s, facts.device_classes)
             self._estimators[model] = cached = (time.monotonic(), est)
         est = cached[1]
         return min(est.estimate((model, c), size) for c in facts.device_classes)  # type: ignore[attr-defined]

@@ -155,3 +155,8 @@ class ServiceTimeEstimator:
         except (KeyError, TypeError) as exc:
             raise ValueError(f"service-time state is missing or has a malformed field: {exc}") from None
         return estimator
+
+
+def device_class(kind: str, name: str) -> str:
+    """Service times are learned per class of device: the GPU model, or 'virtual' for every virtual device."""
+    return name if kind == "gpu" else "virtual"

@@ -18,7 +18,6 @@ model's replicas: the FIFO wait as it stands at most one period after arrival.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterable
 
@@ -26,17 +25,18 @@ import redis
 from celery import Celery
 from sqlalchemy import select
 
-from app import aging_index, policies
-from app.celery_app import model_queue
+from app import policies
+from app.broker import aging_index
+from app.broker.aging_index import Entry
+from app.broker.layout import model_queue
 from app.db import replicas as replica_rows
 from app.db.schema import Model
 from app.db.session import session_scope
-from app.ledger import RESULT_PREFIX
 from app.lifecycle import ReplicaState
 from app.settings import Settings
 
 
-def work_ahead(entries: list[tuple[str, float, dict]], replicas: int) -> list[str]:
+def work_ahead(entries: list[Entry], replicas: int) -> list[str]:
     """Pure: set the backlog of each entry not seen before (no ``"w"``) to the estimated work ahead of it.
 
     ``entries`` are the waiting requests in submission order; returns the ids whose facts changed.
@@ -50,7 +50,7 @@ def work_ahead(entries: list[tuple[str, float, dict]], replicas: int) -> list[st
     return changed
 
 
-def due(entries: Iterable[tuple[str, float, dict]], now: float, params: policies.PolicyParams) -> list[tuple[str, int]]:
+def due(entries: Iterable[Entry], now: float, params: policies.PolicyParams) -> list[tuple[str, int]]:
     """Pure: (task id, new level) for every waiting request whose level improved."""
     moves = []
     for task_id, submitted_at, f in entries:
@@ -66,29 +66,12 @@ def age_model(
 ) -> int:
     """One pass over one model's waiting aging requests; returns how many were promoted."""
     now = time.time()
-    key = aging_index.key(model)
-    client.zremrangebyscore(key, 0, now - max_age_s)  # long gone: results expire, so do index entries
-    waiting = client.zrange(key, 0, -1, withscores=True)
-    if not waiting:
+    entries = aging_index.waiting(client, model, now, max_age_s)
+    if not entries:
         return 0
-    ids = [i.decode() for i, _ in waiting]
-    pipe = client.pipeline(transaction=False)
-    for task_id in ids:
-        pipe.exists(RESULT_PREFIX + task_id)
-    answered = pipe.execute()
-    raw_facts = client.hmget(aging_index.FACTS, ids)
-    finished = [i for i, done, f in zip(ids, answered, raw_facts, strict=True) if done or f is None]
-    if finished:
-        client.pipeline(transaction=False).zrem(key, *finished).hdel(aging_index.FACTS, *finished).execute()
-    entries = [
-        (raw_id.decode(), score, json.loads(f))
-        for (raw_id, score), done, f in zip(waiting, answered, raw_facts, strict=True)
-        if not done and f is not None
-    ]
     facts_by_id = {i: f for i, _, f in entries}
     seen = work_ahead(entries, replicas)
-    if seen:
-        client.hset(aging_index.FACTS, mapping={i: json.dumps(facts_by_id[i]) for i in seen})
+    aging_index.save_facts(client, {i: facts_by_id[i] for i in seen})
     promoted = due(entries, now, params)
     # Oldest first, so among one pass's promotions the oldest is nearest the popping end of its new level.
     for task_id, level in promoted:
@@ -100,9 +83,8 @@ def age_model(
             priority=level,
             task_id=task_id,
         )
-        client.hset(aging_index.FACTS, task_id, json.dumps({**facts_by_id[task_id], "l": level}))
-    if promoted:
-        client.hincrby(aging_index.PROMOTED, model, len(promoted))
+        aging_index.save_facts(client, {task_id: {**facts_by_id[task_id], "l": level}})
+    aging_index.count_promotions(client, model, len(promoted))
     return len(promoted)
 
 
@@ -111,7 +93,7 @@ def age_all(app: Celery, settings: Settings, client: redis.Redis) -> dict[str, i
         replicas = {
             m.name: sum(r.state == ReplicaState.READY.value for r in replica_rows.live_for_model(session, m.id))
             for m in session.scalars(select(Model))
-            if (m.policy or settings.policy) == policies.Policy.AGING.value
+            if (m.policy or settings.policy) == policies.Policy.AGING
         }
     params = settings.policy_params()
     return {

@@ -17,14 +17,19 @@ from typing import Any
 import redis
 from celery import Celery
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from app import logs
-from app.celery_app import model_queue
-from app.client import Client
+from app import logs, registry
+from app.broker.clients import sync_client
+from app.broker.keys import ALLOCATION_LOCK
+from app.broker.layout import model_queue
+from app.celery_app import settings_of
+from app.control import Control
 from app.db import devices as device_rows
 from app.db import replicas as replica_rows
 from app.db.schema import AllocationRun, Replica, utcnow
 from app.db.session import session_scope
+from app.errors import MaasError
 from app.lifecycle import ReplicaState
 from app.settings import Settings
 from beat import fleet_state
@@ -33,29 +38,28 @@ from beat.snapshot import PlanStatus
 from beat.solver import solve
 
 log = logging.getLogger("maas.beat")
-LOCK_KEY = "maas:lock:allocation"
 S = ReplicaState
 
 
 def allocate(app: Celery, *, dry_run: bool = False) -> dict[str, Any]:
     """One period of the allocation loop; returns a summary (also what ``maas allocation solve`` prints)."""
-    settings: Settings = app.maas_settings  # type: ignore[attr-defined]
-    client = redis.Redis.from_url(settings.redis_url)
+    settings = settings_of(app)
+    client = sync_client(settings.redis_url)
     token = str(time.time())
     lock_ms = int(max(settings.allocation_period_s, settings.solver_time_limit_s) * 3 * 1000)
-    if not client.set(LOCK_KEY, token, nx=True, px=lock_ms):
+    if not client.set(ALLOCATION_LOCK, token, nx=True, px=lock_ms):
         return {"skipped": "another allocation run holds the lock"}
     try:
-        maas = Client(settings, app)
+        control = Control(app)
         if not dry_run:
-            reconcile_consumers(app, settings)
+            reconcile_consumers(control)
             in_progress = _run_in_progress(settings)
             if in_progress is not None:
-                return advance(maas, in_progress)
-        return new_run(maas, client, dry_run=dry_run)
+                return advance(control, in_progress)
+        return new_run(control, client, dry_run=dry_run)
     finally:
-        if client.get(LOCK_KEY) == token.encode():
-            client.delete(LOCK_KEY)
+        if client.get(ALLOCATION_LOCK) == token.encode():
+            client.delete(ALLOCATION_LOCK)
 
 
 def _run_in_progress(settings: Settings) -> int | None:
@@ -73,8 +77,8 @@ def _run_in_progress(settings: Settings) -> int | None:
         return run.id
 
 
-def new_run(maas: Client, client: redis.Redis, *, dry_run: bool) -> dict[str, Any]:
-    settings = maas.settings
+def new_run(control: Control, client: redis.Redis, *, dry_run: bool) -> dict[str, Any]:
+    settings = control.settings
     with session_scope(settings.sqlalchemy_url) as session:
         state = fleet_state.read(session, client, settings)
     plan = solve(state.snapshot)
@@ -147,18 +151,18 @@ def new_run(maas: Client, client: redis.Redis, *, dry_run: bool) -> dict[str, An
         "gap": plan.gap,
     }
     if status == "executing":
-        summary.update(advance(maas, run_id))
+        summary.update(advance(control, run_id))
     return summary
 
 
-def _replica_state(session, replica_id: int | None) -> ReplicaState | None:  # noqa: ANN001
+def _replica_state(session: Session, replica_id: int | None) -> ReplicaState | None:
     if replica_id is None:
         return None
     replica = session.get(Replica, replica_id)
     return ReplicaState(replica.state) if replica is not None else None
 
 
-def _settle(session, moves: list[dict]) -> None:  # noqa: ANN001
+def _settle(session: Session, moves: list[dict[str, Any]]) -> None:
     """Mark sent moves done or failed from their replica's state."""
     for move in moves:
         if move["state"] != "sent":
@@ -170,9 +174,9 @@ def _settle(session, moves: list[dict]) -> None:  # noqa: ANN001
             move["state"] = "failed"
 
 
-def advance(maas: Client, run_id: int) -> dict[str, Any]:
+def advance(control: Control, run_id: int) -> dict[str, Any]:
     """Start every move whose prerequisites are done; finish the run when nothing is left."""
-    settings = maas.settings
+    settings = control.settings
     with session_scope(settings.sqlalchemy_url) as session:
         run = session.get(AllocationRun, run_id)
         moves = [dict(m) for m in run.moves]
@@ -190,7 +194,7 @@ def advance(maas: Client, run_id: int) -> dict[str, Any]:
     for i in blocked:
         moves[i]["state"] = "failed"
     for i in ready:
-        moves[i].update(_start(maas, moves[i]))
+        moves[i].update(_start(control, moves[i]))
     finished = all(m["state"] in ("done", "failed") for m in moves)
     with session_scope(settings.sqlalchemy_url) as session:
         run = session.get(AllocationRun, run_id)
@@ -201,51 +205,54 @@ def advance(maas: Client, run_id: int) -> dict[str, Any]:
     return {"run": run_id, "started": len(ready), "finished": finished}
 
 
-def _start(maas: Client, move: dict) -> dict[str, Any]:
+def _start(control: Control, move: dict[str, Any]) -> dict[str, Any]:
     model, worker = move["model"], move["device"]
     try:
         if move["kind"] == "load":
-            maas.load(model, worker=worker)
-            with session_scope(maas.settings.sqlalchemy_url) as session:
-                from app import registry
-
-                version = registry.resolve(session, model)
-                device = device_rows.by_worker(session, worker)
-                replica = replica_rows.find_live(session, version.id, device.id)
-                return {"state": "sent", "replica": replica.id if replica else None}
-        with session_scope(maas.settings.sqlalchemy_url) as session:
-            from app import registry
-
+            order = control.load(model, worker=worker, reason=f"allocation run: load on {worker}")
+            return {"state": "sent" if order.sent is not None else "done", "replica": order.replica_id}
+        with session_scope(control.settings.sqlalchemy_url) as session:
             version = registry.resolve(session, model)
             device = device_rows.by_worker(session, worker)
             replica = replica_rows.find_live(session, version.id, device.id) if device else None
             replica_id = replica.id if replica else None
         if replica_id is None:
             return {"state": "done", "replica": None}  # already gone
-        maas.stop(f"{model}:{version.version}", worker=worker)
+        control.send_stop(replica_id, worker)
         return {"state": "sent", "replica": replica_id}
-    except Exception as exc:  # a move that cannot start is recorded, never retried blindly  # noqa: BLE001
-        logs.event(log, "move_failed", logging.WARNING, model=model, worker=worker, kind=move["kind"], reason=str(exc))
-        return {"state": "failed", "error": str(exc)}
+    except Exception as exc:
+        # A move that cannot start is recorded on the run and never retried blindly: the next run re-solves.
+        # Our own errors are expected (no memory, worker gone); anything else is a bug or an outage: traceback.
+        reason = str(exc) if isinstance(exc, MaasError) else f"{type(exc).__name__}: {exc}"
+        logs.event(
+            log,
+            "move_failed",
+            logging.WARNING,
+            exc_info=not isinstance(exc, MaasError),
+            model=model,
+            worker=worker,
+            kind=move["kind"],
+            reason=reason,
+        )
+        return {"state": "failed", "error": reason}
 
 
-def reconcile_consumers(app: Celery, settings: Settings) -> dict[str, list[str]]:
+def reconcile_consumers(control: Control) -> dict[str, list[str]]:
     """Make each answering worker consume exactly the queues of the models it holds READY."""
-    replies = app.control.inspect(timeout=1.0).active_queues() or {}
+    consumed = control.model_queues_consumed()
     expected: dict[str, set[str]] = {}
-    with session_scope(settings.sqlalchemy_url) as session:
+    with session_scope(control.settings.sqlalchemy_url) as session:
         for r in replica_rows.all_with_devices(session):
             if r.state == S.READY.value:
                 expected.setdefault(r.device.worker_name, set()).add(model_queue(r.version.model.name))
     fixed: dict[str, list[str]] = {}
-    for worker, queues in replies.items():
-        actual = {q["name"] for q in queues if q["name"].startswith("m.")}
+    for worker, actual in consumed.items():
         want = expected.get(worker, set())
         for queue in sorted(want - actual):
-            app.control.add_consumer(queue, destination=[worker], reply=False)
+            control.add_consumer(worker, queue)
             fixed.setdefault(worker, []).append(f"+{queue}")
         for queue in sorted(actual - want):
-            app.control.cancel_consumer(queue, destination=[worker], reply=False)
+            control.cancel_consumer(worker, queue)
             fixed.setdefault(worker, []).append(f"-{queue}")
     if fixed:
         logs.event(log, "consumers_reconciled", logging.WARNING, changes=fixed)

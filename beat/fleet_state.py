@@ -14,13 +14,15 @@ import redis
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app import registry, telemetry
-from app.celery_app import model_queue
+from app import registry
+from app.broker import demand as demand_records
+from app.broker.layout import model_queue
+from app.broker.queues import depths
 from app.db import devices as device_rows
 from app.db import replicas as replica_rows
 from app.db.schema import Model
 from app.lifecycle import HOLDS_MEMORY, ReplicaState
-from app.queues import depths
+from app.service_time import device_class
 from app.settings import Settings
 from beat.snapshot import Device, ModelDemand, Snapshot
 
@@ -42,9 +44,9 @@ def read(session: Session, client: redis.Redis, settings: Settings, now: float |
     now = time.time() if now is None else now
     alive = [d for d in device_rows.all_devices(session) if device_rows.is_alive(d, settings.heartbeat_timeout_s)]
     names = {d.id: d.worker_name for d in alive}
-    classes = sorted({telemetry.device_class(d.kind, d.name) for d in alive}) or ["virtual"]
-    rates = telemetry.update_rates(client, settings.rate_half_life_s, now)
-    last_arrival = telemetry.last_arrivals(client)
+    classes = sorted({device_class(d.kind, d.name) for d in alive}) or ["virtual"]
+    rates = demand_records.update_rates(client, settings.rate_half_life_s, now)
+    last_arrival = demand_records.last_arrivals(client)
     models = list(session.scalars(select(Model).order_by(Model.name)))
     backlog = depths(client, [model_queue(m.name) for m in models]) if models else {}
     footprints = replica_rows.measured_footprints(session)
@@ -78,7 +80,7 @@ def read(session: Session, client: redis.Redis, settings: Settings, now: float |
         min_rep = max(model.min_replicas, keep)
         if not (demand > 0 or current or min_rep or model.pinned):
             continue
-        est = telemetry.estimator(client, model.name, version.service_ms / 1000, classes)
+        est = demand_records.estimator(client, model.name, version.service_ms / 1000, classes)
         service_s = min(est.estimate((model.name, c), 1.0) for c in classes)
         mem = footprints.get(version.id) or version.mem_bytes
         pinned = tuple(w for w in model.pinned if w in names.values())

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from app import logs
-from app.celery_app import SYSTEM_QUEUE, create_app
+from app.broker.layout import SYSTEM_QUEUE
+from app.celery_app import create_app
 from app.settings import Settings
 
 
-def schedule(settings: Settings) -> dict:
+def schedule(settings: Settings) -> dict[str, dict[str, object]]:
     entries = {
         "reap-lost-workers": {
             "task": "maas.reap",

@@ -1,22 +1,25 @@
-"""Finding accepted requests that no worker holds and no queue keeps, and sending them again (see app.ledger)."""
+"""Finding accepted requests that no worker holds and no queue keeps, and sending them again (see app.broker.ledger)."""
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
-import redis
 from celery import Celery
 
-from app import ledger, logs
+from app import logs
+from app.broker import ledger
+from app.broker.clients import sync_client
+from app.celery_app import settings_of
 
 log = logging.getLogger("maas.beat")
 
 
 def recover(app: Celery) -> dict[str, int]:
-    settings = app.maas_settings  # type: ignore[attr-defined]
-    client = redis.Redis.from_url(settings.redis_url)
+    settings = settings_of(app)
+    client = sync_client(settings.redis_url)
 
-    def resend(task_id: str, body: dict) -> None:
+    def resend(task_id: str, body: dict[str, Any]) -> None:
         app.send_task(
             body["name"],
             args=body["args"],

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.celery_app import model_queue
+from app.broker.layout import model_queue
 from app.signature import encode_tensor
 from bench.fleet import BenchFleet
 from bench.models import add_one

@@ -8,7 +8,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from app.localservers import Proc, Server, start_redis, wait_for
+from harness.servers import Proc, Server, start_redis, wait_for
 
 
 class BenchFleet:

@@ -31,8 +31,9 @@ from pathlib import Path
 import numpy as np
 from celery.result import AsyncResult
 
-from app import aging_index, policies, registry
-from app.celery_app import model_queue
+from app import policies, registry
+from app.broker import aging_index
+from app.broker.layout import model_queue
 from app.db.session import session_scope
 from app.signature import encode_tensor
 from bench.fleet import BenchFleet
@@ -214,9 +215,9 @@ def run(args: argparse.Namespace) -> None:
             with session_scope(fleet.settings.sqlalchemy_url) as session:
                 registry.configure(session, MODEL, policy=policy)
             client.scheduler._facts.clear()
-            promoted_before = int(client._redis.hget(aging_index.PROMOTED, MODEL) or 0)
+            promoted_before = aging_index.promotions(client._redis, MODEL)
             results = replay(fleet, requests)
-            live_promoted = int(client._redis.hget(aging_index.PROMOTED, MODEL) or 0) - promoted_before
+            live_promoted = aging_index.promotions(client._redis, MODEL) - promoted_before
             if simulated is None:  # the FIFO run measures what each request costs the worker
                 simulated, overhead_s = measured_workload(requests, results)
                 span_s = simulated[-1].arrival_s - simulated[0].arrival_s

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import redis
 
-from app.localservers import create_database, start_postgres, start_redis
-from tests.fleet import Fleet
+from harness.fleet import Fleet
+from harness.servers import create_database, start_postgres, start_redis
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ model's priority lists, highest level first, in one Lua call (one round trip for
 per message through the consumer). They run as one runtime call, and each gets its own result, error or
 deadline verdict, stored under its own task id. A message taken this way is in no queue and not in kombu's
 unacknowledged set, so if this worker dies before storing its result, the request ledger finds it and sends it
-again (``app.ledger``): still at least once.
+again (``app.broker.ledger``): still at least once.
 
 Priorities hold: a batch only ever takes the highest waiting requests of its model, and a request of another
 model waits behind at most the one batch in progress.
@@ -13,8 +13,6 @@ model waits behind at most the one batch in progress.
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -22,32 +20,15 @@ from typing import Any
 
 import numpy as np
 import redis
+from celery import Celery
 
-from app import ledger, logs
-from app.errors import DeadlineExceeded, MaasError, NotLoaded
-from app.queues import priority_lists
+from app import logs
+from app.broker import layout, ledger, scripts
+from app.errors import DeadlineExceeded, MaasError, MalformedMessage, NotLoaded
 from app.signature import answer, decode_tensor, rows_of, validate_inputs
 from workers.cache import Loaded
 
 log = logging.getLogger("maas.worker")
-
-#: Pops up to ARGV[1] infer messages from KEYS (the model's lists, highest level first). Stops at the first
-#: message of another task (a job chunk) in a list, so those keep their place and their own path.
-_TAKE = """
-local out, want = {}, tonumber(ARGV[1])
-for _, key in ipairs(KEYS) do
-  while #out < want do
-    local raw = redis.call('LINDEX', key, -1)
-    if not raw then break end
-    local ok, msg = pcall(cjson.decode, raw)
-    if not ok or type(msg['headers']) ~= 'table' or msg['headers']['task'] ~= 'maas.infer' then break end
-    redis.call('RPOP', key)
-    out[#out + 1] = raw
-  end
-  if #out >= want then break end
-end
-return out
-"""
 
 
 @dataclass
@@ -67,15 +48,14 @@ class Member:
 
 
 def decode_message(raw: bytes) -> Member:
-    """A kombu/Celery (protocol 2, JSON) infer message -> Member."""
-    message = json.loads(raw)
-    body = (
-        base64.b64decode(message["body"]) if message["properties"].get("body_encoding") == "base64" else message["body"]
-    )
-    args, kwargs, _embed = json.loads(body)
-    model, version, inputs = args
+    """A kombu/Celery (protocol 2, JSON) infer message -> Member; raise MalformedMessage if it is not one."""
+    envelope = layout.decode(raw)
+    if len(envelope.args) != 3:
+        raise MalformedMessage(f"an infer message has args [model, version, inputs]; got {len(envelope.args)} args")
+    model, version, inputs = envelope.args
+    kwargs = envelope.kwargs
     return Member(
-        message["headers"]["id"],
+        envelope.task_id,
         model,
         version,
         inputs,
@@ -85,11 +65,26 @@ def decode_message(raw: bytes) -> Member:
     )
 
 
+def _judge(raw: bytes) -> Member | None:
+    """A taken message alone: a malformed one with an id gets its own error; one without an id is logged."""
+    try:
+        return decode_message(raw)
+    except MalformedMessage as exc:
+        task_id = layout.task_id_of(raw)
+        if task_id is not None:
+            return Member(task_id, "", None, None, None, error=exc)
+        logs.event(log, "message_dropped", logging.ERROR, reason=exc.message, head=raw[:200].decode(errors="replace"))
+        return None
+
+
 def _resolve_copies(client: redis.Redis, members: list[Member]) -> list[Member]:
     """Drop copies whose request another copy already answered; fill promoted copies from the ledger."""
     kept = []
     for m in members:
-        if m.dedup and ledger.answered(client, m.task_id):
+        if m.error is not None:
+            kept.append(m)
+            continue
+        if m.dedup and m.task_id is not None and ledger.answered(client, m.task_id):
             continue
         if m.ref is not None:
             found = ledger.original(client, m.ref)
@@ -101,10 +96,8 @@ def _resolve_copies(client: redis.Redis, members: list[Member]) -> list[Member]:
 
 
 def take(client: redis.Redis, queue: str, count: int) -> list[Member]:
-    if count <= 0:
-        return []
-    raws = client.eval(_TAKE, 10, *priority_lists(queue), count)
-    return _resolve_copies(client, [decode_message(raw) for raw in raws])
+    judged = [_judge(raw) for raw in scripts.take_batch(client, queue, count)]
+    return _resolve_copies(client, [m for m in judged if m is not None])
 
 
 def gather(client: redis.Redis, queue: str, want: int, delay_s: float) -> list[Member]:
@@ -148,7 +141,8 @@ def execute(members: list[Member], loaded: Loaded, worker: str) -> float:
     """Run every admissible member, as one call when their inputs concatenate; returns the runtime's seconds."""
     now = time.time()
     for m in members:
-        _admit(m, loaded, now)
+        if m.error is None:
+            _admit(m, loaded, now)
     ready = [m for m in members if m.error is None]
     if not ready:
         return 0.0
@@ -174,11 +168,9 @@ def execute(members: list[Member], loaded: Loaded, worker: str) -> float:
     return time.perf_counter() - started
 
 
-def publish(app, members: list[Member], worker: str) -> None:  # noqa: ANN001 - celery app
-    """Store the results of the members taken from the queue under their own task ids."""
+def report_failures(members: list[Member], worker: str) -> None:
+    """One ``request_failed`` log line per member that ended with an error."""
     for m in members:
-        if m.task_id is None:
-            continue
         if m.error is not None:
             logs.event(
                 log,
@@ -191,6 +183,17 @@ def publish(app, members: list[Member], worker: str) -> None:  # noqa: ANN001 - 
                 reason=m.error.message,
                 task_id=m.task_id,
             )
+
+
+def publish(app: Celery, members: list[Member]) -> None:
+    """Store the results of the members taken from the queue under their own task ids.
+
+    The running task's own member (``task_id`` None) is answered by Celery when the task returns or raises.
+    """
+    for m in members:
+        if m.task_id is None:
+            continue
+        if m.error is not None:
             app.backend.mark_as_failure(m.task_id, m.error)
         else:
             app.backend.mark_as_done(m.task_id, m.result)

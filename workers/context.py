@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis
+
+from app.broker.clients import sync_client
 from app.db.devices import DeviceInfo
 from app.settings import Settings
 from workers.cache import ModelCache
@@ -20,15 +23,11 @@ class WorkerContext:
     cache: ModelCache = field(default_factory=ModelCache)
     observations: Observations = field(default_factory=Observations)
     consumer: Any = None  # celery.worker.consumer.Consumer, captured by a bootstep once it starts
-    _redis: Any = None
 
     @property
-    def redis(self):  # noqa: ANN201 - redis.Redis, created on first use (after fork, never before)
-        if self._redis is None:
-            import redis
-
-            self._redis = redis.Redis.from_url(self.settings.redis_url)
-        return self._redis
+    def redis(self) -> redis.Redis:
+        """This process's Redis client (made on first use, so never before a fork)."""
+        return sync_client(self.settings.redis_url)
 
     def subscribe(self, queue: str) -> None:
         # Scheduled on the consumer's event loop, as Celery's own add_consumer control command does: it runs

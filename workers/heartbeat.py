@@ -10,11 +10,11 @@ import logging
 import threading
 
 import psutil
-import redis
 
+from app.broker.clients import sync_client
+from app.broker.demand import push_observations
 from app.db import devices
 from app.db.session import session_scope
-from app.telemetry import push_observations
 from workers import telemetry
 from workers.context import WorkerContext
 
@@ -27,7 +27,7 @@ class Heartbeat(threading.Thread):
     def __init__(self, ctx: WorkerContext) -> None:
         super().__init__(name="maas-heartbeat", daemon=True)
         self.ctx = ctx
-        self._redis = redis.Redis.from_url(ctx.settings.redis_url)
+        self._redis = sync_client(ctx.settings.redis_url)
         self._process = psutil.Process()
         self._stop_event = threading.Event()
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 
-import redis
 from celery import Celery
 from sqlalchemy import select
 
 from app import logs
+from app.broker.clients import sync_client
 from app.db.schema import Job, JobChunk, utcnow
 from app.db.session import session_scope
 from app.errors import MaasError
@@ -16,13 +16,6 @@ from app.jobs import CANCELLED, FAILED, RUNNING, SUCCEEDED, chunk_priority, mode
 from workers.context import current
 
 log = logging.getLogger("maas.worker")
-_REDIS: dict[str, redis.Redis] = {}
-
-
-def _redis(url: str) -> redis.Redis:
-    if url not in _REDIS:
-        _REDIS[url] = redis.Redis.from_url(url)
-    return _REDIS[url]
 
 
 def run_chunk(app: Celery, job_id: str, index: int, infer) -> dict:  # noqa: ANN001 - infer: the infer function
@@ -92,5 +85,5 @@ def _record_and_continue(app: Celery, job_id: str, index: int, outputs, error: s
             reason=error,
         )
     if nxt is not None and status not in (CANCELLED,):
-        send_chunk(app, _redis(ctx.settings.redis_url), job_id, model, nxt, level)
+        send_chunk(app, sync_client(ctx.settings.redis_url), job_id, model, nxt, level)
     return {"job": job_id, "chunk": index, "ok": outputs is not None, "next": nxt, "priority": level}

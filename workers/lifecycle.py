@@ -12,7 +12,7 @@ from typing import Any
 
 from app import logs
 from app.artifacts import LocalArtifactStore
-from app.celery_app import model_queue
+from app.broker.layout import model_queue
 from app.db import replicas
 from app.db.session import session_scope
 from app.errors import MaasError, UnknownReplica

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Callable
 
-from celery import bootsteps, signals
+from celery import Celery, bootsteps, signals
+from celery.worker.consumer import Consumer
 
 from app import logs
-from app.celery_app import CONTROL_PRIORITY, SYSTEM_QUEUE, control_queue, create_app, solo_worker_argv
+from app.broker.layout import SYSTEM_QUEUE, control_queue
+from app.celery_app import create_app, solo_worker_argv
+from app.control import Control
 from app.db import devices, replicas
 from app.db.migrate import ensure_current
 from app.db.session import session_scope
@@ -31,7 +35,7 @@ class _CaptureConsumer(bootsteps.StartStopStep):
 
     requires = {"celery.worker.consumer.tasks:Tasks"}
 
-    def start(self, c) -> None:  # noqa: ANN001 - celery Consumer
+    def start(self, c: Consumer) -> None:
         context.current().consumer = c
 
 
@@ -46,7 +50,13 @@ def _take_over_previous_life(settings: Settings, device_id: int, worker_name: st
     return reload_ids
 
 
-def run(settings: Settings, device_index: int, loglevel: str | None = None) -> None:
+def run(
+    settings: Settings,
+    device_index: int,
+    loglevel: str | None = None,
+    extra_tasks: Callable[[Celery], None] | None = None,
+) -> None:
+    """Start the worker; ``extra_tasks`` registers more tasks (beat's, when this worker consumes the system queue)."""
     logs.configure(loglevel or settings.log_level, settings.log_format)
     found = device_discovery.discover(settings)
     device = device_discovery.pick(found, device_index)
@@ -64,14 +74,17 @@ def run(settings: Settings, device_index: int, loglevel: str | None = None) -> N
     from workers.tasks import register
 
     register(app)
+    if extra_tasks is not None:
+        extra_tasks(app)
     app.steps["consumer"].add(_CaptureConsumer)
     heartbeat = Heartbeat(context.CURRENT)
 
     @signals.worker_ready.connect(weak=False)
-    def _ready(**_kw) -> None:
+    def _ready(**_kw: object) -> None:
         heartbeat.start()
+        control = Control(app)
         for replica_id in reload_ids:
-            app.send_task("maas.load", args=[replica_id], queue=control_queue(worker_name), priority=CONTROL_PRIORITY)
+            control.send_load(replica_id, worker_name)
         logs.event(
             log,
             "worker_ready",
@@ -84,11 +97,11 @@ def run(settings: Settings, device_index: int, loglevel: str | None = None) -> N
         )
 
     @signals.worker_shutdown.connect(weak=False)
-    def _shutdown(**_kw) -> None:
+    def _shutdown(**_kw: object) -> None:
         heartbeat.stop()
         with session_scope(settings.sqlalchemy_url) as session:
             devices.mark(session, worker_name, "offline")
         logs.event(log, "worker_stopped", worker=worker_name)
 
-    queues = [control_queue(worker_name), *([SYSTEM_QUEUE] if settings.worker_system_tasks else [])]
+    queues = [control_queue(worker_name), *([SYSTEM_QUEUE] if extra_tasks is not None else [])]
     app.worker_main(solo_worker_argv(worker_name, queues, loglevel or settings.log_level))

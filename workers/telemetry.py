@@ -7,13 +7,13 @@ from typing import Any
 
 import psutil
 
-from app import telemetry
 from app.db.devices import DeviceInfo
+from app.service_time import device_class as class_of
 from workers import nvml
 
 
 def device_class(device: DeviceInfo) -> str:
-    return telemetry.device_class(device.kind, device.name)
+    return class_of(device.kind, device.name)
 
 
 def sample(device: DeviceInfo, process: psutil.Process) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from app.db.schema import AllocationRun
 from app.db.session import session_scope
 from app.signature import decode_tensor
 from bench.models import add_one
-from tests.fleet import wait_for
+from harness.fleet import wait_for
 from tests.integration.test_end_to_end import register
 
 pytestmark = pytest.mark.integration

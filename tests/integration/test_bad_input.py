@@ -11,12 +11,13 @@ import pytest
 from sqlalchemy import update
 
 from app import errors, registry
-from app.celery_app import model_queue, transport_options
+from app.broker.layout import model_queue
+from app.celery_app import transport_options
 from app.db.schema import ModelVersion
 from app.db.session import session_scope
 from app.signature import decode_tensor
 from bench.models import add_one, reshape_to_2x2
-from tests.fleet import wait_for
+from harness.fleet import wait_for
 from tests.integration.test_end_to_end import register
 
 pytestmark = pytest.mark.integration

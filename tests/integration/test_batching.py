@@ -10,7 +10,7 @@ import pytest
 from celery.result import AsyncResult
 
 from app import errors, registry
-from app.celery_app import model_queue
+from app.broker.layout import model_queue
 from app.db.session import session_scope
 from app.signature import decode_tensor
 from bench.models import wide_mlp

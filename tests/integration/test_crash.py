@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bench.models import add_one, mlp
-from tests.fleet import wait_for
+from harness.fleet import wait_for
 from tests.integration.test_end_to_end import register
 
 pytestmark = pytest.mark.integration

@@ -12,9 +12,9 @@ import urllib.request
 
 import pytest
 
-from app.localservers import free_port
 from bench.models import add_one
-from tests.fleet import wait_for
+from harness.fleet import wait_for
+from harness.servers import free_port
 from tests.integration.test_end_to_end import register
 
 pytestmark = pytest.mark.integration

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import redis
 
+from app.broker.layout import priority_lists
 from app.celery_app import create_app
-from app.queues import priority_lists
 from app.signature import decode_tensor
 from beat.recovery import recover
 from bench.models import add_one

@@ -9,7 +9,7 @@ from alembic.migration import MigrationContext
 from app.db.migrate import current_revision, ensure_current, head_revision, upgrade
 from app.db.schema import Base
 from app.db.session import get_engine
-from app.localservers import create_database
+from harness.servers import create_database
 
 pytestmark = pytest.mark.integration
 

@@ -10,10 +10,10 @@ import redis
 from celery.result import AsyncResult
 
 from app import errors, registry
+from app.broker.queues import depth_by_priority
 from app.db.session import session_scope
-from app.queues import depth_by_priority
 from bench.models import reshape_to_2x2, wide_mlp
-from tests.fleet import wait_for
+from harness.fleet import wait_for
 from tests.integration.test_end_to_end import register
 
 pytestmark = pytest.mark.integration

@@ -1,9 +1,9 @@
 import pytest
 
 from app import errors
-from app.celery_app import PRIORITY_SEP, control_queue, create_app, model_queue
+from app.broker.layout import PRIORITY_SEP, control_queue, model_queue, priority_lists
+from app.celery_app import create_app
 from app.flower import flower_command
-from app.queues import priority_lists
 from app.registry import Ref, parse_ref
 from app.settings import Settings
 

@@ -2,11 +2,11 @@ import numpy as np
 import pytest
 
 from app import policies
+from app.broker.demand import ewma_rate
 from app.errors import InvalidInput
 from app.jobs import chunk_priority, split
 from app.settings import Settings
 from app.signature import decode_tensor
-from app.telemetry import ewma_rate
 from beat.aging import due, work_ahead
 
 

@@ -6,27 +6,26 @@ sweep (run by beat) finds requests that have no result and are neither waiting i
 unacknowledged, twice in a row, and sends them again under the same task id, so the waiting client gets its
 answer. A request can then run twice, which is why requests must be idempotent (infer is).
 
-This module is the one place that knows the ledger's keys, kombu's ``unacked`` hash and Celery's result keys.
+The request ledger's records; the keys are in :mod:`app.broker.keys`, kombu's lists in :mod:`app.broker.layout`.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
-from app.queues import priority_lists
+from app.broker.keys import LEDGER_BODY as BODY
+from app.broker.keys import LEDGER_SINCE as SINCE
+from app.broker.keys import LEDGER_SUSPECT as SUSPECT
+from app.broker.layout import KOMBU_UNACKED, priority_lists, result_key, task_ids_in
 
-SINCE = "maas:ledger:since"  # zset: task id -> accepted at (unix s)
-BODY = "maas:ledger:body"  # hash: task id -> {"name", "queue", "priority", "args"}
-SUSPECT = "maas:ledger:suspect"  # set: ids found nowhere by the previous sweep
-RESULT_PREFIX = "celery-task-meta-"
-KOMBU_UNACKED = "unacked"
-_ID = re.compile(rb'"id": "([^"]+)"')
+#: ``resend(task_id, body)``: sends a recorded request again under its own id.
+Resend = Callable[[str, dict[str, Any]], None]
 
 
 @dataclass(frozen=True)
@@ -44,7 +43,7 @@ def classify(candidates: Iterable[str], answered: set[str], present: set[str], s
     return Verdict(frozenset(done), frozenset(missing & suspects), frozenset(missing - suspects))
 
 
-def record(pipe: redis.client.Pipeline, task_id: str, message: dict) -> None:
+def record(pipe: redis.client.Pipeline, task_id: str, message: dict[str, Any]) -> None:
     """Queue the ledger writes for one published request on ``pipe`` (the caller executes it).
 
     ``message`` holds what a resend needs: name, queue, priority, args, kwargs, headers.
@@ -54,10 +53,10 @@ def record(pipe: redis.client.Pipeline, task_id: str, message: dict) -> None:
 
 def answered(client: redis.Redis, task_id: str) -> bool:
     """Whether a result is stored for ``task_id`` (a request sent as several copies runs only once)."""
-    return bool(client.exists(RESULT_PREFIX + task_id))
+    return bool(client.exists(result_key(task_id)))
 
 
-def original(client: redis.Redis, task_id: str) -> tuple[str, int | None, list, float | None] | None:
+def original(client: redis.Redis, task_id: str) -> tuple[str, int | None, list[Any], float | None] | None:
     """(model, version, inputs, deadline_at) of a recorded request, or None once it was answered and forgotten."""
     body = client.hget(BODY, task_id)
     if body is None:
@@ -72,13 +71,6 @@ def forget(pipe: redis.client.Pipeline, task_id: str) -> None:
     pipe.zrem(SINCE, task_id).hdel(BODY, task_id)
 
 
-def _ids_in(values: Iterable[bytes]) -> set[str]:
-    found: set[str] = set()
-    for value in values:
-        found.update(m.decode() for m in _ID.findall(value))
-    return found
-
-
 def _present(client: redis.Redis, queues: set[str]) -> set[str]:
     """Task ids waiting in these queues or held unacknowledged by some worker."""
     pipe = client.pipeline(transaction=False)
@@ -88,11 +80,11 @@ def _present(client: redis.Redis, queues: set[str]) -> set[str]:
     pipe.hvals(KOMBU_UNACKED)
     found: set[str] = set()
     for values in pipe.execute():
-        found |= _ids_in(values)
+        found |= task_ids_in(values)
     return found
 
 
-def sweep(client: redis.Redis, min_age_s: float, max_age_s: float, resend) -> Verdict:  # noqa: ANN001
+def sweep(client: redis.Redis, min_age_s: float, max_age_s: float, resend: Resend) -> Verdict:
     """One pass: forget answered requests, resend lost ones (``resend(task_id, body)``); returns the verdict.
 
     Entries older than ``max_age_s`` (the result expiry) are dropped unsent: their result may have come and gone.
@@ -107,7 +99,7 @@ def sweep(client: redis.Redis, min_age_s: float, max_age_s: float, resend) -> Ve
         return Verdict(frozenset(), frozenset(), frozenset())
     pipe = client.pipeline(transaction=False)
     for task_id in old:
-        pipe.exists(RESULT_PREFIX + task_id)
+        pipe.exists(result_key(task_id))
     answered = {task_id for task_id, exists in zip(old, pipe.execute(), strict=True) if exists}
     bodies = dict(zip(old, client.hmget(BODY, old), strict=True))
     queues = {json.loads(b)["queue"] for i, b in bodies.items() if b is not None and i not in answered}

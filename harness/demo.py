@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from app.localservers import Proc, start_redis, wait_for
 from app.signature import decode_tensor
 from app.table import mib, render
+from harness.servers import Proc, start_redis, wait_for
 
 REQUESTS_TIMEOUT_S = 120
 

@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from app.localservers import Proc, wait_for
+from harness.servers import Proc, wait_for
 
 __all__ = ["Fleet", "Proc", "wait_for"]
 

@@ -1,4 +1,4 @@
-"""Per-model demand and service-time telemetry in Redis: the one module that knows these keys.
+"""Per-model demand and service-time telemetry in Redis.
 
 Producers count arrivals (``HINCRBY``, in the same round trip as the ledger record); workers push observed
 service times in batches from their heartbeat thread; the allocator turns counts into an arrival-rate EWMA.
@@ -14,21 +14,11 @@ from collections.abc import Iterable
 
 import redis
 
+from app.broker.keys import ARRIVALS, RATES, service_samples
 from app.service_time import ServiceTimeEstimator
 
-ARRIVALS = "maas:arrivals"  # hash: model -> requests accepted since the beginning
-RATES = "maas:rates"  # hash: model -> {"rate_per_s", "count", "at"}
-_SERVICE = "maas:service:{model}:{kind}"  # list of "size service_s", newest last
+#: Observed service times kept per (model, device class): the newest this many.
 SERVICE_SAMPLES = 500
-
-
-def device_class(kind: str, name: str) -> str:
-    """Service times are learned per class of device: the GPU model, or 'virtual' for every virtual device."""
-    return name if kind == "gpu" else "virtual"
-
-
-def service_key(model: str, device_class: str) -> str:
-    return _SERVICE.format(model=model, kind=device_class)
 
 
 def push_observations(client: redis.Redis, observations: Iterable[tuple[str, str, float, float]]) -> None:
@@ -36,7 +26,7 @@ def push_observations(client: redis.Redis, observations: Iterable[tuple[str, str
     pipe = client.pipeline(transaction=False)
     keys = set()
     for model, device_class, size, service_s in observations:
-        key = service_key(model, device_class)
+        key = service_samples(model, device_class)
         pipe.rpush(key, f"{size:g} {service_s:.6f}")
         keys.add(key)
     for key in keys:
@@ -52,7 +42,7 @@ def estimator(
     for device_class in device_classes:
         key = (model, device_class)
         est.declare(key, declared_s)
-        for raw in client.lrange(service_key(model, device_class), 0, -1):
+        for raw in client.lrange(service_samples(model, device_class), 0, -1):
             size, service_s = raw.decode().split()
             est.observe(key, float(size), float(service_s))
     return est

@@ -1,15 +1,10 @@
-"""Reading queue depths straight from Redis (the one place that knows kombu's priority-list naming)."""
+"""Reading queue depths straight from kombu's priority lists."""
 
 from __future__ import annotations
 
 import redis
 
-from app.celery_app import PRIORITY_LEVELS, PRIORITY_SEP
-
-
-def priority_lists(queue: str) -> list[str]:
-    # kombu stores level 0 under the bare name and level p under "<queue><sep><p>".
-    return [queue if p == 0 else f"{queue}{PRIORITY_SEP}{p}" for p in PRIORITY_LEVELS]
+from app.broker.layout import priority_lists
 
 
 def depth_by_priority(client: redis.Redis, queue: str) -> list[int]:

@@ -19,9 +19,11 @@ import socket
 from celery import signals
 
 from app import logs
-from app.celery_app import SYSTEM_QUEUE, create_app, solo_worker_argv
+from app.broker.layout import SYSTEM_QUEUE
+from app.celery_app import create_app, solo_worker_argv
 from app.db.migrate import ensure_current
 from app.settings import Settings
+from beat.tasks import register
 
 log = logging.getLogger("maas.controller")
 
@@ -31,12 +33,10 @@ def run(settings: Settings, loglevel: str | None = None) -> None:
     ensure_current(settings.sqlalchemy_url)
     name = settings.worker_name or f"controller@{socket.gethostname()}"
     app = create_app(settings)
-    from workers.tasks import register_system
-
-    register_system(app)
+    register(app)
 
     @signals.worker_ready.connect(weak=False)
-    def _ready(**_kw) -> None:
+    def _ready(**_kw: object) -> None:
         logs.event(log, "controller_ready", worker=name, queue=SYSTEM_QUEUE)
 
     app.worker_main(solo_worker_argv(name, [SYSTEM_QUEUE], loglevel or settings.log_level))

@@ -1,0 +1,39 @@
+"""Every key the fleet itself writes in Redis (kombu's and Celery's are in :mod:`app.broker.layout`).
+
+Kept in one place so that an operator (or a migration) can see the whole footprint, and so that no two modules
+can disagree on a name. Each entry says the Redis type and what it maps.
+"""
+
+from __future__ import annotations
+
+#: zset: task id -> accepted at (unix s). Every accepted request until its result exists.
+LEDGER_SINCE = "maas:ledger:since"
+#: hash: task id -> {"name", "queue", "priority", "args", "kwargs", "headers"}: what a resend needs.
+LEDGER_BODY = "maas:ledger:body"
+#: set: ids the previous ledger sweep found nowhere.
+LEDGER_SUSPECT = "maas:ledger:suspect"
+
+#: hash: task id -> {"c": class, "e": estimate s, "b": backlog s, "l": current level, "w": work-ahead set}.
+AGING_FACTS = "maas:aging:facts"
+#: hash: model -> promoted copies sent so far (a counter).
+AGING_PROMOTED = "maas:aging:promoted"
+_AGING_INDEX = "maas:aging:{model}"  # zset: task id -> submitted at (unix s), per aging model
+
+#: hash: model -> requests accepted since the beginning.
+ARRIVALS = "maas:arrivals"
+#: hash: model -> {"rate_per_s", "count", "at", "last_arrival_at"}: the arrival-rate EWMA.
+RATES = "maas:rates"
+_SERVICE = "maas:service:{model}:{device_class}"  # list of "size service_s", newest last
+
+#: string with a TTL: set by the first producer that asks for an allocation run (scale from zero).
+ALLOCATION_TRIGGER = "maas:trigger:allocate"
+#: string with a TTL: held by the allocation run in progress, so two runs never overlap.
+ALLOCATION_LOCK = "maas:lock:allocation"
+
+
+def aging_index(model: str) -> str:
+    return _AGING_INDEX.format(model=model)
+
+
+def service_samples(model: str, device_class: str) -> str:
+    return _SERVICE.format(model=model, device_class=device_class)

@@ -1,0 +1,121 @@
+"""The fleet's Lua scripts: read from ``lua/*.lua``, registered once per client, called by name.
+
+``register_script`` makes redis-py call a script by its SHA (EVALSHA) and send its text only when the server
+does not know it yet (after a restart or a ``SCRIPT FLUSH``), so a hot loop never ships the script again. The
+registration is kept per client object (weakly, so a dropped client takes its scripts with it); each client
+flavour, synchronous or asyncio, has its own.
+
+Each script's header documents its KEYS and ARGV; the functions here are their only callers and build both from
+:mod:`app.broker.layout` and :mod:`app.broker.keys`, so the number of priority levels comes from one constant.
+"""
+
+from __future__ import annotations
+
+import json
+import weakref
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import redis
+import redis.asyncio
+from redis.commands.core import AsyncScript, Script
+
+from app.broker import keys
+from app.broker.layout import PRIORITY_LEVELS, priority_lists
+from app.errors import QueueFull
+
+
+@cache
+def source(name: str) -> str:
+    """The text of ``lua/<name>.lua``."""
+    return resources.files("app.broker").joinpath("lua", f"{name}.lua").read_text()
+
+
+_sync_scripts: weakref.WeakKeyDictionary[redis.Redis, dict[str, Script]] = weakref.WeakKeyDictionary()
+_async_scripts: weakref.WeakKeyDictionary[redis.asyncio.Redis, dict[str, AsyncScript]] = weakref.WeakKeyDictionary()
+
+
+def script(client: redis.Redis, name: str) -> Script:
+    registered = _sync_scripts.setdefault(client, {})
+    if name not in registered:
+        registered[name] = client.register_script(source(name))
+    return registered[name]
+
+
+def async_script(client: redis.asyncio.Redis, name: str) -> AsyncScript:
+    registered = _async_scripts.setdefault(client, {})
+    if name not in registered:
+        registered[name] = client.register_script(source(name))
+    return registered[name]
+
+
+# --- admit.lua ------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Admission:
+    """What admitting one request writes: its ledger body, and its aging facts when its model is under aging."""
+
+    queue: str
+    model: str
+    task_id: str
+    now: float
+    ledger_body: dict[str, Any]
+    limit: int
+    aging_facts: dict[str, Any] | None = None
+
+    def keys(self) -> list[str]:
+        return [
+            *priority_lists(self.queue),
+            keys.LEDGER_SINCE,
+            keys.LEDGER_BODY,
+            keys.ARRIVALS,
+            keys.aging_index(self.model),
+            keys.AGING_FACTS,
+        ]
+
+    def args(self) -> list[Any]:
+        facts = json.dumps(self.aging_facts) if self.aging_facts else ""
+        return [
+            len(PRIORITY_LEVELS),
+            self.limit,
+            self.task_id,
+            self.now,
+            json.dumps(self.ledger_body),
+            self.model,
+            facts,
+        ]
+
+    def outcome(self, reply: Any) -> int:
+        waiting = int(reply)
+        if waiting < 0:
+            raise QueueFull(f"model {self.model!r} has {-1 - waiting} requests waiting, at its limit of {self.limit}")
+        return waiting
+
+
+def admit(client: redis.Redis, admission: Admission) -> int:
+    """Record the request if its queue has room; return the backlog it joins, or raise QueueFull."""
+    return admission.outcome(script(client, "admit")(keys=admission.keys(), args=admission.args()))
+
+
+async def admit_async(client: redis.asyncio.Redis, admission: Admission) -> int:
+    """:func:`admit` for asyncio code (the HTTP gateway): the same script, the same records."""
+    reply = await async_script(client, "admit")(keys=admission.keys(), args=admission.args())
+    return admission.outcome(reply)
+
+
+def withdraw(client: redis.Redis, model: str, task_id: str) -> None:
+    """Take back what :func:`admit` recorded, for a request whose publish failed."""
+    pipe = client.pipeline(transaction=False)
+    pipe.zrem(keys.LEDGER_SINCE, task_id).hdel(keys.LEDGER_BODY, task_id)
+    pipe.zrem(keys.aging_index(model), task_id).hdel(keys.AGING_FACTS, task_id)
+    pipe.hincrby(keys.ARRIVALS, model, -1)
+    pipe.execute()
+
+
+# --- take_batch.lua -------------------------------------------------------------------------------------------------
+def take_batch(client: redis.Redis, queue: str, count: int) -> list[bytes]:
+    """Pop up to ``count`` waiting infer messages of ``queue``, highest level first (see take_batch.lua)."""
+    if count <= 0:
+        return []
+    return list(script(client, "take_batch")(keys=priority_lists(queue), args=[count]))

@@ -1,0 +1,129 @@
+"""The Lua scripts against a real Redis: admission and batch taking, edge cases included."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+import redis
+
+from app.broker import clients, keys, scripts
+from app.broker.layout import PRIORITY_LEVELS, model_queue, priority_lists
+from app.errors import QueueFull
+
+pytestmark = pytest.mark.integration
+QUEUE = model_queue("iris")
+
+
+@pytest.fixture
+def r(redis_url: str) -> redis.Redis:
+    client = clients.sync_client(redis_url)
+    client.flushall()
+    return client
+
+
+def _admission(task_id: str, limit: int = 3, aging: dict | None = None) -> scripts.Admission:
+    body = {"name": "maas.infer", "queue": QUEUE, "priority": 4, "args": ["iris", None, []]}
+    return scripts.Admission(QUEUE, "iris", task_id, 1000.0, body, limit, aging)
+
+
+def _infer_message(task_id: str, task: str = "maas.infer") -> bytes:
+    body = json.dumps([["iris", None, []], {}, {}])
+    return json.dumps({"body": body, "headers": {"task": task, "id": task_id}, "properties": {}}).encode()
+
+
+def test_admit_records_the_request_and_returns_the_backlog(r: redis.Redis) -> None:
+    r.lpush(priority_lists(QUEUE)[3], b"x")
+    r.lpush(priority_lists(QUEUE)[9], b"y")
+    assert scripts.admit(r, _admission("t1")) == 2
+    assert r.zscore(keys.LEDGER_SINCE, "t1") == 1000.0
+    assert json.loads(r.hget(keys.LEDGER_BODY, "t1"))["queue"] == QUEUE
+    assert r.hget(keys.ARRIVALS, "iris") == b"1"
+    assert not r.exists(keys.aging_index("iris"))  # not under aging: no index entry
+
+
+def test_admit_writes_the_aging_index_for_aging_models(r: redis.Redis) -> None:
+    scripts.admit(r, _admission("t1", aging={"c": "interactive", "e": 0.1, "b": 0.0, "l": 4}))
+    assert r.zscore(keys.aging_index("iris"), "t1") == 1000.0
+    assert json.loads(r.hget(keys.AGING_FACTS, "t1"))["l"] == 4
+
+
+def test_a_full_queue_refuses_and_writes_nothing(r: redis.Redis) -> None:
+    for level in (0, 5, 9):  # the count spans every level, the last included
+        r.lpush(priority_lists(QUEUE)[level], b"waiting")
+    with pytest.raises(QueueFull, match="3 requests waiting, at its limit of 3"):
+        scripts.admit(r, _admission("refused", limit=3))
+    assert r.zscore(keys.LEDGER_SINCE, "refused") is None
+    assert r.hget(keys.LEDGER_BODY, "refused") is None
+    assert r.hget(keys.ARRIVALS, "iris") is None
+
+
+def test_the_script_is_sent_once_then_called_by_sha(r: redis.Redis) -> None:
+    scripts.admit(r, _admission("t1", limit=100))
+    sha = scripts.script(r, "admit").sha
+    assert r.script_exists(sha) == [True]
+    r.script_flush()  # as after a Redis restart: redis-py sends the text again on NOSCRIPT
+    assert scripts.admit(r, _admission("t2", limit=100)) == 0
+    assert r.script_exists(sha) == [True]
+
+
+def test_withdraw_takes_back_what_admit_wrote(r: redis.Redis) -> None:
+    scripts.admit(r, _admission("t1", aging={"c": "batch", "e": 1.0, "b": 0.0, "l": 6}))
+    scripts.withdraw(r, "iris", "t1")
+    assert r.zscore(keys.LEDGER_SINCE, "t1") is None
+    assert r.hget(keys.AGING_FACTS, "t1") is None
+    assert r.hget(keys.ARRIVALS, "iris") == b"0"
+
+
+def test_async_admit_runs_the_same_script(redis_url: str, r: redis.Redis) -> None:
+    async def go() -> int:
+        client = clients.async_client(redis_url)
+        try:
+            return await scripts.admit_async(client, _admission("a1"))
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(go()) == 0
+    assert r.zscore(keys.LEDGER_SINCE, "a1") == 1000.0
+
+
+def test_take_batch_takes_oldest_first_highest_level_first(r: redis.Redis) -> None:
+    lists = priority_lists(QUEUE)
+    for task_id in ("low-1", "low-2"):
+        r.lpush(lists[7], _infer_message(task_id))  # kombu LPUSHes: the oldest sits at the tail
+    r.lpush(lists[2], _infer_message("high-1"))
+    taken = [json.loads(raw)["headers"]["id"] for raw in scripts.take_batch(r, QUEUE, 10)]
+    assert taken == ["high-1", "low-1", "low-2"]
+    assert sum(r.llen(key) for key in lists) == 0
+
+
+def test_take_batch_stops_at_its_count(r: redis.Redis) -> None:
+    for i in range(5):
+        r.lpush(priority_lists(QUEUE)[0], _infer_message(f"t{i}"))
+    assert len(scripts.take_batch(r, QUEUE, 2)) == 2
+    assert r.llen(priority_lists(QUEUE)[0]) == 3
+    assert scripts.take_batch(r, QUEUE, 0) == []
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        _infer_message("chunk-1", task="maas.chunk"),  # another task keeps its place and its own path
+        b'{"body": "protocol 1", "properties": {}}',  # no headers: a message of another protocol
+        b"\x80\x04 not json at all",  # unreadable
+        b"[1, 2, 3]",  # JSON, but not a message
+    ],
+)
+def test_take_batch_leaves_a_foreign_message_at_the_head_and_looks_at_later_levels(
+    r: redis.Redis, head: bytes
+) -> None:
+    lists = priority_lists(QUEUE)
+    r.lpush(lists[1], _infer_message("behind"))  # older than the head: never taken past it
+    r.lpush(lists[1], b"newer-junk")
+    r.rpush(lists[1], head)  # the head: at the popping end
+    r.lpush(lists[len(PRIORITY_LEVELS) - 1], _infer_message("lowest"))
+    taken = [json.loads(raw)["headers"]["id"] for raw in scripts.take_batch(r, QUEUE, 10)]
+    assert taken == ["lowest"]
+    assert r.lindex(lists[1], -1) == head
+    assert r.llen(lists[1]) == 3
