@@ -1,7 +1,8 @@
 """The Celery application shared by producers, workers, beat and Flower.
 
 Everything that must agree between them (serialiser, priority steps, separator, visibility timeout) is set here,
-once, from :class:`~app.settings.Settings`. See CELERY_NOTES.md for why each option is what it is.
+once, from :class:`~app.settings.Settings`. Why each option is what it is: docs/architecture.md, section 12
+("Celery, kombu and Redis facts the code relies on"), which gives the public source of each.
 """
 
 from __future__ import annotations

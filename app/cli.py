@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from app.errors import ConfigError, MaasError
-from app.settings import FIELDS, Settings, parse_size_bytes
+from app.settings import Settings, parse_size_bytes
 from app.table import gib, mib, render
 
 
@@ -476,10 +476,58 @@ def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
-    for var, help_text in FIELDS:
-        print(f"{var:28} {help_text}")
-    return 0
+def _config_where(variables: list[Any], settings: Settings) -> dict[str, str]:
+    """Where this environment puts the fleet's state (the database URL with its password masked)."""
+    database = next(v.current for v in variables if v.name == "DATABASE_URL") or settings.sqlalchemy_url
+    return {
+        "database": database,
+        "artifact store": str(settings.artifact_dir),
+        "beat schedule": str(settings.home / "beat-schedule"),
+    }
+
+
+def _config_table(variables: list[Any]) -> str:
+    lines = render(
+        ["", "VARIABLE", "DEFAULT", "CURRENT"],
+        [
+            [
+                "!" if v.error else "*" if v.differs else "",
+                v.name,
+                v.default or "(empty)",
+                (v.current or "(empty)") + (f"  INVALID: {v.error}" if v.error else ""),
+            ]
+            for v in variables
+        ],
+    ).splitlines()
+    # Each meaning on its own line under its variable keeps the table narrow enough for a terminal.
+    rows = [f"{row}\n     {v.help}" for row, v in zip(lines[2:], variables, strict=True)]
+    legend = "* differs from the default   ! invalid: every maas process refuses to start with it"
+    return "\n".join([*lines[:2], *rows, "", legend])
+
+
+def cmd_config(args: argparse.Namespace, settings: Settings | None) -> int:
+    """Every variable's default beside its value here; exit 2 if the fleet would refuse this environment."""
+    from app.settings import describe
+
+    variables = describe()
+    problem, where = "", {}
+    try:
+        where = _config_where(variables, Settings.from_env())
+    except ConfigError as exc:
+        problem = str(exc)
+    shown = [v for v in variables if v.differs] if args.changed else variables
+    if args.json:
+        keys = ("name", "default", "current", "is_set", "differs", "error", "help")
+        rows = [{key: getattr(v, key) for key in keys} for v in shown]
+        print(json.dumps({"variables": rows, "where": where, "error": problem}, indent=2))
+    else:
+        print(_config_table(shown))
+        print(f"\nconfiguration error: {problem}" if problem else "\nWhere state goes:")
+        for what, value in where.items():
+            print(f"  {what:15} {value}")
+        if where:
+            print("Workers load artifacts from the paths recorded at registration: share MAAS_HOME between hosts.")
+    return 2 if problem else 0
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
@@ -495,7 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="maas",
         description="Model-as-a-service fleet manager: register models, load them onto GPU-pinned Celery workers, "
         "send prioritised inference requests through Redis, and watch the fleet. Configuration comes from the "
-        "environment: run `maas config` for the list.",
+        "environment: run `maas config` for every variable with its default and its value here.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -649,8 +697,19 @@ def build_parser() -> argparse.ArgumentParser:
     up = dsub.add_parser("upgrade", help="apply migrations up to the latest")
     up.set_defaults(func=cmd_db_upgrade)
 
-    config = sub.add_parser("config", help="list the environment variables the fleet reads")
-    config.set_defaults(func=cmd_config)
+    config_help = "show every environment variable the fleet reads: its default, its value here, its meaning"
+    config = sub.add_parser(
+        "config",
+        help=config_help,
+        description=f"{config_help[0].upper()}{config_help[1:]}. A '*' marks a value that differs from the "
+        "default, a '!' one that every maas process would refuse (exit status 2). Below the table: where the "
+        "database, the artifact store and beat's schedule are, from MAAS_HOME and DATABASE_URL. Passwords in "
+        "URLs and in MAAS_FLOWER_BASIC_AUTH are shown as ***.",
+    )
+    config.add_argument("--changed", action="store_true", help="only the variables that differ from their default")
+    config.add_argument("--json", action="store_true", help="machine-readable output")
+    # It reports invalid values itself instead of stopping at the first one.
+    config.set_defaults(func=cmd_config, needs_settings=False)
 
     demo = sub.add_parser("demo", help="run the end-to-end demo (what `make demo` runs)")
     demo.set_defaults(func=cmd_demo)
@@ -660,7 +719,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        settings = Settings.from_env()
+        settings = Settings.from_env() if getattr(args, "needs_settings", True) else None
         return args.func(args, settings)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)

@@ -3,16 +3,19 @@
 Every option is an environment variable (listed in ``FIELDS``); an invalid value fails at start with a
 :class:`~app.errors.ConfigError` naming the variable. Nothing else in the project reads ``os.environ`` for
 configuration, so this module is the whole list of knobs (docker-compose.yml is checked against it).
+:func:`describe` is what ``maas config`` prints: each variable's default beside the value it has here.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from app.errors import ConfigError
 from app.policies import PolicyParams
@@ -33,6 +36,14 @@ def parse_size_bytes(text: str) -> int:
     return int(number * scale)
 
 
+def format_size_bytes(n_bytes: int) -> str:
+    """The shortest exact spelling of ``n_bytes`` that :func:`parse_size_bytes` reads back (``4GiB``, ``1500``)."""
+    for unit, scale in (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if n_bytes and n_bytes % scale == 0:
+            return f"{n_bytes // scale}{unit}"
+    return str(n_bytes)
+
+
 def parse_virtual_devices(text: str) -> tuple[int, ...]:
     """Parse a virtual device declaration into one memory budget per device.
 
@@ -45,6 +56,15 @@ def parse_virtual_devices(text: str) -> tuple[int, ...]:
             raise ValueError(f"bad device count in {part!r} (use e.g. 2x8GiB)")
         budgets.extend([parse_size_bytes(size)] * int(count))
     return tuple(budgets)
+
+
+def format_virtual_devices(budgets: Iterable[int]) -> str:
+    """The inverse of :func:`parse_virtual_devices`: runs of equal budgets written ``NxSIZE``."""
+    parts = []
+    for size, run in itertools.groupby(budgets):
+        count = len(list(run))
+        parts.append(f"{count}x{format_size_bytes(size)}" if count > 1 else format_size_bytes(size))
+    return ",".join(parts)
 
 
 def _positive_float(text: str) -> float:
@@ -96,21 +116,73 @@ def _basic_auth(text: str) -> str:
     return text
 
 
-def _env(var: str, parse: Callable[[str], Any], default: Any, help: str) -> Any:
-    return field(default=default, metadata={"env": var, "parse": parse, "help": help})
+def _show(value: Any) -> str:
+    """A parsed value written back the way the variable would be set."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}" if float(f"{value:g}") == value else repr(value)
+    if isinstance(value, tuple):
+        return ",".join(_show(v) for v in value)
+    return str(value)
 
 
-def _default_home() -> Path:
-    return Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "maas"
+def _plain(text: str) -> str:
+    return text
+
+
+def _mask_url(text: str) -> str:
+    """The URL with its password replaced by ``***``: ``maas config`` output ends up in tickets and chat."""
+    parts = urlsplit(text)
+    if parts.password is None:
+        return text
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
+def _mask_basic_auth(text: str) -> str:
+    return ",".join(f"{pair.partition(':')[0]}:***" for pair in filter(None, text.split(",")))
+
+
+def _env(
+    var: str,
+    parse: Callable[[str], Any],
+    default: Any,
+    help: str,
+    *,
+    show: Callable[[Any], str] = _show,
+    mask: Callable[[str], str] = _plain,
+) -> Any:
+    """A setting read from ``var``; ``show`` writes a value back as text, ``mask`` hides secrets in that text."""
+    return field(default=default, metadata={"env": var, "parse": parse, "help": help, "show": show, "mask": mask})
+
+
+def _default_home(environ: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if environ is None else environ
+    return Path(env.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "maas"
+
+
+def _is_set(name: str, raw: str | None) -> bool:
+    # An empty value means "use the default", except for the virtual devices, where "" declares none.
+    return raw is not None and (raw != "" or name == "virtual_devices")
 
 
 @dataclass(frozen=True)
 class Settings:
     """The whole configuration of a fleet component; build it with :meth:`from_env`."""
 
-    redis_url: str = _env("REDIS_URL", str, "redis://localhost:6379/0", "Broker and result backend")
-    database_url: str = _env("DATABASE_URL", str, "", "SQLAlchemy URL; empty means SQLite under MAAS_HOME")
-    home: Path = _env("MAAS_HOME", Path, None, "State directory: SQLite file, artifact store, beat schedule")
+    redis_url: str = _env("REDIS_URL", str, "redis://localhost:6379/0", "Broker and result backend", mask=_mask_url)
+    database_url: str = _env(
+        "DATABASE_URL", str, "", "SQLAlchemy URL; empty means SQLite under MAAS_HOME", mask=_mask_url
+    )
+    home: Path = _env(
+        "MAAS_HOME",
+        Path,
+        None,
+        "State directory: artifact store, beat schedule, SQLite file; default $XDG_STATE_HOME/maas",
+    )
     device_mode: str = _env(
         "MAAS_DEVICE_MODE",
         _choice("auto", "nvml", "virtual"),
@@ -122,6 +194,7 @@ class Settings:
         parse_virtual_devices,
         (8 * 1024**3,) * 2,
         "Virtual devices when there is no GPU, e.g. 2x8GiB or 8GiB,16GiB",
+        show=format_virtual_devices,
     )
     default_priority: int = _env("MAAS_DEFAULT_PRIORITY", _priority, 5, "Priority of a request that names none")
     visibility_timeout_s: float = _env(
@@ -139,7 +212,11 @@ class Settings:
     )
     reap_period_s: float = _env("MAAS_REAP_PERIOD_S", _positive_float, 10.0, "Beat: how often lost workers are reaped")
     max_artifact_bytes: int = _env(
-        "MAAS_MAX_ARTIFACT_BYTES", parse_size_bytes, 4 * 1024**3, "Largest artifact accepted, e.g. 4GiB"
+        "MAAS_MAX_ARTIFACT_BYTES",
+        parse_size_bytes,
+        4 * 1024**3,
+        "Largest artifact accepted, e.g. 4GiB",
+        show=format_size_bytes,
     )
     worker_name: str = _env("MAAS_WORKER_NAME", str, "", "Worker node name; default gpu<N>@<host>")
     worker_system_tasks: bool = _env(
@@ -187,7 +264,11 @@ class Settings:
     log_level: str = _env("MAAS_LOG_LEVEL", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "INFO", "Log level")
     log_format: str = _env("MAAS_LOG_FORMAT", _choice("json", "text"), "json", "json lines or plain text")
     flower_basic_auth: str = _env(
-        "MAAS_FLOWER_BASIC_AUTH", _basic_auth, "", "user:password for Flower; required unless --local"
+        "MAAS_FLOWER_BASIC_AUTH",
+        _basic_auth,
+        "",
+        "user:password for Flower; required unless --local",
+        mask=_mask_basic_auth,
     )
     flower_port: int = _env("MAAS_FLOWER_PORT", int, 5555, "Flower's port")
 
@@ -199,7 +280,7 @@ class Settings:
         for f in fields(cls):
             var, parse = f.metadata["env"], f.metadata["parse"]
             raw = env.get(var)
-            if raw is None or raw == "" and f.name not in ("virtual_devices",):
+            if not _is_set(f.name, raw):
                 continue
             try:
                 values[f.name] = parse(raw)
@@ -209,7 +290,7 @@ class Settings:
         if settings.max_queue < 1:
             raise ConfigError(f"MAAS_MAX_QUEUE={settings.max_queue} is invalid: must be at least 1")
         if settings.home is None:
-            object.__setattr__(settings, "home", _default_home())
+            object.__setattr__(settings, "home", _default_home(env))
         settings.validate()
         return settings
 
@@ -244,3 +325,41 @@ class Settings:
 
 #: (variable, help) for every setting, for ``maas config`` and the compose check.
 FIELDS: tuple[tuple[str, str], ...] = tuple((f.metadata["env"], f.metadata["help"]) for f in fields(Settings))
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One environment variable as ``maas config`` shows it; secrets in URLs and passwords read ``***``."""
+
+    name: str
+    default: str  # what the fleet uses when the variable is unset, written as the variable would be
+    current: str  # what this environment makes it: the parsed value written back, or the raw text if invalid
+    is_set: bool  # set here (an empty value counts as unset, except for MAAS_VIRTUAL_DEVICES)
+    help: str
+    error: str = ""  # why the value set here is refused; the fleet will not start with it
+
+    @property
+    def differs(self) -> bool:
+        """Whether this environment changes the default (or breaks it)."""
+        return bool(self.error) or self.current != self.default
+
+
+def describe(environ: Mapping[str, str] | None = None) -> list[Variable]:
+    """Every variable in ``FIELDS`` with its default and its value in ``environ``; never raises for a bad value.
+
+    Checks that involve several variables are :meth:`Settings.validate`'s; call :meth:`Settings.from_env` for them.
+    """
+    env = os.environ if environ is None else environ
+    found = []
+    for f in fields(Settings):
+        var, parse, show, mask = (f.metadata[k] for k in ("env", "parse", "show", "mask"))
+        default = mask(show(_default_home(env) if f.name == "home" else f.default))
+        raw = env.get(var)
+        current, error = default, ""
+        if _is_set(f.name, raw):
+            try:
+                current = mask(show(parse(raw)))
+            except (ValueError, TypeError) as exc:
+                current, error = mask(raw), str(exc)
+        found.append(Variable(var, default, current, _is_set(f.name, raw), f.metadata["help"], error))
+    return found
