@@ -462,6 +462,12 @@ def cmd_beat(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from gateway.server import run
+
+    return run(settings, host=args.host, port=args.port)
+
+
 def cmd_flower(args: argparse.Namespace, settings: Settings) -> int:
     from app.flower import run
 
@@ -686,6 +692,15 @@ def build_parser() -> argparse.ArgumentParser:
     beat.add_argument("--loglevel", help="override MAAS_LOG_LEVEL")
     beat.set_defaults(func=cmd_beat)
 
+    serve = sub.add_parser(
+        "serve",
+        help="run the HTTP gateway: Open Inference Protocol (KServe v2 / Triton) API, /metrics, the /ui fleet page",
+        description="The fleet's HTTP front door. Binds 127.0.0.1 unless told otherwise; any other address needs "
+        "MAAS_API_KEYS (clients send Authorization: Bearer KEY). Stateless: run several behind a load balancer.",
+    )
+    serve.add_argument("--host", help="bind address (default MAAS_GATEWAY_HOST, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default MAAS_GATEWAY_PORT, 8000)")
+    serve.set_defaults(func=cmd_serve)
     flower = sub.add_parser("flower", help="run the Flower web UI against the fleet's broker")
     flower.add_argument("--local", action="store_true", help="no authentication; binds to 127.0.0.1 only")
     flower.add_argument("--port", type=int, help="default MAAS_FLOWER_PORT (5555)")

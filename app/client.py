@@ -13,14 +13,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import redis
 from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult
 from sqlalchemy import select
 
 from app import registry
+from app.admission import InferOrder, infer_order
 from app.broker import clients, scripts
-from app.broker.layout import model_queue
 from app.celery_app import create_app
 from app.control import Control, StopOrder, device_views
 from app.db import devices as device_rows
@@ -31,7 +32,6 @@ from app.errors import InvalidInput, InvalidPriority, MaasError, RequestTimeout,
 from app.jobs import Jobs, split
 from app.lifecycle import TERMINAL
 from app.placement import DeviceView
-from app.policies import Policy
 from app.scheduling import Scheduler
 from app.settings import Settings
 from app.signature import (
@@ -92,11 +92,12 @@ class Handle:
 
 
 @dataclass(frozen=True)
-class _Resolved:
+class Resolved:
     model: str
     version: int
     send_version: int | None  # None: serve with whichever version the replicas hold
     inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
     expires_at: float
 
 
@@ -104,11 +105,16 @@ class Client:
     def __init__(self, settings: Settings | None = None, app: Celery | None = None) -> None:
         self.settings = settings or Settings.from_env()
         self.app = app or create_app(self.settings)
-        self._refs: dict[str, _Resolved] = {}
+        self._refs: dict[str, Resolved] = {}
         self._redis = clients.sync_client(self.settings.redis_url)
         self.control = Control(self.app)
         self.scheduler = Scheduler(self.settings, self._redis, trigger=self.control.request_allocation)
         self.jobs = Jobs(self.settings, self.app, self._redis)
+
+    @property
+    def redis(self) -> redis.Redis:
+        """This client's Redis connection pool (the process's one for its URL)."""
+        return self._redis
 
     @property
     def _url(self) -> str:
@@ -137,23 +143,35 @@ class Client:
             else [dict(t) for t in inputs]
         )
         validate_inputs(resolved.inputs, tensors)
-        return self._submit(resolved, tensors, priority, request_class, deadline_s, timeout_s)
+        return self._send(self._order(resolved, tensors, priority, request_class, deadline_s), timeout_s)
 
-    def _submit(
+    def prepare(
         self,
-        resolved: _Resolved,
+        ref: str,
+        tensors: list[dict[str, Any]],
+        *,
+        priority: int | None = None,
+        request_class: str = "interactive",
+        deadline_s: float | None = None,
+    ) -> InferOrder:
+        """Resolve, check and schedule one request without sending it (what every front door sends)."""
+        resolved = self._resolve(ref)
+        validate_inputs(resolved.inputs, tensors)
+        return self._order(resolved, tensors, priority, request_class, deadline_s)
+
+    def _order(
+        self,
+        resolved: Resolved,
         tensors: list[dict[str, Any]],
         priority: int | None,
         request_class: str,
         deadline_s: float | None,
-        timeout_s: float | None,
         remaining_s: float | None = None,
-    ) -> Handle:
+    ) -> InferOrder:
         if request_class not in REQUEST_CLASSES:
             raise UnknownPolicy(f"request class {request_class!r} is not one of {', '.join(REQUEST_CLASSES)}")
         if deadline_s is not None and not deadline_s > 0:
             raise InvalidInput(f"deadline_s={deadline_s!r} must be a positive number of seconds")
-        queue = model_queue(resolved.model)
         decision = self.scheduler.decide(
             resolved.model,
             request_class=request_class,
@@ -161,42 +179,39 @@ class Client:
             priority=None if priority is None else self._priority(priority),
             remaining_s=remaining_s,
         )
-        now, task_id = time.time(), str(uuid.uuid4())
-        message: dict[str, Any] = {
-            "name": "maas.infer",
-            "queue": queue,
-            "priority": decision.priority,
-            "args": [resolved.model, resolved.send_version, tensors],
-            "kwargs": {"deadline_at": now + deadline_s} if deadline_s else {},
-            "headers": {"maas_submitted_at": now, "maas_class": request_class},
-        }
-        if decision.policy == Policy.AGING:
-            message["kwargs"]["dedup"] = True  # a promoted copy (beat/aging.py) may run first
+        return infer_order(
+            task_id=str(uuid.uuid4()),
+            model=resolved.model,
+            send_version=resolved.send_version,
+            tensors=tensors,
+            policy=decision.policy,
+            priority=decision.priority,
+            estimated_s=decision.estimated_s,
+            backlog_s=decision.backlog_s,
+            request_class=request_class,
+            deadline_s=deadline_s,
+            max_queue=self.scheduler.facts(resolved.model).max_queue,
+            now=time.time(),
+        )
+
+    def _send(self, order: InferOrder, timeout_s: float | None) -> Handle:
         # One atomic Redis call before the publish checks the queue's limit and, only when there is room, records
         # the request in the ledger (and the aging index) and counts the arrival: a refused request leaves nothing.
         # If the publish then fails, the records are taken back, so the sweep never resends what was not sent.
-        aging_facts = (
-            {"c": request_class, "e": decision.estimated_s, "b": decision.backlog_s, "l": decision.priority}
-            if decision.policy == Policy.AGING
-            else None
-        )
-        admission = scripts.Admission(
-            queue, resolved.model, task_id, now, message, self.scheduler.facts(resolved.model).max_queue, aging_facts
-        )
-        backlog = scripts.admit(self._redis, admission)
-        self.scheduler.admit(resolved.model, backlog)
+        backlog = scripts.admit(self._redis, order.admission)
+        self.scheduler.admit(order.model, backlog)
         try:
             result = self.app.send_task(
-                message["name"],
-                args=message["args"],
-                kwargs=message["kwargs"],
-                queue=queue,
-                priority=decision.priority,
-                headers=message["headers"],
-                task_id=task_id,
+                order.task,
+                args=order.args,
+                kwargs=order.kwargs,
+                queue=order.queue,
+                priority=order.priority,
+                headers=order.headers,
+                task_id=order.task_id,
             )
         except BaseException:
-            scripts.withdraw(self._redis, resolved.model, task_id)
+            scripts.withdraw(self._redis, order.model, order.task_id)
             raise
         return Handle(result, timeout_s or self.settings.infer_timeout_s)
 
@@ -235,7 +250,11 @@ class Client:
             raise InvalidPriority(f"priority {priority!r} must be an integer from 0 (highest) to 9 (lowest)")
         return priority
 
-    def _resolve(self, ref: str) -> _Resolved:
+    def resolve(self, ref: str) -> Resolved:
+        """The version ``ref`` names and its signature (cached for a few seconds: the hot path)."""
+        return self._resolve(ref)
+
+    def _resolve(self, ref: str) -> Resolved:
         cached = self._refs.get(ref)
         if cached is not None and cached.expires_at > time.monotonic():
             return cached
@@ -243,11 +262,12 @@ class Client:
         with session_scope(self._url) as session:
             version = registry.resolve(session, parsed)
             explicit = parsed.version is not None or parsed.alias is not None
-            resolved = _Resolved(
+            resolved = Resolved(
                 parsed.model,
                 version.version,
                 version.version if explicit else None,
                 parse_signature(version.inputs),
+                parse_signature(version.outputs),
                 time.monotonic() + REF_CACHE_S,
             )
         self._refs[ref] = resolved

@@ -146,6 +146,24 @@ class MalformedMessage(RequestError):
     code = "MALFORMED_MESSAGE"
 
 
+class RequestTooLarge(RequestError):
+    """Raised when a request (or its body over HTTP) is larger than the limit the fleet accepts."""
+
+    code = "REQUEST_TOO_LARGE"
+
+
+class Unauthorized(MaasError):
+    """Raised when an HTTP request does not carry one of the gateway's API keys."""
+
+    code = "UNAUTHORIZED"
+
+
+class NotFound(RequestError):
+    """Raised when an HTTP request names a route the gateway does not have."""
+
+    code = "NOT_FOUND"
+
+
 class UnknownPolicy(RequestError):
     """Raised when a scheduling policy or request class name is not known."""
 

@@ -90,6 +90,14 @@ def _entrypoint_allow(text: str) -> tuple[str, ...]:
     return prefixes
 
 
+def _api_keys(text: str) -> tuple[str, ...]:
+    keys = tuple(k.strip() for k in text.split(",") if k.strip())
+    short = [k[:4] + "..." for k in keys if len(k) < 16]
+    if short:
+        raise ValueError(f"keys {short} are shorter than 16 characters")
+    return keys
+
+
 def _bool(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -271,6 +279,16 @@ class Settings:
         mask=_mask_basic_auth,
     )
     flower_port: int = _env("MAAS_FLOWER_PORT", int, 5555, "Flower's port")
+    gateway_host: str = _env(
+        "MAAS_GATEWAY_HOST", str, "127.0.0.1", "Address `maas serve` binds; anything but loopback needs API keys"
+    )
+    gateway_port: int = _env("MAAS_GATEWAY_PORT", int, 8000, "Port of `maas serve` (HTTP: OIP, metrics, fleet page)")
+    api_keys: tuple[str, ...] = _env(
+        "MAAS_API_KEYS", _api_keys, (), "Comma-separated keys the gateway accepts (Authorization: Bearer KEY)"
+    )
+    max_request_bytes: int = _env(
+        "MAAS_MAX_REQUEST_BYTES", parse_size_bytes, 64 * 1024**2, "Largest request body the gateway reads (413 past it)"
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

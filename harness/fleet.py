@@ -6,9 +6,9 @@ import os
 import sys
 from pathlib import Path
 
-from harness.servers import Proc, wait_for
+from harness.servers import Proc, free_port, wait_for
 
-__all__ = ["Fleet", "Proc", "wait_for"]
+__all__ = ["Fleet", "Proc", "free_port", "wait_for"]
 
 
 class Fleet:
@@ -43,6 +43,19 @@ class Fleet:
         proc = self._spawn(name, ["controller"], {"MAAS_WORKER_NAME": name})
         self.wait_ready(proc)
         return proc
+
+    def gateway(self, name: str = "gateway", port: int | None = None, **extra_env: str) -> tuple[Proc, str]:
+        """``maas serve`` on a free loopback port; returns the process and its base URL once it answers."""
+        port = port or free_port()
+        proc = self._spawn(name, ["serve", "--host", "127.0.0.1", "--port", str(port)], extra_env)
+
+        def ready() -> bool:
+            if not proc.alive():
+                raise RuntimeError(f"{name} exited early:\n{proc.log()[-3000:]}")
+            return "gateway_ready" in proc.log()
+
+        wait_for(ready, 60, f"{name} to be ready")
+        return proc, f"http://127.0.0.1:{port}"
 
     def beat(self) -> Proc:
         return self._spawn("beat", ["beat"])

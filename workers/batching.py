@@ -42,6 +42,7 @@ class Member:
     deadline_at: float | None
     ref: str | None = None  # a promoted copy (aging): its body is in the request ledger
     dedup: bool = False  # may travel as several copies: run only if no copy answered yet
+    submitted_at: float | None = None  # unix s, from the producer's header: the start of its queue time
     result: dict[str, Any] | None = None
     error: MaasError | None = None
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
@@ -62,6 +63,7 @@ def decode_message(raw: bytes) -> Member:
         kwargs.get("deadline_at"),
         kwargs.get("ref"),
         bool(kwargs.get("dedup")),
+        submitted_at=envelope.headers.get("maas_submitted_at"),
     )
 
 

@@ -11,7 +11,7 @@ from app.broker.clients import sync_client
 from app.db.devices import DeviceInfo
 from app.settings import Settings
 from workers.cache import ModelCache
-from workers.telemetry import Observations
+from workers.telemetry import Observations, RequestStats
 
 
 @dataclass
@@ -22,6 +22,7 @@ class WorkerContext:
     device_id: int
     cache: ModelCache = field(default_factory=ModelCache)
     observations: Observations = field(default_factory=Observations)
+    stats: RequestStats = field(default_factory=RequestStats)
     consumer: Any = None  # celery.worker.consumer.Consumer, captured by a bootstep once it starts
 
     @property

@@ -11,6 +11,7 @@ import threading
 
 import psutil
 
+from app.broker import stats
 from app.broker.clients import sync_client
 from app.broker.demand import push_observations
 from app.db import devices
@@ -38,6 +39,7 @@ class Heartbeat(threading.Thread):
         observed = self.ctx.observations.drain()
         if observed:
             push_observations(self._redis, observed)
+        stats.add(self._redis, self.ctx.stats.drain())
 
     def run(self) -> None:
         while not self._stop_event.wait(self.ctx.settings.heartbeat_s):

@@ -7,6 +7,7 @@ run them.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import redis
@@ -25,7 +26,12 @@ from workers.telemetry import device_class
 
 
 def infer(
-    app: Celery, model: str, version: int | None, inputs: list[dict[str, Any]] | None, deadline_at: float | None = None
+    app: Celery,
+    model: str,
+    version: int | None,
+    inputs: list[dict[str, Any]] | None,
+    deadline_at: float | None = None,
+    submitted_at: float | None = None,
 ) -> dict[str, Any]:
     """Serve one request, with the waiting requests of its model when the model batches: one path for both.
 
@@ -40,7 +46,7 @@ def infer(
             # task). Give the message back for a replica that holds it; it is not lost and not failed.
             raise Reject(f"{model} is not held by {ctx.worker_name}", requeue=True)
         raise NotLoaded(f"{model}:{version} is not loaded; this replica serves versions {ctx.cache.versions_of(model)}")
-    primary = batching.Member(None, model, version, inputs, deadline_at)
+    primary = batching.Member(None, model, version, inputs, deadline_at, submitted_at=submitted_at)
     return _run_batch(app, ctx, loaded, primary)
 
 
@@ -52,6 +58,7 @@ def _run_batch(app: Celery, ctx: WorkerContext, loaded: Loaded, primary: batchin
     service_s = batching.execute(members, loaded, ctx.worker_name)
     batching.report_failures(members, ctx.worker_name)
     batching.publish(app, members)
+    _count(ctx, loaded, members, service_s)
     rows = sum(rows_of(m.inputs) for m in members if m.result is not None and m.inputs)
     if rows:
         ctx.observations.add(loaded.model, device_class(ctx.device), rows, service_s)
@@ -61,6 +68,25 @@ def _run_batch(app: Celery, ctx: WorkerContext, loaded: Loaded, primary: batchin
     if len(members) > 1:
         primary.result["parameters"]["batch"] = len(members)
     return primary.result
+
+
+def _count(ctx: WorkerContext, loaded: Loaded, members: list[batching.Member], service_s: float) -> None:
+    """The Triton-style counts of one execution: per request, and one execution when anything ran."""
+    finished = time.time()
+    started = finished - service_s
+    for m in members:
+        submitted = m.submitted_at if m.submitted_at is not None else started
+        ctx.stats.request(
+            loaded.model,
+            loaded.version,
+            error_code=m.error.code if m.error is not None else None,
+            rows=rows_of(m.inputs) if m.inputs else 0,
+            request_s=max(0.0, finished - submitted),
+            queue_s=max(0.0, started - submitted),
+            compute_s=service_s,
+        )
+    if any(m.result is not None for m in members):
+        ctx.stats.execution(loaded.model, loaded.version)
 
 
 #: What an infer message carries: (model, version, inputs, deadline_at).
@@ -77,6 +103,14 @@ def _dedup(client: redis.Redis, task_id: str, ref: str | None, request: InferArg
     if found is None:
         raise Ignore()  # answered and forgotten meanwhile
     return found
+
+
+def _submitted_at(task: Task) -> float | None:
+    """The producer's submission time, from the message's headers (Celery puts custom headers on the request)."""
+    value = getattr(task.request, "maas_submitted_at", None)
+    if value is None and isinstance(task.request.headers, dict):
+        value = task.request.headers.get("maas_submitted_at")
+    return float(value) if isinstance(value, int | float) else None
 
 
 def register(app: Celery) -> None:
@@ -96,7 +130,7 @@ def register(app: Celery) -> None:
             model, version, inputs, deadline_at = _dedup(
                 current().redis, task.request.id, ref, (model, version, inputs, deadline_at)
             )
-        return infer(app, model, version, inputs, deadline_at)
+        return infer(app, model, version, inputs, deadline_at, _submitted_at(task))
 
     @app.task(name="maas.chunk")
     def chunk_task(job_id: str, index: int) -> dict[str, Any]:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import threading
+import time
+from collections import defaultdict
 from typing import Any
 
 import psutil
 
+from app.broker.stats import bucket_of
 from app.db.devices import DeviceInfo
 from app.service_time import device_class as class_of
 from workers import nvml
@@ -40,3 +43,45 @@ class Observations:
         with self._lock:
             items, self._items = self._items, []
         return items
+
+
+class RequestStats:
+    """Per model version request counts (the Triton families), buffered until the heartbeat adds them to Redis."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._deltas: defaultdict[tuple[str, int], defaultdict[str, float]] = defaultdict(lambda: defaultdict(float))
+
+    def request(
+        self,
+        model: str,
+        version: int,
+        *,
+        error_code: str | None,
+        rows: int,
+        request_s: float,
+        queue_s: float,
+        compute_s: float,
+    ) -> None:
+        with self._lock:
+            d = self._deltas[(model, version)]
+            if error_code is not None:
+                d[f"fail:{error_code}"] += 1
+                return
+            d["success"] += 1
+            d["inference_count"] += rows
+            d["request_us"] += round(request_s * 1e6)
+            d["queue_us"] += round(queue_s * 1e6)
+            d["compute_us"] += round(compute_s * 1e6)
+            d[f"b:{bucket_of(request_s)}"] += 1
+            d["latency_s"] += request_s
+            d["last_ms"] = round(time.time() * 1000)
+
+    def execution(self, model: str, version: int) -> None:
+        with self._lock:
+            self._deltas[(model, version)]["exec_count"] += 1
+
+    def drain(self) -> dict[tuple[str, int], dict[str, float]]:
+        with self._lock:
+            deltas, self._deltas = self._deltas, defaultdict(lambda: defaultdict(float))
+        return {key: dict(fields) for key, fields in deltas.items()}

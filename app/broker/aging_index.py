@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 import redis
+import redis.asyncio
 
 from app.broker.keys import AGING_FACTS, AGING_PROMOTED, aging_index
 from app.broker.layout import result_key
@@ -57,3 +58,8 @@ def count_promotions(client: redis.Redis, model: str, count: int) -> None:
 def promotions(client: redis.Redis, model: str) -> int:
     """Promoted copies sent for ``model`` so far."""
     return int(client.hget(AGING_PROMOTED, model) or 0)
+
+
+async def promotions_all(client: redis.asyncio.Redis) -> dict[str, int]:
+    """Promoted copies sent so far, by model."""
+    return {k.decode(): int(v) for k, v in (await client.hgetall(AGING_PROMOTED)).items()}

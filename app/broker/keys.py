@@ -25,6 +25,12 @@ ARRIVALS = "maas:arrivals"
 RATES = "maas:rates"
 _SERVICE = "maas:service:{model}:{device_class}"  # list of "size service_s", newest last
 
+#: set: "model:version" of every model version that has request statistics.
+STATS_INDEX = "maas:stats:index"
+_STATS = "maas:stats:{model}:{version}"  # hash: counter name -> value (see app.broker.stats)
+#: hash: counter name -> value for fleet-wide events (ledger resends).
+FLEET_COUNTERS = "maas:counters"
+
 #: string with a TTL: set by the first producer that asks for an allocation run (scale from zero).
 ALLOCATION_TRIGGER = "maas:trigger:allocate"
 #: string with a TTL: held by the allocation run in progress, so two runs never overlap.
@@ -37,3 +43,7 @@ def aging_index(model: str) -> str:
 
 def service_samples(model: str, device_class: str) -> str:
     return _SERVICE.format(model=model, device_class=device_class)
+
+
+def model_stats(model: str, version: int | str) -> str:
+    return _STATS.format(model=model, version=version)

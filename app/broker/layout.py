@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
+import socket
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -113,3 +116,57 @@ def task_ids_in(values: Iterable[bytes | str]) -> set[str]:
     """Task ids of stored messages (list entries or unacked entries), read from their headers only."""
     found = (task_id_of(v) for v in values)
     return {i for i in found if i is not None}
+
+
+def celery_message(
+    task: str,
+    task_id: str,
+    args: list[Any],
+    kwargs: dict[str, Any],
+    headers: dict[str, Any],
+    queue: str,
+    priority: int,
+) -> bytes:
+    """A Celery protocol 2 JSON message as kombu's Redis transport stores it, for producers that publish with their
+    own Redis client (the asyncio gateway) rather than through kombu. A worker cannot tell it from Celery's own.
+    """
+    body = json.dumps([args, kwargs, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}])
+    celery_headers = {
+        "lang": "py",
+        "task": task,
+        "id": task_id,
+        "shadow": None,
+        "eta": None,
+        "expires": None,
+        "group": None,
+        "group_index": None,
+        "retries": 0,
+        "timelimit": [None, None],
+        "root_id": task_id,
+        "parent_id": None,
+        "argsrepr": "",  # Celery puts a repr of the args here for display; a tensor's repr is of no use
+        "kwargsrepr": "",
+        "origin": f"gen{os.getpid()}@{socket.gethostname()}",
+        "ignore_result": False,
+        **headers,
+    }
+    message = {
+        "body": base64.b64encode(body.encode()).decode("ascii"),
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": celery_headers,
+        "properties": {
+            "correlation_id": task_id,
+            "delivery_mode": 2,
+            "delivery_info": {"exchange": "", "routing_key": queue},
+            "priority": priority,
+            "body_encoding": "base64",
+            "delivery_tag": str(uuid.uuid4()),
+        },
+    }
+    return json.dumps(message).encode()
+
+
+def priority_list(queue: str, priority: int) -> str:
+    """The list kombu keeps ``queue``'s messages of level ``priority`` in."""
+    return priority_lists(queue)[priority]

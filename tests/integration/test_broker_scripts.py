@@ -115,9 +115,7 @@ def test_take_batch_stops_at_its_count(r: redis.Redis) -> None:
         b"[1, 2, 3]",  # JSON, but not a message
     ],
 )
-def test_take_batch_leaves_a_foreign_message_at_the_head_and_looks_at_later_levels(
-    r: redis.Redis, head: bytes
-) -> None:
+def test_take_batch_leaves_a_foreign_message_at_the_head_and_looks_at_later_levels(r: redis.Redis, head: bytes) -> None:
     lists = priority_lists(QUEUE)
     r.lpush(lists[1], _infer_message("behind"))  # older than the head: never taken past it
     r.lpush(lists[1], b"newer-junk")

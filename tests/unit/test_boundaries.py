@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SHIPPED = ("app", "workers", "beat")
+SHIPPED = ("app", "workers", "beat", "gateway")
 
 
 def _modules(package: str) -> list[Path]:
@@ -37,12 +37,17 @@ def _imports(path: Path, module_level_only: bool) -> set[str]:
 
 @pytest.mark.parametrize("path", _modules("workers"), ids=lambda p: str(p.relative_to(ROOT)))
 def test_workers_never_import_beat(path: Path) -> None:
-    assert "beat" not in _imports(path, module_level_only=False)
+    assert not {"beat", "gateway"} & _imports(path, module_level_only=False)
+
+
+@pytest.mark.parametrize("path", _modules("gateway"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_the_gateway_imports_only_app(path: Path) -> None:
+    assert not {"workers", "beat"} & _imports(path, module_level_only=False)
 
 
 @pytest.mark.parametrize("path", _modules("app"), ids=lambda p: str(p.relative_to(ROOT)))
 def test_app_imports_neither_workers_nor_beat_at_module_level(path: Path) -> None:
-    assert not {"workers", "beat"} & _imports(path, module_level_only=True)
+    assert not {"workers", "beat", "gateway"} & _imports(path, module_level_only=True)
 
 
 @pytest.mark.parametrize("package", SHIPPED)
@@ -65,10 +70,11 @@ def test_only_the_broker_spells_maas_keys() -> None:
 
 
 def test_only_the_control_module_calls_celery_control() -> None:
+    control_call = re.compile(r"\.control\.(inspect|add_consumer|cancel_consumer)")
     offenders = [
         str(path.relative_to(ROOT))
         for package in SHIPPED
         for path in _modules(package)
-        if path.name != "control.py" and re.search(r"\.control\.(inspect|add_consumer|cancel_consumer)", path.read_text())
+        if path.name != "control.py" and control_call.search(path.read_text())
     ]
     assert offenders == []

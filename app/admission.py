@@ -1,0 +1,67 @@
+"""What admitting one infer request sends and records, built once for every front door. Pure: no I/O.
+
+The Python client and the HTTP gateway both turn a checked request and the scheduler's decision into an
+:class:`InferOrder`: the Celery task's name, args, kwargs and headers, and the :class:`~app.broker.scripts.Admission`
+that records it (queue-limit check, ledger body, aging facts) in one atomic Redis call before it is published.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from app.broker.layout import model_queue
+from app.broker.scripts import Admission
+from app.policies import Policy
+
+#: The task every infer request runs.
+INFER_TASK = "maas.infer"
+
+
+@dataclass(frozen=True)
+class InferOrder:
+    task_id: str
+    model: str
+    queue: str
+    priority: int
+    args: list[Any]
+    kwargs: dict[str, Any]
+    headers: dict[str, Any]
+    admission: Admission
+    task: str = INFER_TASK
+
+
+def infer_order(
+    *,
+    task_id: str,
+    model: str,
+    send_version: int | None,
+    tensors: list[dict[str, Any]],
+    policy: str,
+    priority: int,
+    estimated_s: float,
+    backlog_s: float,
+    request_class: str,
+    deadline_s: float | None,
+    max_queue: int,
+    now: float,
+) -> InferOrder:
+    queue = model_queue(model)
+    args: list[Any] = [model, send_version, tensors]
+    kwargs: dict[str, Any] = {"deadline_at": now + deadline_s} if deadline_s else {}
+    aging = policy == Policy.AGING
+    if aging:
+        kwargs["dedup"] = True  # a promoted copy (beat/aging.py) may run first
+    headers = {"maas_submitted_at": now, "maas_class": request_class}
+    # What a resend needs, kept by the ledger until the result exists.
+    ledger_body = {
+        "name": INFER_TASK,
+        "queue": queue,
+        "priority": priority,
+        "args": args,
+        "kwargs": kwargs,
+        "headers": headers,
+    }
+    aging_facts = {"c": request_class, "e": estimated_s, "b": backlog_s, "l": priority} if aging else None
+    admission = Admission(queue, model, task_id, now, ledger_body, max_queue, aging_facts)
+    return InferOrder(task_id, model, queue, priority, args, kwargs, headers, admission)

@@ -1,0 +1,81 @@
+"""Request statistics per model version, kept in Redis so every worker on every host adds to the same counts.
+
+Workers buffer their counts in memory and add them here from their heartbeat thread (one pipeline a period);
+the gateway adds the refusals it makes itself and reads everything back for ``/metrics`` and the statistics
+extension. ``HINCRBY`` / ``HINCRBYFLOAT`` are atomic, so any number of processes can add at once.
+
+Fields of a version's hash: ``success``, ``fail:<CODE>``, ``inference_count`` (rows), ``exec_count`` (runtime
+calls: a batch counts once), ``request_us``, ``queue_us``, ``compute_us`` (sums, microseconds), ``last_ms``
+(the last inference, unix ms), ``b:<i>`` (requests whose latency fell in bucket i of ``LATENCY_BUCKETS_S``) and
+``latency_s`` (the latency sum).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import redis
+import redis.asyncio
+
+from app.broker.keys import FLEET_COUNTERS, STATS_INDEX, model_stats
+
+#: Upper bounds of the request-latency histogram's buckets, seconds (the last bucket is +Inf).
+LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+#: (model, version) -> field -> amount to add.
+Deltas = Mapping[tuple[str, int | str], Mapping[str, float]]
+
+
+def bucket_of(latency_s: float) -> int:
+    for i, bound in enumerate(LATENCY_BUCKETS_S):
+        if latency_s <= bound:
+            return i
+    return len(LATENCY_BUCKETS_S)
+
+
+def add(client: redis.Redis, deltas: Deltas) -> None:
+    """Add buffered counts, one round trip."""
+    if not deltas:
+        return
+    pipe = client.pipeline(transaction=False)
+    for (model, version), fields in deltas.items():
+        key = model_stats(model, version)
+        pipe.sadd(STATS_INDEX, f"{model}:{version}")
+        for name, amount in fields.items():
+            if name == "last_ms":
+                pipe.hset(key, name, int(amount))
+            elif float(amount).is_integer():
+                pipe.hincrby(key, name, int(amount))
+            else:
+                pipe.hincrbyfloat(key, name, amount)
+    pipe.execute()
+
+
+async def count_failure_async(client: redis.asyncio.Redis, model: str, version: int | str, code: str) -> None:
+    pipe = client.pipeline(transaction=False)
+    pipe.sadd(STATS_INDEX, f"{model}:{version}")
+    pipe.hincrby(model_stats(model, version), f"fail:{code}", 1)
+    await pipe.execute()
+
+
+async def read_all(client: redis.asyncio.Redis) -> dict[tuple[str, str], dict[str, float]]:
+    """Every version's counters: (model, version) -> field -> value."""
+    members = sorted(m.decode() for m in await client.smembers(STATS_INDEX))
+    pairs = [tuple(m.rsplit(":", 1)) for m in members]
+    pipe = client.pipeline(transaction=False)
+    for model, version in pairs:
+        pipe.hgetall(model_stats(model, version))
+    out: dict[tuple[str, str], dict[str, float]] = {}
+    for (model, version), raw in zip(pairs, await pipe.execute(), strict=True):
+        out[(model, version)] = {k.decode(): float(v) for k, v in raw.items()}
+    return out
+
+
+def count_fleet_event(client: redis.Redis | Any, name: str, amount: int = 1) -> None:
+    """A fleet-wide counter (e.g. ``ledger_resent``); works on a client or a pipeline."""
+    client.hincrby(FLEET_COUNTERS, name, amount)
+
+
+async def fleet_counters(client: redis.asyncio.Redis) -> dict[str, float]:
+    return {k.decode(): float(v) for k, v in (await client.hgetall(FLEET_COUNTERS)).items()}

@@ -1,0 +1,100 @@
+"""Waiting for results without a thread or a blocking call per waiting request.
+
+Celery's Redis result backend stores a task's result under ``celery-task-meta-<id>`` and publishes the same
+value on a channel of that name. One pub/sub connection per gateway process subscribes to the channel of each
+request in flight (before the request is published, so its result cannot be missed), and one reader task hands
+each message to the request's future. Pub/sub is at most once: a reconnect after a Redis restart loses what was
+published meanwhile, so a sweep reads the stored results of every request still waiting once a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import orjson
+import redis.asyncio
+
+from app.broker.layout import RESULT_PREFIX, result_key
+
+log = logging.getLogger("maas.gateway")
+
+#: How often the stored results of requests still waiting are read, in case a published one was missed.
+SWEEP_PERIOD_S = 1.0
+
+
+class ResultWaiter:
+    def __init__(self, client: redis.asyncio.Redis) -> None:
+        self.client = client
+        self._pubsub = client.pubsub(ignore_subscribe_messages=True)
+        self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        # A pattern nobody publishes on keeps the connection in pub/sub mode while no request is in flight.
+        await self._pubsub.subscribe("maas-gateway-idle")
+        self._tasks = [asyncio.create_task(self._read()), asyncio.create_task(self._sweep())]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._pubsub.aclose()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._waiting)
+
+    async def expect(self, task_id: str) -> asyncio.Future[dict[str, Any]]:
+        """Subscribe to ``task_id``'s result; call before the request is published."""
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._waiting[task_id] = future
+        await self._pubsub.subscribe(result_key(task_id))
+        return future
+
+    async def forget(self, task_id: str) -> None:
+        if self._waiting.pop(task_id, None) is not None:
+            await self._pubsub.unsubscribe(result_key(task_id))
+
+    def _deliver(self, task_id: str, raw: bytes) -> None:
+        future = self._waiting.get(task_id)
+        if future is None or future.done():
+            return
+        try:
+            meta = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            log.error("unreadable result", extra={"task_id": task_id})
+            return
+        if meta.get("status") in ("SUCCESS", "FAILURE"):
+            future.set_result(meta)
+
+    async def _read(self) -> None:
+        while True:
+            try:
+                message = await self._pubsub.get_message(timeout=1.0)
+            except (redis.ConnectionError, redis.TimeoutError):
+                log.warning("result channel lost; reconnecting", exc_info=True)
+                await asyncio.sleep(0.5)
+                continue
+            if message is None or message.get("type") != "message":
+                continue
+            channel = message["channel"].decode()
+            self._deliver(channel[len(RESULT_PREFIX) :], message["data"])
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_PERIOD_S)
+            ids = [i for i, f in self._waiting.items() if not f.done()]
+            if not ids:
+                continue
+            try:
+                values = await self.client.mget([result_key(i) for i in ids])
+            except (redis.ConnectionError, redis.TimeoutError):
+                continue  # Redis is away; the requests' own timeouts still run
+            for task_id, raw in zip(ids, values, strict=True):
+                if raw is not None:
+                    self._deliver(task_id, raw)

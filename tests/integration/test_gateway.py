@@ -1,0 +1,120 @@
+"""The HTTP gateway on a real fleet, driven by NVIDIA's own ``tritonclient`` and by plain HTTP."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+
+from app import registry
+from app.artifacts import LocalArtifactStore
+from app.db.session import session_scope
+
+pytestmark = pytest.mark.integration
+tritonclient_http = pytest.importorskip("tritonclient.http")
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+API_KEY = "test-key-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
+def _register(settings, name, path, **kw):
+    store = LocalArtifactStore(settings.artifact_dir, settings.max_artifact_bytes)
+    with session_scope(settings.sqlalchemy_url) as session:
+        return registry.register(session, store, name, path, **kw).version
+
+
+def _http(url: str, method: str = "GET", body: bytes | None = None, headers: dict | None = None):
+    request = urllib.request.Request(url, data=body, method=method, headers={**AUTH, **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+@pytest.fixture
+def served(settings, client, fleet, iris):
+    """iris registered twice (versions 1 and 2), loaded on one worker, and a gateway with an API key."""
+    _register(settings, "iris", iris["path"])
+    _register(settings, "iris", iris["path"])
+    fleet.worker(0, "w0@test")
+    client.load("iris:1").wait()
+    client.load("iris:2").wait()
+    _, url = fleet.gateway(MAAS_API_KEYS=API_KEY)
+    return url
+
+
+def test_tritonclient_metadata_json_and_binary_infer_with_ids(served, iris):
+    triton = tritonclient_http.InferenceServerClient(served.removeprefix("http://"))
+    assert triton.is_server_live(headers=AUTH) and triton.is_server_ready(headers=AUTH)
+    assert triton.is_model_ready("iris", headers=AUTH)
+    meta = triton.get_model_metadata("iris", headers=AUTH)
+    assert meta["versions"] == ["1", "2"] and meta["platform"] == "onnxruntime_onnx"
+    assert meta["inputs"] == [{"name": "X", "datatype": "FP32", "shape": [-1, 4]}]
+    assert "binary_tensor_data" in triton.get_server_metadata(headers=AUTH)["extensions"]
+
+    x = iris["x"][:7]
+    for binary_in in (False, True):
+        for binary_out in (False, True):
+            inp = tritonclient_http.InferInput("X", list(x.shape), "FP32")
+            inp.set_data_from_numpy(x, binary_data=binary_in)
+            out = tritonclient_http.InferRequestedOutput("label", binary_data=binary_out)
+            result = triton.infer("iris", [inp], outputs=[out], request_id=f"r-{binary_in}-{binary_out}", headers=AUTH)
+            assert result.get_response()["id"] == f"r-{binary_in}-{binary_out}"
+            assert [o["name"] for o in result.get_response()["outputs"]] == ["label"]  # only what was asked
+            np.testing.assert_array_equal(result.as_numpy("label"), iris["expected"][:7])
+
+    inp = tritonclient_http.InferInput("X", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    versioned = triton.infer("iris", [inp], model_version="1", headers=AUTH)  # every output, binary by default
+    assert versioned.get_response()["model_version"] == "1"
+    assert versioned.as_numpy("probabilities").shape == (7, 3)
+
+
+def test_tritonclient_errors_and_repository(served, iris):
+    triton = tritonclient_http.InferenceServerClient(served.removeprefix("http://"))
+    with pytest.raises(InferenceServerException, match="UNKNOWN_MODEL"):
+        triton.get_model_metadata("nosuch", headers=AUTH)
+    inp = tritonclient_http.InferInput("X", [2, 3], "FP32")
+    inp.set_data_from_numpy(np.zeros((2, 3), dtype=np.float32))
+    with pytest.raises(InferenceServerException, match="INVALID_INPUT") as bad:
+        triton.infer("iris", [inp], headers=AUTH)
+    assert bad.value.status() == "400"
+    with pytest.raises(InferenceServerException, match="UNKNOWN_VERSION") as missing:
+        triton.infer("iris", [inp], model_version="7", headers=AUTH)
+    assert missing.value.status() == "404"
+
+    index = triton.get_model_repository_index(headers=AUTH)
+    assert {(m["name"], m["version"], m["state"]) for m in index} == {("iris", "1", "READY"), ("iris", "2", "READY")}
+    triton.unload_model("iris", headers=AUTH)
+    assert not triton.is_model_ready("iris", headers=AUTH)
+    triton.load_model("iris", headers=AUTH)
+    assert triton.is_model_ready("iris", headers=AUTH)
+
+
+def test_plain_http_json_auth_status_codes(served, iris):
+    body = json.dumps(
+        {
+            "id": "plain-1",
+            "inputs": [{"name": "X", "shape": [2, 4], "datatype": "FP32", "data": iris["x"][:2].tolist()}],
+        }
+    ).encode()
+    status, headers, content = _http(f"{served}/v2/models/iris/infer", "POST", body)
+    assert status == 200, content
+    answer = json.loads(content)
+    assert answer["id"] == "plain-1" and answer["model_version"] == "2"
+    labels = next(o for o in answer["outputs"] if o["name"] == "label")
+    assert labels["data"] == iris["expected"][:2].tolist()
+
+    assert _http(f"{served}/v2/models/iris/infer", "POST", b"{not json")[0] == 400
+    status, headers, content = _http(f"{served}/v2/models/nosuch/infer", "POST", body)
+    assert status == 404 and headers["X-Maas-Error-Code"] == "UNKNOWN_MODEL"
+    assert json.loads(content)["error"].startswith("UNKNOWN_MODEL: ")
+    request = urllib.request.Request(f"{served}/v2/models/iris")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)
+    assert refused.value.code == 401
