@@ -13,7 +13,6 @@ from app.queues import priority_lists
 from app.signature import decode_tensor
 from beat.recovery import recover
 from bench.models import add_one
-from tests.integration.test_end_to_end import register
 
 pytestmark = pytest.mark.integration
 
@@ -23,8 +22,10 @@ def env(env):
     return {**env, "MAAS_REAP_PERIOD_S": "0.5"}
 
 
-def test_a_request_popped_by_a_worker_that_died_before_recording_it_is_sent_again(settings, client, fleet, tmp_path):
-    register(settings, "add", add_one(tmp_path / "add.onnx"))
+def test_a_request_popped_by_a_worker_that_died_before_recording_it_is_sent_again(
+    settings, client, fleet, register, tmp_path
+):
+    register("add", add_one(tmp_path / "add.onnx"))
     x = np.zeros((1, 4), dtype=np.float32)
     handle = client.infer("add", {"x": x}, priority=3)
     kept = client.infer("add", {"x": x}, priority=3)

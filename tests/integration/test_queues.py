@@ -12,14 +12,13 @@ from celery.result import AsyncResult
 
 from app.signature import decode_tensor
 from bench.models import add_one
-from tests.integration.test_end_to_end import register
 
 pytestmark = pytest.mark.integration
 
 
-def test_backlog_of_mixed_priorities_is_served_highest_first(settings, client, fleet, tmp_path):
+def test_backlog_of_mixed_priorities_is_served_highest_first(settings, client, fleet, register, tmp_path):
     # Given a backlog queued while no replica consumes the model's queue
-    register(settings, "add", add_one(tmp_path / "add.onnx"))
+    register("add", add_one(tmp_path / "add.onnx"))
     x = np.zeros((1, 4), dtype=np.float32)
     priorities = [p for p in range(10) for _ in range(6)]
     random.Random(7).shuffle(priorities)
@@ -35,8 +34,8 @@ def test_backlog_of_mixed_priorities_is_served_highest_first(settings, client, f
     assert served == sorted(priorities), served
 
 
-def test_two_workers_share_a_model_queue(settings, client, fleet, tmp_path):
-    register(settings, "add", add_one(tmp_path / "add.onnx"))
+def test_two_workers_share_a_model_queue(settings, client, fleet, register, tmp_path):
+    register("add", add_one(tmp_path / "add.onnx"))
     fleet.worker(0, "w0@test")
     fleet.worker(1, "w1@test")
     a = client.load("add", worker="w0@test").wait()
