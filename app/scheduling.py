@@ -1,8 +1,9 @@
 """Choosing each request's priority level from the scheduling policy, and refusing work past a queue's limit.
 
-Per model (cached for a few seconds, so the hot path stays off the database): its policy (the fleet's unless
-the model overrides it), backlog limit, declared service time and replica count; a service-time estimator fed by
-the workers' observations. Per request: one pipelined read of the queue's ten priority lists.
+Per model (cached for ``CACHE_S`` seconds, so the hot path stays off the database; ``Scheduler.invalidate`` drops
+the cache at once): its policy (the fleet's unless the model overrides it), backlog limit, declared service time
+and replica count; a service-time estimator fed by the workers' observations. Per request: one pipelined read of
+the queue's ten priority lists.
 """
 
 from __future__ import annotations
@@ -57,6 +58,23 @@ class Scheduler:
         self._mean_s: dict[str, float] = {}  # model -> moving average of its requests' estimated service
         #: Size bands and the aging clock scale with the fleet's typical service time.
         self.params = settings.policy_params()
+
+    def invalidate(self, model: str | None = None) -> None:
+        """Forget what is cached about ``model`` (every model when None); the next use reads it afresh.
+
+        Cached: the model's facts (policy, queue limit, declared service time, READY replicas) and its service-time
+        estimator (built from the workers' observations). Both expire by themselves after ``CACHE_S`` seconds; call
+        this after changing a model's settings (``registry.configure``, as ``maas model set`` does) or registering a
+        version through the same process, so that its next request is decided with them rather than with what was
+        read before. It only clears this process's caches: other producers see the change within ``CACHE_S``.
+        The backlog and moving-average figures are kept, as they are measurements rather than cached settings.
+        """
+        if model is None:
+            self._facts.clear()
+            self._estimators.clear()
+        else:
+            self._facts.pop(model, None)
+            self._estimators.pop(model, None)
 
     def facts(self, model: str) -> ModelFacts:
         cached = self._facts.get(model)

@@ -214,7 +214,7 @@ def run(args: argparse.Namespace) -> None:
         for policy in ("fifo", "sjf", "srtf", "aging"):
             with session_scope(fleet.settings.sqlalchemy_url) as session:
                 registry.configure(session, MODEL, policy=policy)
-            client.scheduler._facts.clear()
+            client.scheduler.invalidate(MODEL)
             promoted_before = aging_index.promotions(client._redis, MODEL)
             results = replay(fleet, requests)
             live_promoted = aging_index.promotions(client._redis, MODEL) - promoted_before

@@ -1,14 +1,41 @@
-"""Real fleet processes for integration tests: workers (and beat, Flower) as subprocesses with their own logs."""
+"""Real fleet processes for integration tests: workers (and beat, Flower) as subprocesses with their own logs.
+
+Waiting: never sleep for a fixed time and hope. ``wait_for`` polls the condition the test needs, with a deadline
+generous enough for a busy 2-core machine (the suite must pass under ``scripts/test-busy.sh``) yet bounded, so a
+real failure still ends the test; ``wait_past`` waits for the clock itself (a deadline that must have passed).
+"""
 
 from __future__ import annotations
 
 import os
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
-from harness.servers import Proc, free_port, wait_for
+from harness.servers import Proc, free_port
 
-__all__ = ["Fleet", "Proc", "free_port", "wait_for"]
+__all__ = ["Fleet", "Proc", "free_port", "wait_for", "wait_past"]
+
+
+def wait_for(predicate: Callable[[], object], timeout_s: float, what: str, interval_s: float = 0.1) -> object:
+    """Poll ``predicate`` until it returns something truthy, and return that; TimeoutError naming ``what`` after
+    ``timeout_s``. It gives up only after a check made past the deadline, so a late wake-up never fails a met
+    condition."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_s:g}s waiting for {what}")
+        time.sleep(interval_s)
+
+
+def wait_past(at: float, margin_s: float = 0.05) -> None:
+    """Return once the wall clock (``time.time()``, as deadlines are stamped) is past ``at`` by ``margin_s``."""
+    while (left := at + margin_s - time.time()) > 0:
+        time.sleep(min(left, 0.1))
 
 
 class Fleet:
@@ -31,7 +58,7 @@ class Fleet:
             self.wait_ready(proc)
         return proc
 
-    def wait_ready(self, proc: Proc, timeout_s: float = 60) -> None:
+    def wait_ready(self, proc: Proc, timeout_s: float = 120) -> None:
         def ready() -> bool:
             if not proc.alive():
                 raise RuntimeError(f"{proc.name} exited early:\n{proc.log()[-3000:]}")

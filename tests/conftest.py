@@ -1,6 +1,14 @@
 """Fixtures: real redis-server and PostgreSQL for the session, a fresh database and Redis per test.
 
-Set REDIS_URL / TEST_DATABASE_URL to use servers you already run instead of throwaway ones.
+Set TEST_REDIS_URL / TEST_DATABASE_URL to use servers you already run instead of throwaway ones.
+
+Shared helpers are fixtures that return a function, bound to the test's fleet:
+
+- ``register(name, path, **kw)``: register a model version (as ``maas model register``); returns its number.
+- ``configure(name, **changes)``: change a model's serving settings (as ``maas model set``) and invalidate the
+  test client's scheduler caches for it, so the next request is decided with the new settings.
+- ``stop_model(ref)``: stop every replica of ``ref`` and wait until each is STOPPED.
+- ``done_order(items, key=...)``: ``items`` sorted by when their requests' results were stored.
 """
 
 from __future__ import annotations
@@ -8,7 +16,7 @@ from __future__ import annotations
 import os
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +82,54 @@ def client(settings):
     from app.client import Client
 
     return Client(settings)
+
+
+@pytest.fixture
+def register(settings) -> Callable[..., int]:
+    from app import registry
+    from app.artifacts import LocalArtifactStore
+    from app.db.session import session_scope
+
+    store = LocalArtifactStore(settings.artifact_dir, settings.max_artifact_bytes)
+
+    def register(name: str, path: Path, **kw) -> int:
+        with session_scope(settings.sqlalchemy_url) as session:
+            return registry.register(session, store, name, path, **kw).version
+
+    return register
+
+
+@pytest.fixture
+def configure(settings, client) -> Callable[..., None]:
+    from app import registry
+    from app.db.session import session_scope
+
+    def configure(name: str, **changes) -> None:
+        with session_scope(settings.sqlalchemy_url) as session:
+            registry.configure(session, name, **changes)
+        client.scheduler.invalidate(name)
+
+    return configure
+
+
+@pytest.fixture
+def stop_model(client) -> Callable[[str], None]:
+    def stop_model(ref: str) -> None:
+        for handle in client.stop(ref):
+            assert handle.wait()["state"] == "STOPPED"
+
+    return stop_model
+
+
+@pytest.fixture
+def done_order(client) -> Callable[..., list]:
+    from celery.result import AsyncResult
+
+    def done_order(items, key: Callable = lambda item: item) -> list:
+        """``items`` (handles, or tuples holding one that ``key`` picks) in the order their results were stored."""
+        return sorted(items, key=lambda item: AsyncResult(key(item).id, app=client.app).date_done)
+
+    return done_order
 
 
 @pytest.fixture

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import numpy as np
 import pytest
 from sqlalchemy import select
 
-from app import registry
 from app.db.schema import AllocationRun
 from app.db.session import session_scope
 from app.signature import decode_tensor
 from bench.models import add_one
 from harness.fleet import wait_for
-from tests.integration.test_end_to_end import register
 
 pytestmark = pytest.mark.integration
 MODELS = [f"m{i}" for i in range(6)]
@@ -51,17 +48,17 @@ def last_run(settings) -> AllocationRun:
 
 
 @pytest.fixture
-def placed(settings, client, fleet, tmp_path):
+def placed(settings, client, fleet, register, tmp_path):
     """Six models with different demand, placed by the allocator from zero and serving."""
     for i, name in enumerate(MODELS):
-        register(settings, name, add_one(tmp_path / f"{name}.onnx"), mem_bytes=(200 + 100 * i) * 1024**2)
+        register(name, add_one(tmp_path / f"{name}.onnx"), mem_bytes=(200 + 100 * i) * 1024**2)
     for i in range(3):
         fleet.worker(i, f"w{i}@test")
     fleet.beat()
     handles = [client.infer(name, {"x": X}) for i, name in enumerate(MODELS) for _ in range(5 + 10 * i)]
     for handle in handles:
-        handle.wait(timeout_s=90)  # served only once the allocator placed a replica (scale from zero)
-    wait_for(lambda: set(placement(client)) == set(MODELS), 30, "every model placed")
+        handle.wait(timeout_s=180)  # served only once the allocator placed a replica (scale from zero)
+    wait_for(lambda: set(placement(client)) == set(MODELS), 90, "every model placed")
     yield fleet
     # Shown only when the test fails: what the allocator decided, run by run.
     with session_scope(settings.sqlalchemy_url) as session:
@@ -75,12 +72,12 @@ def test_after_a_solve_every_model_is_where_the_plan_says_and_serving(settings, 
         run = last_run(settings)
         return run is not None and run.status in ("kept", "done") and run
 
-    run = wait_for(settled, 60, "an allocation run that finds nothing to move")
+    run = wait_for(settled, 120, "an allocation run that finds nothing to move")
     target = {m: set(w) for m, w in run.inputs["target"].items()}
     assert {m: w for m, w in placement(client).items() if m in target} == target
     for name in MODELS:
         assert (
-            decode_tensor(client.infer(name, {"x": X}).wait(timeout_s=30)["outputs"][0]).reshape(-1).tolist()
+            decode_tensor(client.infer(name, {"x": X}).wait(timeout_s=60)["outputs"][0]).reshape(-1).tolist()
             == [1.0] * 4
         )
     # Device memory is respected, by declared figures where nothing was measured yet.
@@ -88,7 +85,7 @@ def test_after_a_solve_every_model_is_where_the_plan_says_and_serving(settings, 
         assert d["used_bytes"] <= d["mem_bytes"]
 
 
-def test_a_move_is_make_before_break_with_zero_failed_requests(settings, client, placed):
+def test_a_move_is_make_before_break_with_zero_failed_requests(client, placed, configure):
     old_worker = sorted(placement(client)["m5"])[0]
     new_worker = next(f"w{i}@test" for i in range(3) if f"w{i}@test" not in placement(client)["m5"])
     failures, answers, stop = [], [], threading.Event()
@@ -96,20 +93,26 @@ def test_a_move_is_make_before_break_with_zero_failed_requests(settings, client,
     def traffic():
         while not stop.is_set():
             try:
-                answers.append(client.infer("m5", {"x": X}).wait(timeout_s=30))
+                answers.append(client.infer("m5", {"x": X}).wait(timeout_s=60))
             except Exception as exc:  # noqa: BLE001 - every failure is the test's business
                 failures.append(exc)
 
+    def ended_on_old_worker() -> int:
+        return sum(e["worker"] == old_worker and e["to"] in ("STOPPED", "FAILED") for e in client.history("m5"))
+
+    ended_before = ended_on_old_worker()
     sender = threading.Thread(target=traffic)
     sender.start()
     try:
-        with session_scope(settings.sqlalchemy_url) as session:
-            registry.configure(session, "m5", pinned=[new_worker], max_replicas=1)
-        wait_for(lambda: placement(client).get("m5") == {new_worker}, 60, "m5 to move", interval_s=0.2)
-        time.sleep(1.0)
+        configure("m5", pinned=[new_worker], max_replicas=1)
+        wait_for(lambda: placement(client).get("m5") == {new_worker}, 120, "m5 to move", interval_s=0.2)
+        # Traffic goes on until the old replica is gone, so its drain and unload happen under load.
+        wait_for(lambda: ended_on_old_worker() > ended_before, 120, f"m5 on {old_worker} to stop", interval_s=0.2)
+        sent_at_stop = len(answers) + len(failures)
+        wait_for(lambda: len(answers) + len(failures) > sent_at_stop, 60, "a request answered after the stop")
     finally:
         stop.set()
-        sender.join(30)
+        sender.join(90)
     assert failures == [] and len(answers) > 10
     events = {(e["worker"], e["to"]): e["at"] for e in client.history("m5")}
     assert events[(new_worker, "READY")] < events[(old_worker, "DRAINING")]  # make before break
@@ -122,7 +125,7 @@ def test_a_killed_worker_gets_its_models_re_placed_and_their_waiting_requests_se
     assert orphans, f"no model placed on one worker only: {where}"
     next(p for p in placed.procs if p.name == victim).kill()
     handles = [client.infer(m, {"x": X}) for m in orphans for _ in range(5)]
-    answers = [h.wait(timeout_s=90) for h in handles]
+    answers = [h.wait(timeout_s=180) for h in handles]
     assert all(a["parameters"]["worker"] != victim for a in answers)
     lost = [r for r in client.replicas(include_terminal=True) if r["worker"] == victim]
     assert lost and all(r["state"] == "FAILED" and r["reason"].startswith("worker lost") for r in lost)

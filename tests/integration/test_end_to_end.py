@@ -6,21 +6,14 @@ import numpy as np
 import pytest
 
 from app import registry
-from app.artifacts import LocalArtifactStore
 from app.client import outputs_as_arrays
 from app.db.session import session_scope
 
 pytestmark = pytest.mark.integration
 
 
-def register(settings, name, path, **kw):
-    store = LocalArtifactStore(settings.artifact_dir, settings.max_artifact_bytes)
-    with session_scope(settings.sqlalchemy_url) as session:
-        return registry.register(session, store, name, path, **kw).version
-
-
-def test_model_registered_loaded_served_and_stopped_with_every_transition_recorded(settings, client, fleet, iris):
-    register(settings, "iris", iris["path"])
+def test_model_registered_loaded_served_and_stopped_with_every_transition_recorded(client, fleet, iris, register):
+    register("iris", iris["path"])
     fleet.worker(0, "w0@test")
 
     info = client.load("iris").wait()
@@ -49,8 +42,8 @@ def test_model_registered_loaded_served_and_stopped_with_every_transition_record
     assert '"event": "replica_transition"' in log and '"to_state": "STOPPED"' in log
 
 
-def test_load_and_stop_are_idempotent(settings, client, fleet, iris):
-    register(settings, "iris", iris["path"])
+def test_load_and_stop_are_idempotent(client, fleet, iris, register, stop_model):
+    register("iris", iris["path"])
     fleet.worker(0, "w0@test")
     first = client.load("iris").wait()
     second = client.load("iris").wait()
@@ -60,18 +53,19 @@ def test_load_and_stop_are_idempotent(settings, client, fleet, iris):
     assert third["replica"] == first["replica"]
     assert len(client.replicas()) == 1
 
-    for handle in client.stop("iris"):
-        handle.wait()
+    stop_model("iris")
     assert client.stop("iris") == []  # nothing left to stop
     transitions = [e["to"] for e in client.history("iris")]
     assert transitions.count("READY") == 1 and transitions.count("STOPPED") == 1
 
 
-def test_alias_selects_the_version_and_explicit_versions_are_served_exactly(settings, client, fleet, iris, tmp_path):
+def test_alias_selects_the_version_and_explicit_versions_are_served_exactly(
+    settings, client, fleet, register, tmp_path
+):
     from bench.models import add_one
 
-    register(settings, "m", add_one(tmp_path / "a.onnx", width=4))
-    register(settings, "m", add_one(tmp_path / "b.onnx", width=4), description="v2")
+    register("m", add_one(tmp_path / "a.onnx", width=4))
+    register("m", add_one(tmp_path / "b.onnx", width=4), description="v2")
     with session_scope(settings.sqlalchemy_url) as session:
         registry.set_alias(session, "m", "prod", 1)
     fleet.worker(0, "w0@test")

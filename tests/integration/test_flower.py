@@ -15,7 +15,6 @@ import pytest
 from bench.models import add_one
 from harness.fleet import wait_for
 from harness.servers import free_port
-from tests.integration.test_end_to_end import register
 
 pytestmark = pytest.mark.integration
 
@@ -25,7 +24,7 @@ def get(url: str, auth: str | None = None) -> tuple[int, bytes]:
     if auth:
         request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
     try:
-        with urllib.request.urlopen(request, timeout=5) as response:
+        with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, b""
@@ -39,20 +38,20 @@ def test_flower_refuses_to_start_without_credentials_unless_local(env):
         env={**os.environ, **env},
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
     )
     assert result.returncode == 2 and "MAAS_FLOWER_BASIC_AUTH is not set" in result.stderr
 
 
-def test_flower_requires_basic_auth_and_shows_workers_and_model_queues(settings, client, fleet, tmp_path):
-    register(settings, "add", add_one(tmp_path / "add.onnx"))
+def test_flower_requires_basic_auth_and_shows_workers_and_model_queues(client, fleet, register, tmp_path):
+    register("add", add_one(tmp_path / "add.onnx"))
     fleet.worker(0, "w0@test")
     client.load("add").wait()
     port = free_port()
     fleet.env["MAAS_FLOWER_BASIC_AUTH"] = "admin:s3cret"
     fleet._spawn("flower", ["flower", "--port", str(port), "--address", "127.0.0.1"])
     base = f"http://127.0.0.1:{port}"
-    wait_for(lambda: get(base + "/healthcheck")[0] == 200, 60, "flower to answer")
+    wait_for(lambda: get(base + "/healthcheck")[0] == 200, 120, "flower to answer")
 
     assert get(base + "/")[0] == 401
     assert get(base + "/", auth="admin:wrong")[0] == 401
@@ -62,7 +61,7 @@ def test_flower_requires_basic_auth_and_shows_workers_and_model_queues(settings,
         status, body = get(base + "/api/workers?refresh=1", auth="admin:s3cret")
         return status == 200 and "w0@test" in json.loads(body or b"{}")
 
-    wait_for(workers, 30, "flower to see the worker", interval_s=1)
+    wait_for(workers, 90, "flower to see the worker", interval_s=1)
     status, body = get(base + "/api/queues/length", auth="admin:s3cret")
     assert status == 200
     queues = {q["name"]: q["messages"] for q in json.loads(body)["active_queues"]}

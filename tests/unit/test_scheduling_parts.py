@@ -5,6 +5,7 @@ from app import policies
 from app.broker.demand import ewma_rate
 from app.errors import InvalidInput
 from app.jobs import chunk_priority, split
+from app.scheduling import Scheduler
 from app.settings import Settings
 from app.signature import decode_tensor
 from beat.aging import due, work_ahead
@@ -72,3 +73,34 @@ def test_less_remaining_work_means_a_higher_level_under_srtf(tmp_path):
 )
 def test_ewma_rate(prev, delta, dt, half, expected):
     assert ewma_rate(prev, delta, dt, half) == pytest.approx(expected, abs=1e-6)
+
+
+def test_invalidate_makes_the_next_decision_read_a_models_new_settings(tmp_path, monkeypatch):
+    from app import registry
+    from app.artifacts import LocalArtifactStore
+    from app.db.migrate import ensure_current
+    from app.db.session import session_scope
+    from bench.models import add_one
+
+    monkeypatch.setattr("app.scheduling.CACHE_S", 3600.0)  # no expiry on a slow machine: only invalidate clears
+    # Given two models on the embedded database, their facts read (and so cached) by a scheduler
+    settings = Settings.from_env({"MAAS_HOME": str(tmp_path / "home"), "MAAS_POLICY": "fifo"})
+    ensure_current(settings.sqlalchemy_url)
+    store = LocalArtifactStore(settings.artifact_dir, settings.max_artifact_bytes)
+    with session_scope(settings.sqlalchemy_url) as session:
+        for name in ("a", "b"):
+            registry.register(session, store, name, add_one(tmp_path / f"{name}.onnx"))
+    scheduler = Scheduler(settings, client=None)
+    assert (scheduler.facts("a").policy, scheduler.facts("b").policy) == ("fifo", "fifo")
+
+    # When both change policy, as `maas model set` does
+    with session_scope(settings.sqlalchemy_url) as session:
+        registry.configure(session, "a", policy="sjf")
+        registry.configure(session, "b", policy="sjf")
+
+    # Then the cache answers until invalidated: for one model, then for all
+    assert scheduler.facts("a").policy == "fifo"
+    scheduler.invalidate("a")
+    assert (scheduler.facts("a").policy, scheduler.facts("b").policy) == ("sjf", "fifo")
+    scheduler.invalidate()
+    assert scheduler.facts("b").policy == "sjf"
