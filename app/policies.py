@@ -167,9 +167,9 @@ def size_band(service_s: float, params: PolicyParams = DEFAULT_PARAMS) -> int:
 def _class_offset(request_class: str, params: PolicyParams) -> int:
     try:
         cls = RequestClass(request_class)
-    except ValueError:
+    except ValueError as exc:
         known = ", ".join(c.value for c in RequestClass)
-        raise ValueError(f"unknown request class {request_class!r}; known classes: {known}") from None
+        raise ValueError(f"unknown request class {request_class!r}; known classes: {known}") from exc
     return params.batch_offset_levels if cls is RequestClass.BATCH else 0
 
 
@@ -235,9 +235,9 @@ def parse_policy(name: str | Policy) -> Policy:
     """The :class:`Policy` named ``name``; raises ``ValueError`` naming the unknown and the known policies."""
     try:
         return Policy(name)
-    except ValueError:
+    except ValueError as exc:
         known = ", ".join(p.value for p in Policy)
-        raise ValueError(f"unknown scheduling policy {name!r}; known policies: {known}") from None
+        raise ValueError(f"unknown scheduling policy {name!r}; known policies: {known}") from exc
 
 
 def priority_for(policy_name: str | Policy, facts: RequestFacts, params: PolicyParams = DEFAULT_PARAMS) -> int:

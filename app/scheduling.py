@@ -113,7 +113,7 @@ class Scheduler:
                 request = policies.RequestFacts(request_class, estimated_s, remaining_s, 0.0, backlog_s)
                 priority = policies.priority_for(facts.policy, request, self.params)
             except ValueError as exc:
-                raise UnknownPolicy(str(exc)) from None
+                raise UnknownPolicy(str(exc)) from exc
         return Decision(facts.policy, priority, estimated_s, backlog, backlog_s)
 
     def admit(self, model: str, backlog: int) -> None:

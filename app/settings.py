@@ -204,7 +204,7 @@ class Settings:
             try:
                 values[f.name] = parse(raw)
             except (ValueError, TypeError) as exc:
-                raise ConfigError(f"{var}={raw!r} is invalid: {exc}") from None
+                raise ConfigError(f"{var}={raw!r} is invalid: {exc}") from exc
         settings = cls(**values)
         if settings.max_queue < 1:
             raise ConfigError(f"MAAS_MAX_QUEUE={settings.max_queue} is invalid: must be at least 1")

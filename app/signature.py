@@ -50,7 +50,7 @@ class TensorSpec:
         try:
             name, datatype, shape = str(raw["name"]), str(raw["datatype"]).upper(), tuple(int(d) for d in raw["shape"])
         except (KeyError, TypeError, ValueError) as exc:
-            raise InvalidInput(f"tensor spec {raw!r} needs name, datatype and an integer shape ({exc})") from None
+            raise InvalidInput(f"tensor spec {raw!r} needs name, datatype and an integer shape ({exc})") from exc
         if datatype not in DATATYPES:
             raise InvalidInput(f"tensor spec {name!r}: unknown datatype {datatype!r} (one of {', '.join(DATATYPES)})")
         if any(d < -1 or d == 0 for d in shape):
@@ -79,8 +79,8 @@ def datatype_of(array: np.ndarray) -> str:
         return "BYTES"
     try:
         return _BY_DTYPE[array.dtype.newbyteorder("=")]  # a big-endian array is the same datatype
-    except KeyError:
-        raise InvalidInput(f"numpy dtype {array.dtype} has no Open Inference Protocol datatype") from None
+    except KeyError as exc:
+        raise InvalidInput(f"numpy dtype {array.dtype} has no Open Inference Protocol datatype") from exc
 
 
 def encode_tensor(name: str, array: np.ndarray, raw: bool = True) -> dict[str, Any]:
@@ -155,8 +155,8 @@ def _text(name: str, value: object) -> str:
     if isinstance(value, bytes):
         try:
             return value.decode("utf-8")
-        except UnicodeDecodeError:
-            raise ModelExecutionError(f"tensor {name!r}: BYTES value is not UTF-8 text") from None
+        except UnicodeDecodeError as exc:
+            raise ModelExecutionError(f"tensor {name!r}: BYTES value is not UTF-8 text") from exc
     if isinstance(value, str):
         return value
     raise ModelExecutionError(f"tensor {name!r}: BYTES value of type {type(value).__name__} is not text")
@@ -168,10 +168,10 @@ def decode_tensor(tensor: Mapping[str, Any]) -> np.ndarray:
         name, shape, datatype = tensor["name"], list(tensor["shape"]), str(tensor["datatype"])
         if "raw" not in tensor and "data" not in tensor:
             raise KeyError("data")
-    except (KeyError, TypeError):
+    except (KeyError, TypeError) as exc:
         raise InvalidInput(
             f"a tensor needs name, shape, datatype and data (or raw); got keys {sorted(tensor)}"
-        ) from None
+        ) from exc
     if datatype not in DATATYPES:
         raise InvalidInput(f"tensor {name!r}: unknown datatype {datatype!r}")
     _check_count(name, shape, datatype, tensor)
@@ -179,7 +179,7 @@ def decode_tensor(tensor: Mapping[str, Any]) -> np.ndarray:
         try:
             buffer = base64.b64decode(tensor["raw"], validate=True)
         except (binascii.Error, ValueError) as exc:
-            raise InvalidInput(f"tensor {name!r}: raw is not base64 ({exc})") from None
+            raise InvalidInput(f"tensor {name!r}: raw is not base64 ({exc})") from exc
         little = np.frombuffer(buffer, dtype=DATATYPES[datatype].newbyteorder("<"))
         return little.astype(DATATYPES[datatype], copy=False).reshape(shape)
     data = tensor["data"]
@@ -188,7 +188,7 @@ def decode_tensor(tensor: Mapping[str, Any]) -> np.ndarray:
     try:
         return np.asarray(data, dtype=DATATYPES[datatype]).reshape(shape)
     except (ValueError, TypeError) as exc:
-        raise InvalidInput(f"tensor {name!r}: data is not {datatype} ({exc})") from None
+        raise InvalidInput(f"tensor {name!r}: data is not {datatype} ({exc})") from exc
 
 
 def validate_inputs(specs: Sequence[TensorSpec], tensors: Sequence[Mapping[str, Any]]) -> None:
