@@ -40,6 +40,16 @@ def configure(level: str = "INFO", fmt: str = "json") -> None:
     root.setLevel(level)
 
 
-def event(logger: logging.Logger, name: str, level: int = logging.INFO, **fields: Any) -> None:
-    """Log one event with its fields as top-level keys (model, version, worker, replica, reason...)."""
-    logger.log(level, name, extra={"event": name, **fields})
+def event(
+    logger: logging.Logger,
+    name: str,
+    level: int = logging.INFO,
+    *,
+    exc_info: BaseException | None = None,
+    **fields: Any,
+) -> None:
+    """Log one event with its fields as top-level keys (model, version, worker, replica, reason...).
+
+    ``exc_info``: an exception whose traceback goes with the event (the ``exc`` key in JSON logs).
+    """
+    logger.log(level, name, exc_info=exc_info, extra={"event": name, **fields})
