@@ -7,12 +7,17 @@ slow at scale (seconds at 500 x 64), so the solver's fast path passes the same m
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pulp
 
+from app import logs
 from beat.milp_arrays import RawSolution
 from beat.problem import Problem, evaluate_objective
 from beat.snapshot import PlanStatus
+
+log = logging.getLogger("maas.beat")
 
 
 def build_pulp_model(
@@ -104,7 +109,8 @@ def solve_cbc(
     solver = pulp.PULP_CBC_CMD(msg=False, timeLimit=max(1, round(time_limit_s)), gapRel=gap, warmStart=warm)
     try:
         prob.solve(solver)
-    except pulp.PulpSolverError:
+    except pulp.PulpSolverError as exc:  # CBC missing or crashed: no answer; the solver falls back to the greedy
+        logs.event(log, "cbc_failed", logging.WARNING, exc_info=exc, reason=str(exc))
         return None
     status = status_from_pulp(prob.status, prob.sol_status)
     if status is None or status is PlanStatus.INFEASIBLE:
