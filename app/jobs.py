@@ -45,7 +45,9 @@ def split(inputs: Mapping[str, np.ndarray], chunk_rows: int) -> list[list[dict[s
     ]
 
 
-def chunk_priority(policy: str, request_class: str, chunk_s: float, remaining_chunks: int, settings: Settings) -> int:
+def chunk_priority(
+    policy: policies.Policy | str, request_class: str, chunk_s: float, remaining_chunks: int, settings: Settings
+) -> int:
     """Pure: the level of a job's next chunk, from the work the job has left."""
     facts = policies.RequestFacts(request_class, chunk_s, chunk_s * remaining_chunks)
     return policies.priority_for(policy, facts, settings.policy_params())
@@ -59,9 +61,9 @@ def send_chunk(app: Celery, client: redis.Redis, job_id: str, model: str, index:
     pipe.execute()
 
 
-def model_policy(session: Session, model: str, settings: Settings) -> str:
+def model_policy(session: Session, model: str, settings: Settings) -> policies.Policy:
     row = session.scalars(select(Model).where(Model.name == model)).one()
-    return row.policy or settings.policy
+    return policies.parse_policy(row.policy or settings.policy)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from app.db import replicas as replica_rows
 from app.db.schema import Model, ModelVersion
 from app.db.session import session_scope
 from app.errors import UnknownPolicy
+from app.lifecycle import ReplicaState
 from app.settings import Settings
 
 #: How long per-model facts are reused before they are read again.
@@ -28,7 +29,7 @@ TRIGGER_KEY = "maas:trigger:allocate"
 
 @dataclass(frozen=True)
 class ModelFacts:
-    policy: str
+    policy: policies.Policy
     max_queue: int
     declared_s: float
     replicas: int
@@ -38,7 +39,7 @@ class ModelFacts:
 
 @dataclass(frozen=True)
 class Decision:
-    policy: str
+    policy: policies.Policy
     priority: int
     estimated_s: float
     backlog: int
@@ -66,10 +67,10 @@ class Scheduler:
             latest = session.scalars(
                 select(ModelVersion).where(ModelVersion.model_id == row.id).order_by(ModelVersion.version.desc())
             ).first()
-            live = [r for r in replica_rows.live_for_model(session, row.id) if r.state == "READY"]
+            live = [r for r in replica_rows.live_for_model(session, row.id) if r.state == ReplicaState.READY]
             classes = {telemetry.device_class(r.device.kind, r.device.name) for r in live} or {"virtual"}
             fresh = ModelFacts(
-                policy=row.policy or self.settings.policy,
+                policy=policies.parse_policy(row.policy or self.settings.policy),
                 max_queue=row.max_queue or self.settings.max_queue,
                 declared_s=(latest.service_ms if latest else 1.0) / 1000.0,
                 replicas=len(live),

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from app.errors import ConfigError
-from app.policies import PolicyParams
+from app.policies import Policy, PolicyParams, parse_policy
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "B": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4}
@@ -148,10 +148,10 @@ class Settings:
         True,
         "Serving workers also run beat's tasks (set false when a `maas controller` runs them)",
     )
-    policy: str = _env(
+    policy: Policy = _env(
         "MAAS_POLICY",
-        _choice("fifo", "sjf", "srtf", "aging"),
-        "fifo",
+        parse_policy,
+        Policy.FIFO,
         "Fleet scheduling policy (a model may override it)",
     )
     typical_service_s: float = _env(

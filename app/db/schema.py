@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from app.lifecycle import ReplicaState
+from app.lifecycle import DeviceStatus, ReplicaState
 
 
 def utcnow() -> dt.datetime:
@@ -91,7 +91,7 @@ class Device(Base):
     name: Mapped[str] = mapped_column(String(200))
     kind: Mapped[str] = mapped_column(String(20))  # gpu | virtual
     mem_bytes: Mapped[int] = mapped_column(BigInteger)
-    status: Mapped[str] = mapped_column(String(20), default="online")  # online | offline | lost
+    status: Mapped[str] = mapped_column(String(20), default=DeviceStatus.ONLINE.value)
     started_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     heartbeat_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     speed: Mapped[float] = mapped_column(Float, default=1.0)  # relative throughput, 1.0 = reference device
