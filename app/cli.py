@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.allocation_states import MoveState
 from app.errors import ConfigError, MaasError
@@ -15,9 +15,13 @@ from app.policies import Policy, RequestClass
 from app.settings import FIELDS, Settings, parse_size_bytes
 from app.table import gib, mib, render
 
-
-def _client(settings: Settings):  # noqa: ANN202 - lazy import keeps `maas --help` fast
+if TYPE_CHECKING:
     from app.client import Client
+    from app.jobs import JobStatus
+
+
+def _client(settings: Settings) -> Client:
+    from app.client import Client  # imported late: keeps `maas --help` fast
     from app.db.migrate import ensure_current
 
     ensure_current(settings.sqlalchemy_url)
@@ -69,7 +73,7 @@ def cmd_model_list(args: argparse.Namespace, settings: Settings) -> int:
 
     _client(settings)
     with session_scope(settings.sqlalchemy_url) as session:
-        rows = [
+        rows: list[dict[str, Any]] = [
             {
                 "model": v.model.name,
                 "version": v.version,
@@ -165,7 +169,7 @@ def cmd_job_submit(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _job_line(status) -> str:  # noqa: ANN001
+def _job_line(status: JobStatus) -> str:
     from app.table import bar
 
     finished = status.done + status.failed
@@ -269,7 +273,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     devices, reps = client.devices(), client.replicas()
     models = sorted({r["model"] for r in reps})
     queue_depths = depths(redis.Redis.from_url(settings.redis_url), [f"m.{m}" for m in models]) if models else {}
-    value = {"devices": devices, "replicas": reps, "queues": queue_depths}
+    value: dict[str, Any] = {"devices": devices, "replicas": reps, "queues": queue_depths}
     dev_table = render(
         ["WORKER", "DEVICE", "KIND", "STATUS", "MEMORY", "USED"],
         [

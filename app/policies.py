@@ -45,6 +45,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 #: Redis priority levels configured in ``priority_steps``; 0 is popped first.
 NUM_LEVELS = 10
@@ -142,7 +143,8 @@ class PolicyParams:
             "aging_threshold_s": typical_service_s * 5.0,
             "aging_step_s": typical_service_s * 2.0,
         }
-        return cls(**{**scaled, **overrides})
+        merged: dict[str, Any] = {**scaled, **overrides}
+        return cls(**merged)
 
     def max_climb_s(self, start_level: int = LOWEST_LEVEL) -> float:
         """Longest wait before aging lifts a request submitted at ``start_level`` to the reserved level 0."""

@@ -8,6 +8,7 @@ the workers' observations. Per request: one pipelined read of the queue's ten pr
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
@@ -19,6 +20,7 @@ from app.db.schema import Model, ModelVersion
 from app.db.session import session_scope
 from app.errors import UnknownPolicy
 from app.lifecycle import ReplicaState
+from app.service_time import ServiceTimeEstimator
 from app.settings import Settings
 
 #: How long per-model facts are reused before they are read again.
@@ -47,12 +49,12 @@ class Decision:
 
 
 class Scheduler:
-    def __init__(self, settings: Settings, client: redis.Redis, trigger=None) -> None:  # noqa: ANN001
+    def __init__(self, settings: Settings, client: redis.Redis, trigger: Callable[[], object] | None = None) -> None:
         self.settings = settings
         self.redis = client
         self.trigger = trigger  # sends an allocation request; None in tools that must not start one
         self._facts: dict[str, ModelFacts] = {}
-        self._estimators: dict[str, tuple[float, object]] = {}
+        self._estimators: dict[str, tuple[float, ServiceTimeEstimator]] = {}
         self._backlog: dict[str, int] = {}  # model -> queue depth read with the last submission
         self._mean_s: dict[str, float] = {}  # model -> moving average of its requests' estimated service
         #: Size bands and the aging clock scale with the fleet's typical service time.
@@ -94,7 +96,7 @@ class Scheduler:
             est = telemetry.estimator(self.redis, model, facts.declared_s, facts.device_classes)
             self._estimators[model] = cached = (time.monotonic(), est)
         est = cached[1]
-        return min(est.estimate((model, c), size) for c in facts.device_classes)  # type: ignore[attr-defined]
+        return min(est.estimate((model, c), size) for c in facts.device_classes)
 
     def decide(
         self, model: str, *, request_class: str, size: float, priority: int | None, remaining_s: float | None = None

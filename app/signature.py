@@ -134,7 +134,7 @@ def _raw_bytes(raw: object) -> int | None:
     return len(raw) // 4 * 3 - raw[-2:].count("=")
 
 
-def _check_count(name: str, shape: list, datatype: str, tensor: Mapping[str, Any]) -> None:
+def _check_count(name: str, shape: list[int], datatype: str, tensor: Mapping[str, Any]) -> None:
     count = int(np.prod(shape)) if shape else 1
     if "raw" in tensor:
         if datatype == "BYTES":
@@ -147,8 +147,8 @@ def _check_count(name: str, shape: list, datatype: str, tensor: Mapping[str, Any
         return
     data = tensor.get("data")
     if not isinstance(data, list) or len(data) != count:
-        got = len(data) if isinstance(data, list) else type(data).__name__
-        raise InvalidInput(f"tensor {name!r}: shape {shape} needs {count} values, data has {got}")
+        has = len(data) if isinstance(data, list) else type(data).__name__
+        raise InvalidInput(f"tensor {name!r}: shape {shape} needs {count} values, data has {has}")
 
 
 def _text(name: str, value: object) -> str:
@@ -197,9 +197,9 @@ def validate_inputs(specs: Sequence[TensorSpec], tensors: Sequence[Mapping[str, 
     seen: set[str] = set()
     for tensor in tensors:
         name = tensor.get("name") if isinstance(tensor, Mapping) else None
-        spec = by_name.get(name)  # type: ignore[arg-type]
-        if spec is None:
+        if not isinstance(name, str) or name not in by_name:
             raise InvalidInput(f"unexpected input tensor {name!r}; the model takes {sorted(by_name)}")
+        spec = by_name[name]
         if name in seen:
             raise InvalidInput(f"input tensor {name!r} given twice")
         seen.add(name)

@@ -103,7 +103,7 @@ def solve_cbc(
     """Solve with PuLP's bundled CBC; same contract as `beat.milp_arrays.solve_highs`."""
     prob, x, r, t = build_pulp_model(problem, integer=integer)
     warm = start is not None and integer
-    if warm:
+    if start is not None and integer:
         for var, value in zip([*x, *r, t], start.tolist(), strict=True):
             var.setInitialValue(value)
     solver = pulp.PULP_CBC_CMD(msg=False, timeLimit=max(1, round(time_limit_s)), gapRel=gap, warmStart=warm)

@@ -124,7 +124,8 @@ def _solve_problem(
         best = solve_fn(problem, integer=True, time_limit_s=_left(deadline), gap=snapshot.gap, start=_start(reference))
         if best is None or best.status is PlanStatus.INFEASIBLE:
             return None if best is None else (best, best.bound, best.status)
-        best_x = _revert_needless_moves(problem, solve_fn, _best_of((best, reference)), keep, deadline)
+        top = best if reference is None or best.objective >= reference.objective else reference
+        best_x = _revert_needless_moves(problem, solve_fn, top, keep, deadline)
         return _prefer_current(problem, best_x, keep, best.bound, best.status, snapshot.hysteresis)
 
     lp_started = time.perf_counter()

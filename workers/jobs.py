@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
 import redis
 from celery import Celery
@@ -11,7 +13,7 @@ from sqlalchemy import select
 from app import logs
 from app.db.schema import Job, JobChunk, utcnow
 from app.db.session import session_scope
-from app.errors import MaasError
+from app.errors import MaasError, UnknownJob
 from app.jobs import CANCELLED, FAILED, RUNNING, SUCCEEDED, chunk_priority, model_policy, send_chunk
 from workers.context import current
 
@@ -25,7 +27,11 @@ def _redis(url: str) -> redis.Redis:
     return _REDIS[url]
 
 
-def run_chunk(app: Celery, job_id: str, index: int, infer) -> dict:  # noqa: ANN001 - infer: the infer function
+#: The worker's infer task body: (model, version, OIP input tensors) -> the answer, outputs under "outputs".
+Infer = Callable[[str, int | None, list[dict[str, Any]]], dict[str, Any]]
+
+
+def run_chunk(app: Celery, job_id: str, index: int, infer: Infer) -> dict[str, Any]:
     ctx = current()
     url = ctx.settings.sqlalchemy_url
     with session_scope(url) as session:
@@ -37,7 +43,8 @@ def run_chunk(app: Celery, job_id: str, index: int, infer) -> dict:  # noqa: ANN
             return {"job": job_id, "chunk": index, "skipped": f"job is {job.status}"}
         model, version, inputs, attempts = job.model, job.version, chunk.inputs, chunk.attempts + 1
         chunk.attempts = attempts
-    outputs, error = None, ""
+    outputs: list[dict[str, Any]] | None = None
+    error = ""
     try:
         answer = infer(model, version, inputs)
         outputs = answer["outputs"]
@@ -46,11 +53,15 @@ def run_chunk(app: Celery, job_id: str, index: int, infer) -> dict:  # noqa: ANN
     return _record_and_continue(app, job_id, index, outputs, error, attempts)
 
 
-def _record_and_continue(app: Celery, job_id: str, index: int, outputs, error: str, attempts: int) -> dict:  # noqa: ANN001
+def _record_and_continue(
+    app: Celery, job_id: str, index: int, outputs: list[dict[str, Any]] | None, error: str, attempts: int
+) -> dict[str, Any]:
     ctx = current()
     with session_scope(ctx.settings.sqlalchemy_url) as session:
         job = session.get(Job, job_id, with_for_update=True)
         chunk = session.get(JobChunk, (job_id, index))
+        if job is None or chunk is None:  # deleted while the chunk ran
+            raise UnknownJob(f"job {job_id!r} chunk {index} is no longer in the database")
         retry = bool(error) and attempts < job.max_attempts and job.status == RUNNING
         if outputs is not None:
             chunk.status, chunk.outputs = "DONE", outputs

@@ -105,7 +105,8 @@ def resolve(spec: EntryPointSpec, prefixes: tuple[str, ...]) -> Callable[..., An
         raise UntrustedArtifact(f"entry point {spec.target} refused: it is defined in {home or 'unknown'}, not allowed")
     if not callable(obj):
         raise ArtifactError(f"entry point {spec.target} is not callable")
-    return obj
+    predictor: Callable[..., Any] = obj
+    return predictor
 
 
 class EntryPointRuntime:

@@ -73,7 +73,8 @@ class SentenceTransformersRuntime:
             from sentence_transformers import SentenceTransformer
             from transformers.utils import logging as hf_logging
 
-            hf_logging.disable_progress_bar()  # progress bars on stderr would interleave with the JSON log lines
+            # Progress bars on stderr would interleave with the JSON log lines. (transformers leaves it unannotated.)
+            hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
             torch_device.limit_threads()
             device = torch_device.pick(use_gpu)
         with tempfile.TemporaryDirectory(prefix="maas-st-") as tmp:

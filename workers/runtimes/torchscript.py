@@ -41,7 +41,8 @@ def load_module(artifact: Path, device: str) -> tuple[Any, dict[str, Any] | None
             # PyTorch 2.13 marks TorchScript deprecated in favour of torch.export; the format still loads, and the
             # warning would otherwise repeat in the worker's JSON log on every load.
             warnings.simplefilter("ignore", DeprecationWarning)
-            module = torch.jit.load(str(artifact), map_location=device, _extra_files=extra)
+            # torch.jit.load has no annotations in torch 2.13.
+            module = torch.jit.load(str(artifact), map_location=device, _extra_files=extra)  # type: ignore[no-untyped-call]
     if not extra[SIGNATURE_FILE]:
         return module, None
     try:
