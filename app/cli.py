@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from app.allocation_states import MoveState
 from app.errors import ConfigError, MaasError
+from app.job_states import JobState
 from app.lifecycle import DeviceStatus, ReplicaState
 from app.policies import Policy, RequestClass
 from app.settings import FIELDS, Settings, parse_size_bytes
@@ -186,12 +187,12 @@ def cmd_job_status(args: argparse.Namespace, settings: Settings) -> int:
     while True:
         status = client.jobs.status(args.job)
         print(_job_line(status), flush=True)
-        if not args.follow or status.status != "RUNNING":
+        if not args.follow or status.status != JobState.RUNNING:
             break
         time.sleep(1.0)
     for error in status.errors:
         print(f"  {error}")
-    return 0 if status.status in ("RUNNING", "SUCCEEDED") else 1
+    return 0 if status.status in (JobState.RUNNING, JobState.SUCCEEDED) else 1
 
 
 def cmd_job_cancel(args: argparse.Namespace, settings: Settings) -> int:
