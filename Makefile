@@ -32,11 +32,14 @@ test-unit: install
 services:
 	bash scripts/ensure-services.sh
 
+## ruff (rules and formatting) and mypy: strict on the pure core, normal on the edges ([tool.mypy] in pyproject.toml).
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 bench: install
 	$(BIN)/python -m bench.dispatch
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info

@@ -6,15 +6,23 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from app.allocation_states import MoveState
 from app.errors import ConfigError, MaasError
+from app.job_states import JobState
+from app.lifecycle import DeviceStatus, ReplicaState
+from app.policies import Policy, RequestClass
 from app.settings import Settings, parse_size_bytes
 from app.table import gib, mib, render
 
-
-def _client(settings: Settings):  # noqa: ANN202 - lazy import keeps `maas --help` fast
+if TYPE_CHECKING:
     from app.client import Client
+    from app.jobs import JobStatus
+
+
+def _client(settings: Settings) -> Client:
+    from app.client import Client  # imported late: keeps `maas --help` fast
     from app.db.migrate import ensure_current
 
     ensure_current(settings.sqlalchemy_url)
@@ -66,7 +74,7 @@ def cmd_model_list(args: argparse.Namespace, settings: Settings) -> int:
 
     _client(settings)
     with session_scope(settings.sqlalchemy_url) as session:
-        rows = [
+        rows: list[dict[str, Any]] = [
             {
                 "model": v.model.name,
                 "version": v.version,
@@ -162,7 +170,7 @@ def cmd_job_submit(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _job_line(status) -> str:  # noqa: ANN001
+def _job_line(status: JobStatus) -> str:
     from app.table import bar
 
     finished = status.done + status.failed
@@ -179,12 +187,12 @@ def cmd_job_status(args: argparse.Namespace, settings: Settings) -> int:
     while True:
         status = client.jobs.status(args.job)
         print(_job_line(status), flush=True)
-        if not args.follow or status.status != "RUNNING":
+        if not args.follow or status.status != JobState.RUNNING:
             break
         time.sleep(1.0)
     for error in status.errors:
         print(f"  {error}")
-    return 0 if status.status in ("RUNNING", "SUCCEEDED") else 1
+    return 0 if status.status in (JobState.RUNNING, JobState.SUCCEEDED) else 1
 
 
 def cmd_job_cancel(args: argparse.Namespace, settings: Settings) -> int:
@@ -211,7 +219,7 @@ def cmd_load(args: argparse.Namespace, settings: Settings) -> int:
         f"{info['model']}:{info['version']} {info['state']} on {info['worker']} (replica {info['replica']}, "
         f"footprint {mib(info['footprint_bytes'])})"
     )
-    return 0 if info["state"] == "READY" else 1
+    return 0 if info["state"] == ReplicaState.READY else 1
 
 
 def cmd_stop(args: argparse.Namespace, settings: Settings) -> int:
@@ -268,7 +276,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     models = sorted({r["model"] for r in reps})
     redis_client = sync_client(settings.redis_url)
     queue_depths = depths(redis_client, [model_queue(m) for m in models]) if models else {}
-    value = {"devices": devices, "replicas": reps, "queues": queue_depths}
+    value: dict[str, Any] = {"devices": devices, "replicas": reps, "queues": queue_depths}
     dev_table = render(
         ["WORKER", "DEVICE", "KIND", "STATUS", "MEMORY", "USED"],
         [
@@ -276,7 +284,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
                 d["worker"],
                 d["name"],
                 d["kind"],
-                "alive" if d["alive"] else d["status"] if d["status"] != "online" else "silent",
+                "alive" if d["alive"] else d["status"] if d["status"] != DeviceStatus.ONLINE else "silent",
                 gib(d["mem_bytes"]),
                 gib(d["used_bytes"]),
             ]
@@ -411,7 +419,7 @@ def cmd_allocation_history(args: argparse.Namespace, settings: Settings) -> int:
                 "gap": r.gap,
                 "solve_s": r.solve_s,
                 "moves": len(r.moves),
-                "done": sum(m.get("state") == "done" for m in r.moves),
+                "done": sum(m.get("state") == MoveState.DONE for m in r.moves),
                 "reason": r.reason,
             }
             for r in runs
@@ -591,7 +599,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     mset = msub.add_parser("set", help="change a model's serving settings")
     mset.add_argument("name")
-    mset.add_argument("--policy", choices=["fifo", "sjf", "srtf", "aging"], help="scheduling policy for this model")
+    mset.add_argument("--policy", choices=[p.value for p in Policy], help="scheduling policy for this model")
     mset.add_argument("--max-queue", type=int, help="backlog past which requests are refused with QUEUE_FULL")
     mset.add_argument("--keep-warm", choices=["on", "off"], help="keep a replica even when idle")
     mset.add_argument("--min-replicas", type=int, help="the allocator keeps at least this many")
@@ -607,7 +615,9 @@ def build_parser() -> argparse.ArgumentParser:
     jsubmit.add_argument("ref")
     jsubmit.add_argument("file", help=".npy (one input named x), .npz (inputs by name) or JSON {name: rows}")
     jsubmit.add_argument("--chunk-rows", type=int, default=64, help="rows per chunk (default 64)")
-    jsubmit.add_argument("--class", dest="request_class", default="batch", choices=["interactive", "batch"])
+    jsubmit.add_argument(
+        "--class", dest="request_class", default=RequestClass.BATCH.value, choices=[c.value for c in RequestClass]
+    )
     jsubmit.add_argument("--max-attempts", type=int, default=3, help="tries per chunk before it is reported")
     jsubmit.add_argument("--parallelism", type=int, default=1, help="chunks of this job in the queue at once")
     jsubmit.set_defaults(func=cmd_job_submit)
@@ -638,8 +648,8 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument(
         "--class",
         dest="request_class",
-        default="interactive",
-        choices=["interactive", "batch"],
+        default=RequestClass.INTERACTIVE.value,
+        choices=[c.value for c in RequestClass],
         help="request class the policy weighs (default interactive)",
     )
     infer.add_argument("--deadline", type=float, help="seconds after which the request is dropped unexecuted")

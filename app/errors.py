@@ -97,6 +97,25 @@ class UnknownRuntime(ArtifactError):
     code = "UNKNOWN_RUNTIME"
 
 
+class MissingDependency(UnknownRuntime):
+    """Raised when a runtime or an entry point needs a package that is not installed here; it names the package."""
+
+    code = "MISSING_DEPENDENCY"
+
+
+# --- loading --------------------------------------------------------------------------------------------------------
+class OutOfMemory(MaasError):
+    """Raised when a runtime runs out of device or host memory while it loads or runs a model."""
+
+    code = "OUT_OF_MEMORY"
+
+
+class LoadFailed(MaasError):
+    """Raised when a replica's load fails for a reason no more specific error names; the cause is chained."""
+
+    code = "LOAD_FAILED"
+
+
 # --- requests -------------------------------------------------------------------------------------------------------
 class RequestError(MaasError):
     """Raised when a request itself is wrong; retrying it unchanged cannot help."""
@@ -211,6 +230,13 @@ class UnknownReplica(MaasError):
     """Raised when a replica id is not in the database."""
 
     code = "UNKNOWN_REPLICA"
+
+
+# --- outside systems ------------------------------------------------------------------------------------------------
+class DatabaseUnavailable(MaasError):
+    """Raised when the database cannot be reached or a query on it fails; the driver's error is chained."""
+
+    code = "DATABASE_UNAVAILABLE"
 
 
 #: Every class by code, so a client can rebuild the right type from a code that crossed the queue.

@@ -25,11 +25,9 @@ from app.broker.layout import model_queue
 from app.db.schema import Job, JobChunk, Model, utcnow
 from app.db.session import session_scope
 from app.errors import InvalidInput, UnknownJob
+from app.job_states import ChunkState, JobState
 from app.settings import Settings
 from app.signature import encode_tensor
-
-#: Job states; a job is finished in any but RUNNING.
-RUNNING, SUCCEEDED, FAILED, CANCELLED = "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"
 
 
 def split(inputs: Mapping[str, np.ndarray], chunk_rows: int) -> list[list[dict[str, Any]]]:
@@ -46,7 +44,9 @@ def split(inputs: Mapping[str, np.ndarray], chunk_rows: int) -> list[list[dict[s
     ]
 
 
-def chunk_priority(policy: str, request_class: str, chunk_s: float, remaining_chunks: int, settings: Settings) -> int:
+def chunk_priority(
+    policy: policies.Policy | str, request_class: str, chunk_s: float, remaining_chunks: int, settings: Settings
+) -> int:
     """Pure: the level of a job's next chunk, from the work the job has left."""
     facts = policies.RequestFacts(request_class, chunk_s, chunk_s * remaining_chunks)
     return policies.priority_for(policy, facts, settings.policy_params())
@@ -60,9 +60,9 @@ def send_chunk(app: Celery, client: redis.Redis, job_id: str, model: str, index:
     pipe.execute()
 
 
-def model_policy(session: Session, model: str, settings: Settings) -> str:
+def model_policy(session: Session, model: str, settings: Settings) -> policies.Policy:
     row = session.scalars(select(Model).where(Model.name == model)).one()
-    return row.policy or settings.policy
+    return policies.parse_policy(row.policy or settings.policy)
 
 
 @dataclass(frozen=True)
@@ -89,10 +89,18 @@ def status(session: Session, job_id: str) -> JobStatus:
     )
     errors = [
         f"chunk {c.index}: {c.error}"
-        for c in session.scalars(select(JobChunk).where(JobChunk.job_id == job_id, JobChunk.status == "FAILED"))
+        for c in session.scalars(
+            select(JobChunk).where(JobChunk.job_id == job_id, JobChunk.status == ChunkState.FAILED)
+        )
     ]
     return JobStatus(
-        job.id, job.model, job.status, job.total_chunks, counts.get("DONE", 0), counts.get("FAILED", 0), errors
+        job.id,
+        job.model,
+        job.status,
+        job.total_chunks,
+        counts.get(ChunkState.DONE, 0),
+        counts.get(ChunkState.FAILED, 0),
+        errors,
     )
 
 
@@ -122,7 +130,7 @@ class Jobs:
                     model=model,
                     version=version,
                     request_class=request_class,
-                    status=RUNNING,
+                    status=JobState.RUNNING.value,
                     total_chunks=len(chunks),
                     chunk_service_s=chunk_s,
                     max_attempts=max_attempts,
@@ -130,9 +138,8 @@ class Jobs:
             )
             first = min(parallelism, len(chunks))
             for i, tensors in enumerate(chunks):
-                session.add(
-                    JobChunk(job_id=job_id, index=i, inputs=tensors, status="QUEUED" if i < first else "PENDING")
-                )
+                state = ChunkState.QUEUED if i < first else ChunkState.PENDING
+                session.add(JobChunk(job_id=job_id, index=i, inputs=tensors, status=state.value))
         level = chunk_priority(policy, request_class, chunk_s, len(chunks), self.settings)
         for i in range(first):
             send_chunk(self.app, self.redis, job_id, model, i, level)
@@ -148,8 +155,8 @@ class Jobs:
             job = session.get(Job, job_id)
             if job is None:
                 raise UnknownJob(f"job {job_id!r} does not exist")
-            if job.status == RUNNING:
-                job.status, job.updated_at = CANCELLED, utcnow()
+            if job.status == JobState.RUNNING:
+                job.status, job.updated_at = JobState.CANCELLED.value, utcnow()
         return self.status(job_id)
 
     def results(self, job_id: str) -> list[list[dict[str, Any]] | None]:

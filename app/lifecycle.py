@@ -1,4 +1,4 @@
-"""The replica lifecycle as a pure state machine.
+"""The replica lifecycle as a pure state machine, and the statuses of the devices replicas live on.
 
 A replica is one model version held by one worker on one device. Its states and the transitions allowed between
 them live here and only here; the database layer calls :func:`check_transition` before every write.
@@ -53,3 +53,11 @@ def check_transition(src: ReplicaState, dst: ReplicaState, *, replica: str = "")
     if not allowed(src, dst):
         who = f"replica {replica}: " if replica else ""
         raise IllegalTransition(f"{who}{src.value} -> {dst.value} is not a legal lifecycle transition")
+
+
+class DeviceStatus(enum.StrEnum):
+    """What a device row says about its worker; only an ONLINE device with a fresh heartbeat is alive."""
+
+    ONLINE = "online"  # the worker registered and sends heartbeats (a stale heartbeat makes it silent, not lost)
+    OFFLINE = "offline"  # the worker shut down cleanly
+    LOST = "lost"  # the reaper found its heartbeat too old and failed its replicas

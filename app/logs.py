@@ -42,10 +42,15 @@ def configure(level: str = "INFO", fmt: str = "json") -> None:
 
 
 def event(
-    logger: logging.Logger, name: str, level: int = logging.INFO, *, exc_info: bool = False, **fields: Any
+    logger: logging.Logger,
+    name: str,
+    level: int = logging.INFO,
+    *,
+    exc_info: BaseException | None = None,
+    **fields: Any,
 ) -> None:
     """Log one event with its fields as top-level keys (model, version, worker, replica, reason...).
 
-    ``exc_info=True`` (inside an ``except`` block) adds the traceback of the exception being handled.
+    ``exc_info``: an exception whose traceback goes with the event (the ``exc`` key in JSON logs).
     """
     logger.log(level, name, exc_info=exc_info, extra={"event": name, **fields})

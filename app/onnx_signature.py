@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,8 @@ _ELEM = {
 }
 
 
-def _specs(values) -> list[dict[str, Any]]:  # noqa: ANN001 - onnx ValueInfoProto list
+def _specs(values: Iterable[Any]) -> list[dict[str, Any]]:
+    """OIP specs of onnx ValueInfoProtos (tensors only)."""
     out = []
     for value in values:
         tensor = value.type.tensor_type
@@ -40,7 +42,7 @@ def read_signature(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any
         model = onnx.load(str(path), load_external_data=False)
         onnx.checker.check_model(model)
     except Exception as exc:  # onnx raises DecodeError, ValidationError and others for a bad file
-        raise CorruptArtifact(f"{path.name} is not a valid ONNX model: {str(exc).splitlines()[0][:200]}") from None
+        raise CorruptArtifact(f"{path.name} is not a valid ONNX model: {str(exc).splitlines()[0][:200]}") from exc
     initializers = {i.name for i in model.graph.initializer}
     inputs = _specs(v for v in model.graph.input if v.name not in initializers)
     return inputs, _specs(model.graph.output)

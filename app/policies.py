@@ -45,6 +45,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 #: Redis priority levels configured in ``priority_steps``; 0 is popped first.
 NUM_LEVELS = 10
@@ -142,7 +143,8 @@ class PolicyParams:
             "aging_threshold_s": typical_service_s * 5.0,
             "aging_step_s": typical_service_s * 2.0,
         }
-        return cls(**{**scaled, **overrides})
+        merged: dict[str, Any] = {**scaled, **overrides}
+        return cls(**merged)
 
     def max_climb_s(self, start_level: int = LOWEST_LEVEL) -> float:
         """Longest wait before aging lifts a request submitted at ``start_level`` to the reserved level 0."""
@@ -167,9 +169,9 @@ def size_band(service_s: float, params: PolicyParams = DEFAULT_PARAMS) -> int:
 def _class_offset(request_class: str, params: PolicyParams) -> int:
     try:
         cls = RequestClass(request_class)
-    except ValueError:
+    except ValueError as exc:
         known = ", ".join(c.value for c in RequestClass)
-        raise ValueError(f"unknown request class {request_class!r}; known classes: {known}") from None
+        raise ValueError(f"unknown request class {request_class!r}; known classes: {known}") from exc
     return params.batch_offset_levels if cls is RequestClass.BATCH else 0
 
 
@@ -235,9 +237,9 @@ def parse_policy(name: str | Policy) -> Policy:
     """The :class:`Policy` named ``name``; raises ``ValueError`` naming the unknown and the known policies."""
     try:
         return Policy(name)
-    except ValueError:
+    except ValueError as exc:
         known = ", ".join(p.value for p in Policy)
-        raise ValueError(f"unknown scheduling policy {name!r}; known policies: {known}") from None
+        raise ValueError(f"unknown scheduling policy {name!r}; known policies: {known}") from exc
 
 
 def priority_for(policy_name: str | Policy, facts: RequestFacts, params: PolicyParams = DEFAULT_PARAMS) -> int:

@@ -17,6 +17,7 @@ from app.artifacts import ArtifactStore
 from app.broker.layout import check_model_name
 from app.db.schema import Model, ModelAlias, ModelVersion
 from app.errors import RegistryError, UnknownAlias, UnknownModel, UnknownRuntime, UnknownVersion
+from app.policies import Policy
 from app.signature import parse_signature
 
 #: Runtimes a version may name. Each maps to an implementation in ``workers/runtimes``.
@@ -158,7 +159,7 @@ def list_versions(session: Session) -> list[tuple[ModelVersion, list[str]]]:
 
 #: Serving settings a model can override, and how each is checked.
 _CONFIGURABLE = {
-    "policy": lambda v: v is None or v in ("fifo", "sjf", "srtf", "aging"),
+    "policy": lambda v: v is None or v in {p.value for p in Policy},
     "max_queue": lambda v: v is None or (isinstance(v, int) and v >= 1),
     "keep_warm": lambda v: isinstance(v, bool),
     "min_replicas": lambda v: isinstance(v, int) and v >= 0,

@@ -43,7 +43,7 @@ def _torchscript(artifact: Path, inputs: Specs, outputs: Specs) -> tuple[Specs, 
         # Tensors are passed to forward() by name: a name it does not take, or an argument nobody fills, would
         # fail every request, so it fails the registration instead.
         names, required = forward_arguments(module)
-        given = [spec.get("name") for spec in inputs]
+        given = [str(spec.get("name")) for spec in inputs]
         unknown, unfilled = sorted(set(given) - set(names)), sorted(set(required) - set(given))
         if unknown or unfilled:
             raise RegistryError(
@@ -84,7 +84,7 @@ def _check_outputs(artifact: Path, outputs: Specs, served: list[dict[str, Any]])
     """The runtime names its outputs itself; an operator's signature may list only names it produces."""
     if outputs is None:
         return
-    unknown = sorted({o.get("name") for o in outputs} - {o["name"] for o in served})
+    unknown = sorted({str(o.get("name")) for o in outputs} - {o["name"] for o in served})
     if unknown:
         raise RegistryError(
             f"{artifact.name}: outputs {unknown} are not produced (it serves {[o['name'] for o in served]})"

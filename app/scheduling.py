@@ -9,6 +9,7 @@ the queue's ten priority lists.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
@@ -21,7 +22,8 @@ from app.db import replicas as replica_rows
 from app.db.schema import Model, ModelVersion
 from app.db.session import session_scope
 from app.errors import UnknownPolicy
-from app.service_time import device_class
+from app.lifecycle import ReplicaState
+from app.service_time import ServiceTimeEstimator, device_class
 from app.settings import Settings
 
 #: How long per-model facts are reused before they are read again.
@@ -30,7 +32,7 @@ CACHE_S = 5.0
 
 @dataclass(frozen=True)
 class ModelFacts:
-    policy: str
+    policy: policies.Policy
     max_queue: int
     declared_s: float
     replicas: int
@@ -40,7 +42,7 @@ class ModelFacts:
 
 @dataclass(frozen=True)
 class Decision:
-    policy: str
+    policy: policies.Policy
     priority: int
     estimated_s: float
     backlog: int
@@ -48,12 +50,12 @@ class Decision:
 
 
 class Scheduler:
-    def __init__(self, settings: Settings, client: redis.Redis, trigger=None) -> None:  # noqa: ANN001
+    def __init__(self, settings: Settings, client: redis.Redis, trigger: Callable[[], object] | None = None) -> None:
         self.settings = settings
         self.redis = client
         self.trigger = trigger  # sends an allocation request; None in tools that must not start one
         self._facts: dict[str, ModelFacts] = {}
-        self._estimators: dict[str, tuple[float, object]] = {}
+        self._estimators: dict[str, tuple[float, ServiceTimeEstimator]] = {}
         self._backlog: dict[str, int] = {}  # model -> queue depth read with the last submission
         self._mean_s: dict[str, float] = {}  # model -> moving average of its requests' estimated service
         #: Size bands and the aging clock scale with the fleet's typical service time.
@@ -85,10 +87,10 @@ class Scheduler:
             latest = session.scalars(
                 select(ModelVersion).where(ModelVersion.model_id == row.id).order_by(ModelVersion.version.desc())
             ).first()
-            live = [r for r in replica_rows.live_for_model(session, row.id) if r.state == "READY"]
+            live = [r for r in replica_rows.live_for_model(session, row.id) if r.state == ReplicaState.READY]
             classes = {device_class(r.device.kind, r.device.name) for r in live} or {"virtual"}
             fresh = ModelFacts(
-                policy=row.policy or self.settings.policy,
+                policy=policies.parse_policy(row.policy or self.settings.policy),
                 max_queue=row.max_queue or self.settings.max_queue,
                 declared_s=(latest.service_ms if latest else 1.0) / 1000.0,
                 replicas=len(live),
@@ -112,7 +114,7 @@ class Scheduler:
             est = demand.estimator(self.redis, model, facts.declared_s, facts.device_classes)
             self._estimators[model] = cached = (time.monotonic(), est)
         est = cached[1]
-        return min(est.estimate((model, c), size) for c in facts.device_classes)  # type: ignore[attr-defined]
+        return min(est.estimate((model, c), size) for c in facts.device_classes)
 
     def decide(
         self, model: str, *, request_class: str, size: float, priority: int | None, remaining_s: float | None = None
@@ -132,7 +134,7 @@ class Scheduler:
                 request = policies.RequestFacts(request_class, estimated_s, remaining_s, 0.0, backlog_s)
                 priority = policies.priority_for(facts.policy, request, self.params)
             except ValueError as exc:
-                raise UnknownPolicy(str(exc)) from None
+                raise UnknownPolicy(str(exc)) from exc
         return Decision(facts.policy, priority, estimated_s, backlog, backlog_s)
 
     def admit(self, model: str, backlog: int) -> None:

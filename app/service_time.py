@@ -153,7 +153,7 @@ class ServiceTimeEstimator:
                     raise ValueError(f"service-time entry for {key} has a non-finite or negative field")
                 estimator._fits[key] = _Fit(**fields)
         except (KeyError, TypeError) as exc:
-            raise ValueError(f"service-time state is missing or has a malformed field: {exc}") from None
+            raise ValueError(f"service-time state is missing or has a malformed field: {exc}") from exc
         return estimator
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from app.errors import ConfigError
-from app.policies import PolicyParams
+from app.policies import Policy, PolicyParams, parse_policy
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "B": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4}
@@ -233,10 +233,10 @@ class Settings:
         True,
         "Serving workers also run beat's tasks (set false when a `maas controller` runs them)",
     )
-    policy: str = _env(
+    policy: Policy = _env(
         "MAAS_POLICY",
-        _choice("fifo", "sjf", "srtf", "aging"),
-        "fifo",
+        parse_policy,
+        Policy.FIFO,
         "Fleet scheduling policy (a model may override it)",
     )
     typical_service_s: float = _env(
@@ -303,7 +303,7 @@ class Settings:
             try:
                 values[f.name] = parse(raw)
             except (ValueError, TypeError) as exc:
-                raise ConfigError(f"{var}={raw!r} is invalid: {exc}") from None
+                raise ConfigError(f"{var}={raw!r} is invalid: {exc}") from exc
         settings = cls(**values)
         if settings.max_queue < 1:
             raise ConfigError(f"MAAS_MAX_QUEUE={settings.max_queue} is invalid: must be at least 1")

@@ -53,7 +53,7 @@ class TensorSpec:
         try:
             name, datatype, shape = str(raw["name"]), str(raw["datatype"]).upper(), tuple(int(d) for d in raw["shape"])
         except (KeyError, TypeError, ValueError) as exc:
-            raise InvalidInput(f"tensor spec {raw!r} needs name, datatype and an integer shape ({exc})") from None
+            raise InvalidInput(f"tensor spec {raw!r} needs name, datatype and an integer shape ({exc})") from exc
         if datatype not in DATATYPES:
             raise InvalidInput(f"tensor spec {name!r}: unknown datatype {datatype!r} (one of {', '.join(DATATYPES)})")
         if any(d < -1 or d == 0 for d in shape):
@@ -82,8 +82,8 @@ def datatype_of(array: np.ndarray) -> str:
         return "BYTES"
     try:
         return _BY_DTYPE[array.dtype.newbyteorder("=")]  # a big-endian array is the same datatype
-    except KeyError:
-        raise InvalidInput(f"numpy dtype {array.dtype} has no Open Inference Protocol datatype") from None
+    except KeyError as exc:
+        raise InvalidInput(f"numpy dtype {array.dtype} has no Open Inference Protocol datatype") from exc
 
 
 def encode_tensor(name: str, array: np.ndarray, raw: bool = True) -> dict[str, Any]:
@@ -137,7 +137,7 @@ def _raw_bytes(raw: object) -> int | None:
     return len(raw) // 4 * 3 - raw[-2:].count("=")
 
 
-def _check_count(name: str, shape: list, datatype: str, tensor: Mapping[str, Any]) -> None:
+def _check_count(name: str, shape: list[int], datatype: str, tensor: Mapping[str, Any]) -> None:
     count = int(np.prod(shape)) if shape else 1
     if "raw" in tensor:
         if datatype == "BYTES":
@@ -150,16 +150,16 @@ def _check_count(name: str, shape: list, datatype: str, tensor: Mapping[str, Any
         return
     data = tensor.get("data")
     if not isinstance(data, list) or len(data) != count:
-        got = len(data) if isinstance(data, list) else type(data).__name__
-        raise InvalidInput(f"tensor {name!r}: shape {shape} needs {count} values, data has {got}")
+        has = len(data) if isinstance(data, list) else type(data).__name__
+        raise InvalidInput(f"tensor {name!r}: shape {shape} needs {count} values, data has {has}")
 
 
 def _text(name: str, value: object) -> str:
     if isinstance(value, bytes):
         try:
             return value.decode("utf-8")
-        except UnicodeDecodeError:
-            raise ModelExecutionError(f"tensor {name!r}: BYTES value is not UTF-8 text") from None
+        except UnicodeDecodeError as exc:
+            raise ModelExecutionError(f"tensor {name!r}: BYTES value is not UTF-8 text") from exc
     if isinstance(value, str):
         return value
     raise ModelExecutionError(f"tensor {name!r}: BYTES value of type {type(value).__name__} is not text")
@@ -171,10 +171,10 @@ def decode_tensor(tensor: Mapping[str, Any]) -> np.ndarray:
         name, shape, datatype = tensor["name"], list(tensor["shape"]), str(tensor["datatype"])
         if "raw" not in tensor and "data" not in tensor:
             raise KeyError("data")
-    except (KeyError, TypeError):
+    except (KeyError, TypeError) as exc:
         raise InvalidInput(
             f"a tensor needs name, shape, datatype and data (or raw); got keys {sorted(tensor)}"
-        ) from None
+        ) from exc
     if datatype not in DATATYPES:
         raise InvalidInput(f"tensor {name!r}: unknown datatype {datatype!r}")
     _check_count(name, shape, datatype, tensor)
@@ -182,7 +182,7 @@ def decode_tensor(tensor: Mapping[str, Any]) -> np.ndarray:
         try:
             buffer = base64.b64decode(tensor["raw"], validate=True)
         except (binascii.Error, ValueError) as exc:
-            raise InvalidInput(f"tensor {name!r}: raw is not base64 ({exc})") from None
+            raise InvalidInput(f"tensor {name!r}: raw is not base64 ({exc})") from exc
         little = np.frombuffer(buffer, dtype=DATATYPES[datatype].newbyteorder("<"))
         return little.astype(DATATYPES[datatype], copy=False).reshape(shape)
     data = tensor["data"]
@@ -191,7 +191,7 @@ def decode_tensor(tensor: Mapping[str, Any]) -> np.ndarray:
     try:
         return np.asarray(data, dtype=DATATYPES[datatype]).reshape(shape)
     except (ValueError, TypeError) as exc:
-        raise InvalidInput(f"tensor {name!r}: data is not {datatype} ({exc})") from None
+        raise InvalidInput(f"tensor {name!r}: data is not {datatype} ({exc})") from exc
 
 
 def validate_inputs(specs: Sequence[TensorSpec], tensors: Sequence[Mapping[str, Any]]) -> None:
@@ -200,9 +200,9 @@ def validate_inputs(specs: Sequence[TensorSpec], tensors: Sequence[Mapping[str, 
     seen: set[str] = set()
     for tensor in tensors:
         name = tensor.get("name") if isinstance(tensor, Mapping) else None
-        spec = by_name.get(name)  # type: ignore[arg-type]
-        if spec is None:
+        if not isinstance(name, str) or name not in by_name:
             raise InvalidInput(f"unexpected input tensor {name!r}; the model takes {sorted(by_name)}")
+        spec = by_name[name]
         if name in seen:
             raise InvalidInput(f"input tensor {name!r} given twice")
         seen.add(name)

@@ -20,6 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app import logs, registry
+from app.allocation_states import MoveState, RunStatus
 from app.broker.clients import sync_client
 from app.broker.keys import ALLOCATION_LOCK
 from app.broker.layout import model_queue
@@ -33,7 +34,7 @@ from app.errors import MaasError
 from app.lifecycle import ReplicaState
 from app.settings import Settings
 from beat import fleet_state
-from beat.planner import PlanningError, plan_moves
+from beat.planner import MoveKind, PlanningError, plan_moves
 from beat.snapshot import PlanStatus
 from beat.solver import solve
 
@@ -65,13 +66,13 @@ def allocate(app: Celery, *, dry_run: bool = False) -> dict[str, Any]:
 def _run_in_progress(settings: Settings) -> int | None:
     with session_scope(settings.sqlalchemy_url) as session:
         run = session.scalars(
-            select(AllocationRun).where(AllocationRun.status == "executing").order_by(AllocationRun.id.desc())
+            select(AllocationRun).where(AllocationRun.status == RunStatus.EXECUTING).order_by(AllocationRun.id.desc())
         ).first()
         if run is None:
             return None
         age_s = (utcnow() - device_rows.as_utc(run.started_at)).total_seconds()
         if age_s > 2 * settings.load_timeout_s:
-            run.status, run.finished_at = "failed", utcnow()
+            run.status, run.finished_at = RunStatus.FAILED, utcnow()
             run.reason = f"moves not done after {age_s:.0f}s; the next run re-solves from what is"
             return None
         return run.id
@@ -83,13 +84,13 @@ def new_run(control: Control, client: redis.Redis, *, dry_run: bool) -> dict[str
         state = fleet_state.read(session, client, settings)
     plan = solve(state.snapshot)
     current = {m.name: m.current for m in state.snapshot.models if m.current}
-    status, reason, moves = "planned", "", []
+    status, reason, moves = RunStatus.PLANNED, "", []
     if plan.status is PlanStatus.INFEASIBLE:
-        status, reason = "failed", "pinned devices or minimum replicas cannot all be honoured; placement kept"
+        status, reason = RunStatus.FAILED, "pinned devices or minimum replicas cannot all be honoured; placement kept"
     else:
         try:
             moves = [
-                {**asdict(m), "kind": m.kind.value, "after": list(m.after), "state": "pending", "replica": None}
+                {**asdict(m), "kind": m.kind.value, "after": list(m.after), "state": MoveState.PENDING, "replica": None}
                 for m in plan_moves(
                     current,
                     plan.placement,
@@ -99,11 +100,13 @@ def new_run(control: Control, client: redis.Redis, *, dry_run: bool) -> dict[str
                 )
             ]
         except PlanningError as exc:
-            status, reason = "failed", str(exc)
+            status, reason = RunStatus.FAILED, str(exc)
+    if plan.fallback_reason:
+        reason = f"{reason}; {plan.fallback_reason}" if reason else plan.fallback_reason
     if plan.infeasible_models:
         reason = "; ".join(f"{name}: {why}" for name, why in plan.infeasible_models) + (f"; {reason}" if reason else "")
-    if status == "planned":
-        status = "dry_run" if dry_run else ("executing" if moves else "kept")
+    if status == RunStatus.PLANNED:
+        status = RunStatus.DRY_RUN if dry_run else (RunStatus.EXECUTING if moves else RunStatus.KEPT)
     inputs = {
         "devices": [asdict(d) for d in state.snapshot.devices],
         "demand": state.demand,
@@ -122,7 +125,7 @@ def new_run(control: Control, client: redis.Redis, *, dry_run: bool) -> dict[str
             solve_s=plan.solve_s,
             inputs=inputs,
             moves=moves,
-            finished_at=None if status == "executing" else utcnow(),
+            finished_at=None if status == RunStatus.EXECUTING else utcnow(),
         )
         session.add(run)
         session.flush()
@@ -150,7 +153,7 @@ def new_run(control: Control, client: redis.Redis, *, dry_run: bool) -> dict[str
         "bound": plan.bound,
         "gap": plan.gap,
     }
-    if status == "executing":
+    if status == RunStatus.EXECUTING:
         summary.update(advance(control, run_id))
     return summary
 
@@ -165,61 +168,73 @@ def _replica_state(session: Session, replica_id: int | None) -> ReplicaState | N
 def _settle(session: Session, moves: list[dict[str, Any]]) -> None:
     """Mark sent moves done or failed from their replica's state."""
     for move in moves:
-        if move["state"] != "sent":
+        if move["state"] != MoveState.SENT:
             continue
         state = _replica_state(session, move["replica"])
-        if move["kind"] == "load" and state is S.READY or move["kind"] == "unload" and state in (S.STOPPED, S.FAILED):
-            move["state"] = "done"
-        elif move["kind"] == "load" and state in (S.FAILED, S.STOPPED, None):
-            move["state"] = "failed"
+        if (
+            move["kind"] == MoveKind.LOAD
+            and state is S.READY
+            or move["kind"] == MoveKind.UNLOAD
+            and state in (S.STOPPED, S.FAILED)
+        ):
+            move["state"] = MoveState.DONE
+        elif move["kind"] == MoveKind.LOAD and state in (S.FAILED, S.STOPPED, None):
+            move["state"] = MoveState.FAILED
+
+
+def _run(session: Session, run_id: int) -> AllocationRun:
+    run = session.get(AllocationRun, run_id)
+    if run is None:
+        raise LookupError(f"allocation run {run_id} vanished from the database")  # only a manual DELETE does this
+    return run
 
 
 def advance(control: Control, run_id: int) -> dict[str, Any]:
     """Start every move whose prerequisites are done; finish the run when nothing is left."""
     settings = control.settings
     with session_scope(settings.sqlalchemy_url) as session:
-        run = session.get(AllocationRun, run_id)
+        run = _run(session, run_id)
         moves = [dict(m) for m in run.moves]
         _settle(session, moves)
     ready = [
         i
         for i, m in enumerate(moves)
-        if m["state"] == "pending" and all(moves[j]["state"] == "done" for j in m["after"])
+        if m["state"] == MoveState.PENDING and all(moves[j]["state"] == MoveState.DONE for j in m["after"])
     ]
     blocked = [
         i
         for i, m in enumerate(moves)
-        if m["state"] == "pending" and any(moves[j]["state"] == "failed" for j in m["after"])
+        if m["state"] == MoveState.PENDING and any(moves[j]["state"] == MoveState.FAILED for j in m["after"])
     ]
     for i in blocked:
-        moves[i]["state"] = "failed"
+        moves[i]["state"] = MoveState.FAILED
     for i in ready:
         moves[i].update(_start(control, moves[i]))
-    finished = all(m["state"] in ("done", "failed") for m in moves)
+    finished = all(m["state"] in (MoveState.DONE, MoveState.FAILED) for m in moves)
     with session_scope(settings.sqlalchemy_url) as session:
-        run = session.get(AllocationRun, run_id)
+        run = _run(session, run_id)
         run.moves = moves
         if finished:
-            failed = [m for m in moves if m["state"] == "failed"]
-            run.status, run.finished_at = ("done" if not failed else "done_with_failures"), utcnow()
+            failed = [m for m in moves if m["state"] == MoveState.FAILED]
+            run.status, run.finished_at = (RunStatus.DONE if not failed else RunStatus.DONE_WITH_FAILURES), utcnow()
     return {"run": run_id, "started": len(ready), "finished": finished}
 
 
 def _start(control: Control, move: dict[str, Any]) -> dict[str, Any]:
     model, worker = move["model"], move["device"]
     try:
-        if move["kind"] == "load":
+        if move["kind"] == MoveKind.LOAD:
             order = control.load(model, worker=worker, reason=f"allocation run: load on {worker}")
-            return {"state": "sent" if order.sent is not None else "done", "replica": order.replica_id}
+            return {"state": MoveState.SENT if order.sent is not None else MoveState.DONE, "replica": order.replica_id}
         with session_scope(control.settings.sqlalchemy_url) as session:
             version = registry.resolve(session, model)
             device = device_rows.by_worker(session, worker)
             replica = replica_rows.find_live(session, version.id, device.id) if device else None
             replica_id = replica.id if replica else None
         if replica_id is None:
-            return {"state": "done", "replica": None}  # already gone
+            return {"state": MoveState.DONE, "replica": None}  # already gone
         control.send_stop(replica_id, worker)
-        return {"state": "sent", "replica": replica_id}
+        return {"state": MoveState.SENT, "replica": replica_id}
     except Exception as exc:
         # A move that cannot start is recorded on the run and never retried blindly: the next run re-solves.
         # Our own errors are expected (no memory, worker gone); anything else is a bug or an outage: traceback.
@@ -228,13 +243,13 @@ def _start(control: Control, move: dict[str, Any]) -> dict[str, Any]:
             log,
             "move_failed",
             logging.WARNING,
-            exc_info=not isinstance(exc, MaasError),
+            exc_info=None if isinstance(exc, MaasError) else exc,
             model=model,
             worker=worker,
             kind=move["kind"],
             reason=reason,
         )
-        return {"state": "failed", "error": reason}
+        return {"state": MoveState.FAILED, "error": reason}
 
 
 def reconcile_consumers(control: Control) -> dict[str, list[str]]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import redis
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from app import registry
@@ -21,6 +22,7 @@ from app.broker.queues import depths
 from app.db import devices as device_rows
 from app.db import replicas as replica_rows
 from app.db.schema import Model
+from app.errors import DatabaseUnavailable
 from app.lifecycle import HOLDS_MEMORY, ReplicaState
 from app.service_time import device_class
 from app.settings import Settings
@@ -41,23 +43,28 @@ class FleetState:
 
 
 def read(session: Session, client: redis.Redis, settings: Settings, now: float | None = None) -> FleetState:
-    now = time.time() if now is None else now
+    """The fleet as the solver sees it now; DatabaseUnavailable (the driver's error chained) if it cannot be read."""
+    try:
+        return _read(session, client, settings, time.time() if now is None else now)
+    except SQLAlchemyError as exc:
+        raise DatabaseUnavailable(f"cannot read the fleet state from the database: {exc}") from exc
+
+
+def _read(session: Session, client: redis.Redis, settings: Settings, now: float) -> FleetState:
     alive = [d for d in device_rows.all_devices(session) if device_rows.is_alive(d, settings.heartbeat_timeout_s)]
     names = {d.id: d.worker_name for d in alive}
     classes = sorted({device_class(d.kind, d.name) for d in alive}) or ["virtual"]
     rates = demand_records.update_rates(client, settings.rate_half_life_s, now)
     last_arrival = demand_records.last_arrivals(client)
-    models = list(session.scalars(select(Model).order_by(Model.name)))
+    # A model without versions is not placeable; asking resolve() for one would only raise UnknownVersion.
+    models = list(session.scalars(select(Model).where(Model.versions.any()).order_by(Model.name)))
     backlog = depths(client, [model_queue(m.name) for m in models]) if models else {}
     footprints = replica_rows.measured_footprints(session)
     used_unmanaged = {d.id: 0 for d in alive}
     state = FleetState(Snapshot((), ()), {}, {}, {}, {})
     demands = []
     for model in models:
-        try:
-            version = registry.resolve(session, model.name)
-        except Exception:  # a model without versions is not placeable  # noqa: BLE001
-            continue
+        version = registry.resolve(session, model.name)
         live = replica_rows.live_for_model(session, model.id)
         current = tuple(
             sorted(
@@ -70,8 +77,10 @@ def read(session: Session, client: redis.Redis, settings: Settings, now: float |
         )
         for r in live:
             # Memory the solver does not place: other versions, and replicas already on their way out.
-            unmanaged = r.version_id != version.id or r.state in ("DRAINING", "UNLOADING")
-            if r.device_id in used_unmanaged and unmanaged and ReplicaState(r.state) in HOLDS_MEMORY:
+            replica_state = ReplicaState(r.state)
+            leaving = replica_state in (ReplicaState.DRAINING, ReplicaState.UNLOADING)
+            unmanaged = r.version_id != version.id or leaving
+            if r.device_id in used_unmanaged and unmanaged and replica_state in HOLDS_MEMORY:
                 used_unmanaged[r.device_id] += replica_rows.held_bytes(r, footprints)
         rate, waiting = rates.get(model.name, 0.0), backlog.get(model_queue(model.name), 0)
         demand = rate + waiting / settings.allocation_period_s

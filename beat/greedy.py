@@ -21,7 +21,7 @@ Placement = dict[str, tuple[str, ...]]
 def ffd_placement(snapshot: Snapshot) -> Placement:
     """One replica per model (more if min_replicas says so), largest model first, on the first device it fits."""
     free = {d.id: d.mem_bytes for d in snapshot.devices}
-    placement: dict[str, list[str]] = {}
+    placement: Placement = {}
     for model in sorted(snapshot.models, key=lambda m: (-m.mem_bytes, m.name)):
         chosen = [g for g in model.pinned if g in free and free[g] >= model.mem_bytes]
         for g in chosen:
@@ -35,7 +35,7 @@ def ffd_placement(snapshot: Snapshot) -> Placement:
                 free[device.id] -= model.mem_bytes
         if chosen:
             placement[model.name] = tuple(chosen)
-    return {name: tuple(devs) for name, devs in placement.items()}
+    return placement
 
 
 class _Fleet:
@@ -72,9 +72,9 @@ def demand_greedy_placement(snapshot: Snapshot) -> Placement:
     models = {m.name: m for m in snapshot.models}
     remaining = {m.name: max(0.0, m.demand_per_s) for m in snapshot.models}
     for m in snapshot.models:
-        for g in m.pinned:
-            if g in fleet.index and fleet.free_mem[fleet.index[g]] >= m.mem_bytes:
-                gi = fleet.index[g]
+        for pin in m.pinned:
+            if pin in fleet.index and fleet.free_mem[fleet.index[pin]] >= m.mem_bytes:
+                gi = fleet.index[pin]
                 rate = min(remaining[m.name], fleet.free_time[gi] * fleet.speed[gi] / m.service_s)
                 fleet.place(m.name, gi, m.mem_bytes, m.service_s, rate)
                 remaining[m.name] -= rate

@@ -6,6 +6,7 @@ to build 500 x 64 while this takes milliseconds. `tests/unit/test_solver.py` che
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,8 +16,9 @@ from beat.snapshot import PlanStatus
 
 try:
     import highspy
-except ImportError:  # the solver falls back to CBC through PuLP
-    highspy = None
+except ImportError:  # a dependency, but the solver still answers without it: CBC through PuLP (plan.solver says so)
+    logging.getLogger("maas.beat").warning("highspy cannot be imported; solving with CBC", exc_info=True)
+    highspy = None  # type: ignore[assignment]  # tests set it to None too; available() checks
 
 #: HiGHS model statuses after which the incumbent is usable though not proven optimal
 _STOPPED_EARLY = {
@@ -152,7 +154,7 @@ def solve_highs(
     start: np.ndarray | None = None,
 ) -> RawSolution | None:
     """Solve with HiGHS; `start` (x, r, t stacked) is handed over as the incumbent. None = no usable answer."""
-    h = highspy.Highs()
+    h = highspy.Highs()  # type: ignore[no-untyped-call]  # highspy's Python wrapper class has no annotations
     h.setOptionValue("output_flag", False)
     h.setOptionValue("time_limit", max(0.05, float(time_limit_s)))
     h.setOptionValue("mip_rel_gap", float(gap))

@@ -7,12 +7,17 @@ slow at scale (seconds at 500 x 64), so the solver's fast path passes the same m
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pulp
 
+from app import logs
 from beat.milp_arrays import RawSolution
 from beat.problem import Problem, evaluate_objective
 from beat.snapshot import PlanStatus
+
+log = logging.getLogger("maas.beat")
 
 
 def build_pulp_model(
@@ -98,13 +103,14 @@ def solve_cbc(
     """Solve with PuLP's bundled CBC; same contract as `beat.milp_arrays.solve_highs`."""
     prob, x, r, t = build_pulp_model(problem, integer=integer)
     warm = start is not None and integer
-    if warm:
+    if start is not None and integer:
         for var, value in zip([*x, *r, t], start.tolist(), strict=True):
             var.setInitialValue(value)
     solver = pulp.PULP_CBC_CMD(msg=False, timeLimit=max(1, round(time_limit_s)), gapRel=gap, warmStart=warm)
     try:
         prob.solve(solver)
-    except pulp.PulpSolverError:
+    except pulp.PulpSolverError as exc:  # CBC missing or crashed: no answer; the solver falls back to the greedy
+        logs.event(log, "cbc_failed", logging.WARNING, exc_info=exc, reason=str(exc))
         return None
     status = status_from_pulp(prob.status, prob.sol_status)
     if status is None or status is PlanStatus.INFEASIBLE:

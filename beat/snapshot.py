@@ -98,6 +98,9 @@ class Plan:
     infeasible_models: list[tuple[str, str]] = field(default_factory=list)
     #: whether the max-min fairness term was used (dropped when memory is over-subscribed)
     fairness: bool = True
+    #: why the plan fell back to the greedy placement (FALLBACK_GREEDY): the solver's exception, or that it found
+    #: nothing in time; empty for a solved plan. The allocation run records it where the operator looks.
+    fallback_reason: str = ""
 
     def replica_count(self) -> int:
         return sum(len(devices) for devices in self.placement.values())

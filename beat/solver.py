@@ -20,12 +20,14 @@ incumbent (the LP puts the cold tail at 1 and the popular models fractional: 912
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 
 import numpy as np
 
+from app import logs
 from beat import milp_arrays
 from beat.candidates import all_pairs, candidate_pairs, fairness_applies, screen_models
 from beat.greedy import Placement, demand_greedy_placement, proportional_rates
@@ -54,6 +56,8 @@ ROUND_MIN_GAIN = 1e-4
 
 SolveFn = Callable[..., RawSolution | None]
 
+log = logging.getLogger("maas.beat")
+
 
 def solve(snapshot: Snapshot) -> Plan:
     """Target placement and routing for `snapshot`, within `snapshot.time_limit_s` of wall time."""
@@ -71,10 +75,15 @@ def solve(snapshot: Snapshot) -> Plan:
     try:
         greedy_x = _placement_vector(problem, greedy)
         result = _solve_problem(problem, snapshot, solve_fn, exact=exact, deadline=deadline, greedy_x=greedy_x)
-    except Exception:  # noqa: BLE001 - a native solver crash must not stop beat; the greedy plan still serves
-        result = None
+    except Exception as exc:  # noqa: BLE001 - a native solver crash must not stop beat; the greedy plan still serves
+        # Logged with its traceback and carried in the plan: a bug here must not become a silent, permanent greedy.
+        reason = f"{solver_name} raised {type(exc).__name__}: {exc}"
+        logs.event(log, "solver_failed", logging.ERROR, exc_info=exc, solver=solver_name, reason=reason)
+        return _greedy_plan(snapshot, models, infeasible, fairness, build_s, started, reason)
     if result is None:
-        return _greedy_plan(snapshot, models, infeasible, fairness, build_s, started)
+        reason = f"{solver_name} found no placement within the {snapshot.time_limit_s:g}s time limit"
+        logs.event(log, "solver_gave_up", logging.WARNING, solver=solver_name, reason=reason)
+        return _greedy_plan(snapshot, models, infeasible, fairness, build_s, started, reason)
     raw, bound, status = result
     if status is PlanStatus.INFEASIBLE:
         return _infeasible_plan(snapshot, models, infeasible, fairness, build_s, started, solver_name)
@@ -115,7 +124,8 @@ def _solve_problem(
         best = solve_fn(problem, integer=True, time_limit_s=_left(deadline), gap=snapshot.gap, start=_start(reference))
         if best is None or best.status is PlanStatus.INFEASIBLE:
             return None if best is None else (best, best.bound, best.status)
-        best_x = _revert_needless_moves(problem, solve_fn, _best_of((best, reference)), keep, deadline)
+        top = best if reference is None or best.objective >= reference.objective else reference
+        best_x = _revert_needless_moves(problem, solve_fn, top, keep, deadline)
         return _prefer_current(problem, best_x, keep, best.bound, best.status, snapshot.hysteresis)
 
     lp_started = time.perf_counter()
@@ -396,7 +406,8 @@ def route(snapshot: Snapshot, placement: Placement) -> Plan:
     sol = _route(problem, solve_fn, np.ones(problem.n_pairs))
     build_s = time.perf_counter() - started
     if sol is None:
-        return _greedy_routed(snapshot, placement, infeasible, problem.fairness, build_s, started)
+        reason = f"{solver_name} found no routing for the placement"
+        return _greedy_routed(snapshot, placement, infeasible, problem.fairness, build_s, started, reason=reason)
     return _to_plan(
         problem,
         sol,
@@ -416,12 +427,16 @@ def _greedy_plan(
     fairness: bool,
     build_s: float,
     started: float,
+    reason: str,
 ) -> Plan:
+    """The demand greedy's placement, routed by the LP when that works; ``reason`` says why the solver was not used."""
     placement = demand_greedy_placement(replace(snapshot, models=models))
     try:
         routed = route(snapshot, placement)
-    except Exception:  # noqa: BLE001 - same reason as in solve: the greedy plan must come back whatever the solver does
-        return _greedy_routed(snapshot, placement, infeasible, fairness, build_s, started)
+    except Exception as exc:  # noqa: BLE001 - same reason as in solve: the greedy plan must come back whatever the solver does
+        reason = f"{reason}; routing the greedy placement raised {type(exc).__name__}: {exc}"
+        logs.event(log, "solver_failed", logging.ERROR, exc_info=exc, solver="route", reason=reason)
+        return _greedy_routed(snapshot, placement, infeasible, fairness, build_s, started, reason=reason)
     return replace(
         routed,
         status=PlanStatus.FALLBACK_GREEDY,
@@ -430,6 +445,7 @@ def _greedy_plan(
         solve_s=time.perf_counter() - started - build_s,
         bound=float("nan"),
         gap=float("nan"),
+        fallback_reason=reason if not routed.fallback_reason else f"{reason}; {routed.fallback_reason}",
     )
 
 
@@ -441,7 +457,10 @@ def _greedy_routed(
     build_s: float,
     started: float,
     status: PlanStatus = PlanStatus.FALLBACK_GREEDY,
+    *,
+    reason: str = "",
 ) -> Plan:
+    """The placement with rates split in proportion to demand (no LP); ``reason`` says why it is a fallback."""
     rates = proportional_rates(snapshot, placement)
     served = sum(rates.values())
     return Plan(
@@ -457,6 +476,7 @@ def _greedy_routed(
         solve_s=time.perf_counter() - started - build_s,
         infeasible_models=infeasible,
         fairness=fairness,
+        fallback_reason=reason,
     )
 
 

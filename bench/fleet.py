@@ -7,6 +7,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from harness.servers import Proc, Server, start_redis, wait_for
 
@@ -51,7 +52,7 @@ class BenchFleet:
         self.procs.append(proc)
         return proc
 
-    def register(self, name: str, path: Path, **kw) -> None:  # noqa: ANN003
+    def register(self, name: str, path: Path, **kw: Any) -> None:
         from app import registry
         from app.artifacts import LocalArtifactStore
         from app.db.session import session_scope

@@ -75,7 +75,7 @@ class Fleet:
 
     async def take_back(self, published: Published, why: str) -> bool:
         """Remove a request nobody will read from its queue if no worker has taken it yet; True if it was there."""
-        removed = await self.redis.lrem(published.list_key, 1, published.raw)
+        removed = await self.redis.lrem(published.list_key, 1, published.raw)  # type: ignore[arg-type]
         if removed:
             order = published.order
             await asyncio.to_thread(scripts.withdraw, self.client.redis, order.model, order.task_id)

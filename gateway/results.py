@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 import redis.asyncio
 
-from app.broker.layout import RESULT_PREFIX, result_key
+from app.broker.layout import RESULT_PREFIX, result_key, text
 
 log = logging.getLogger("maas.gateway")
 
@@ -82,8 +82,9 @@ class ResultWaiter:
                 continue
             if message is None or message.get("type") != "message":
                 continue
-            channel = message["channel"].decode()
-            self._deliver(channel[len(RESULT_PREFIX) :], message["data"])
+            channel = text(message["channel"])
+            data = message["data"]
+            self._deliver(channel[len(RESULT_PREFIX) :], data if isinstance(data, bytes) else str(data).encode())
 
     async def _sweep(self) -> None:
         while True:
@@ -97,4 +98,4 @@ class ResultWaiter:
                 continue  # Redis is away; the requests' own timeouts still run
             for task_id, raw in zip(ids, values, strict=True):
                 if raw is not None:
-                    self._deliver(task_id, raw)
+                    self._deliver(task_id, raw if isinstance(raw, bytes) else str(raw).encode())

@@ -172,7 +172,7 @@ class Gateway:
     async def _await(self, request: Request, future: asyncio.Future[dict[str, Any]], published: Any) -> dict[str, Any]:
         """The result, unless the client leaves or the wait runs out first: then the request is taken back if no
         worker has started it, so no work is left behind that nobody will read."""
-        gone = asyncio.create_task(_disconnected(request))
+        gone: asyncio.Future[Any] = asyncio.ensure_future(_disconnected(request))
         try:
             done, _ = await asyncio.wait(
                 {future, gone}, timeout=self.settings.infer_timeout_s, return_when=asyncio.FIRST_COMPLETED
@@ -327,7 +327,7 @@ def _handler(fn: Callable[[Request], Awaitable[Response]]) -> Callable[[Request]
         except MaasError as exc:
             return error_response(exc)
         except Exception as exc:
-            logs.event(log, "gateway_error", logging.ERROR, exc_info=True, path=request.url.path)
+            logs.event(log, "gateway_error", logging.ERROR, exc_info=exc, path=request.url.path)
             return error_response(MaasError(f"internal error: {type(exc).__name__}"))
         finally:
             metrics.observe_http(request.url.path, time.perf_counter() - started)

@@ -14,13 +14,19 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from app.signature import decode_tensor
 from app.table import mib, render
 from harness.servers import Proc, start_redis, wait_for
+
+if TYPE_CHECKING:
+    from app.client import Client
+    from app.settings import Settings
 
 REQUESTS_TIMEOUT_S = 120
 
@@ -73,7 +79,7 @@ def start_workers(env: dict[str, str], logdir: Path) -> list[Proc]:
         argv = [sys.executable, "-m", "app.cli", "worker", "--device", str(device.index)]
         workers.append(Proc(name, argv, proc_env, logdir))
     for proc in workers:
-        wait_for(lambda p=proc: _ready(p), 90, f"worker {proc.name}")
+        wait_for(partial(_ready, proc), 90, f"worker {proc.name}")
         print(f"    worker {proc.name} ready on a {kind} device (log: {proc.log_path})")
     return workers
 
@@ -94,7 +100,8 @@ def burst(client, x_test: np.ndarray) -> tuple[np.ndarray, dict]:
     for row, priority in zip(x_test, priorities, strict=True):
         sent_at.append(time.time())
         handles.append(client.infer("digits", {"X": row[None, :]}, priority=priority))
-    predictions, workers = [], Counter()
+    predictions: list[int] = []
+    workers: Counter[str] = Counter()
     for i, handle in enumerate(handles, 1):
         answer = handle.wait(timeout_s=REQUESTS_TIMEOUT_S)
         predictions.append(int(decode_tensor(answer["outputs"][0]).reshape(-1)[0]))
@@ -140,7 +147,7 @@ def run(workdir: Path) -> int:
         print("    workers and Redis stopped")
 
 
-def _scenario(client, settings, workdir: Path) -> int:  # noqa: ANN001
+def _scenario(client: Client, settings: Settings, workdir: Path) -> int:
     from app import registry
     from app.artifacts import LocalArtifactStore
     from app.db.session import session_scope

@@ -121,8 +121,9 @@ def _admit(member: Member, loaded: Loaded, now: float) -> None:
             raise DeadlineExceeded(
                 f"the deadline passed {now - member.deadline_at:.3f}s before the request could run; not executed"
             )
-        validate_inputs(loaded.inputs, member.inputs)
-        member.arrays = {t["name"]: decode_tensor(t) for t in member.inputs}
+        inputs = member.inputs or []
+        validate_inputs(loaded.inputs, inputs)
+        member.arrays = {t["name"]: decode_tensor(t) for t in inputs}
     except MaasError as exc:
         member.error = exc
 
@@ -153,9 +154,13 @@ def execute(members: list[Member], loaded: Loaded, worker: str) -> float:
     if batchable:
         joined = {s.name: np.concatenate([m.arrays[s.name] for m in ready]) for s in loaded.inputs}
         try:
-            parts = _split(loaded.runtime.infer(joined), [rows_of(m.inputs) for m in ready])
-        except MaasError:
-            parts = None  # one bad request must not fail the others: run them one by one to find it
+            parts = _split(loaded.runtime.infer(joined), [rows_of(m.inputs or []) for m in ready])
+        except MaasError as exc:
+            # One bad request must not fail the others: run them one by one to find it.
+            logs.event(
+                log, "batch_split", logging.INFO, model=loaded.model, size=len(ready), code=exc.code, reason=exc.message
+            )
+            parts = None
         if parts is not None:
             service_s = time.perf_counter() - started
             for m, outputs in zip(ready, parts, strict=True):

@@ -16,7 +16,7 @@ def used_bytes(kind: str, index: int) -> int:
         if used is not None:
             return used
     gc.collect()
-    return psutil.Process().memory_info().rss
+    return int(psutil.Process().memory_info().rss)
 
 
 def open_cuda_context(index: int) -> int | None:

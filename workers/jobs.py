@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
 from celery import Celery
 from sqlalchemy import select
@@ -11,26 +13,32 @@ from app import logs
 from app.broker.clients import sync_client
 from app.db.schema import Job, JobChunk, utcnow
 from app.db.session import session_scope
-from app.errors import MaasError
-from app.jobs import CANCELLED, FAILED, RUNNING, SUCCEEDED, chunk_priority, model_policy, send_chunk
+from app.errors import MaasError, UnknownJob
+from app.job_states import ChunkState, JobState
+from app.jobs import chunk_priority, model_policy, send_chunk
 from workers.context import current
 
 log = logging.getLogger("maas.worker")
 
 
-def run_chunk(app: Celery, job_id: str, index: int, infer) -> dict:  # noqa: ANN001 - infer: the infer function
+#: The worker's infer task body: (model, version, OIP input tensors) -> the answer, outputs under "outputs".
+Infer = Callable[[str, int | None, list[dict[str, Any]]], dict[str, Any]]
+
+
+def run_chunk(app: Celery, job_id: str, index: int, infer: Infer) -> dict[str, Any]:
     ctx = current()
     url = ctx.settings.sqlalchemy_url
     with session_scope(url) as session:
         job = session.get(Job, job_id)
         chunk = session.get(JobChunk, (job_id, index))
-        if job is None or chunk is None or chunk.status == "DONE":
+        if job is None or chunk is None or chunk.status == ChunkState.DONE:
             return {"job": job_id, "chunk": index, "skipped": "unknown or already done"}
-        if job.status != RUNNING:
+        if job.status != JobState.RUNNING:
             return {"job": job_id, "chunk": index, "skipped": f"job is {job.status}"}
         model, version, inputs, attempts = job.model, job.version, chunk.inputs, chunk.attempts + 1
         chunk.attempts = attempts
-    outputs, error = None, ""
+    outputs: list[dict[str, Any]] | None = None
+    error = ""
     try:
         answer = infer(model, version, inputs)
         outputs = answer["outputs"]
@@ -39,34 +47,40 @@ def run_chunk(app: Celery, job_id: str, index: int, infer) -> dict:  # noqa: ANN
     return _record_and_continue(app, job_id, index, outputs, error, attempts)
 
 
-def _record_and_continue(app: Celery, job_id: str, index: int, outputs, error: str, attempts: int) -> dict:  # noqa: ANN001
+def _record_and_continue(
+    app: Celery, job_id: str, index: int, outputs: list[dict[str, Any]] | None, error: str, attempts: int
+) -> dict[str, Any]:
     ctx = current()
     with session_scope(ctx.settings.sqlalchemy_url) as session:
         job = session.get(Job, job_id, with_for_update=True)
         chunk = session.get(JobChunk, (job_id, index))
-        retry = bool(error) and attempts < job.max_attempts and job.status == RUNNING
+        if job is None or chunk is None:  # deleted while the chunk ran
+            raise UnknownJob(f"job {job_id!r} chunk {index} is no longer in the database")
+        retry = bool(error) and attempts < job.max_attempts and job.status == JobState.RUNNING
         if outputs is not None:
-            chunk.status, chunk.outputs = "DONE", outputs
+            chunk.status, chunk.outputs = ChunkState.DONE.value, outputs
         elif not retry:
-            chunk.status, chunk.error = "FAILED", error
+            chunk.status, chunk.error = ChunkState.FAILED.value, error
         chunk.worker, chunk.finished_at = ctx.worker_name, utcnow()
         pending = session.scalars(
-            select(JobChunk).where(JobChunk.job_id == job_id, JobChunk.status == "PENDING").order_by(JobChunk.index)
+            select(JobChunk)
+            .where(JobChunk.job_id == job_id, JobChunk.status == ChunkState.PENDING)
+            .order_by(JobChunk.index)
         ).all()
         left = len(pending) + (1 if retry else 0)
-        nxt = index if retry else (pending[0].index if pending and job.status == RUNNING else None)
+        nxt = index if retry else (pending[0].index if pending and job.status == JobState.RUNNING else None)
         if nxt is not None and nxt != index:
-            pending[0].status = "QUEUED"
+            pending[0].status = ChunkState.QUEUED.value
         in_flight = session.scalar(
             select(JobChunk.index).where(
-                JobChunk.job_id == job_id, JobChunk.status == "QUEUED", JobChunk.index != index
+                JobChunk.job_id == job_id, JobChunk.status == ChunkState.QUEUED, JobChunk.index != index
             )
         )
-        if nxt is None and in_flight is None and job.status == RUNNING:
+        if nxt is None and in_flight is None and job.status == JobState.RUNNING:
             failed = session.scalar(
-                select(JobChunk.index).where(JobChunk.job_id == job_id, JobChunk.status == "FAILED")
+                select(JobChunk.index).where(JobChunk.job_id == job_id, JobChunk.status == ChunkState.FAILED)
             )
-            job.status = FAILED if failed is not None else SUCCEEDED
+            job.status = (JobState.FAILED if failed is not None else JobState.SUCCEEDED).value
         job.updated_at = utcnow()
         policy = model_policy(session, job.model, ctx.settings)
         level = chunk_priority(policy, job.request_class, job.chunk_service_s, max(1, left), ctx.settings)
@@ -84,6 +98,6 @@ def _record_and_continue(app: Celery, job_id: str, index: int, outputs, error: s
             retry=retry,
             reason=error,
         )
-    if nxt is not None and status not in (CANCELLED,):
+    if nxt is not None and status != JobState.CANCELLED:
         send_chunk(app, sync_client(ctx.settings.redis_url), job_id, model, nxt, level)
     return {"job": job_id, "chunk": index, "ok": outputs is not None, "next": nxt, "priority": level}

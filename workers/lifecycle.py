@@ -15,7 +15,7 @@ from app.artifacts import LocalArtifactStore
 from app.broker.layout import model_queue
 from app.db import replicas
 from app.db.session import session_scope
-from app.errors import MaasError, UnknownReplica
+from app.errors import LoadFailed, MaasError, UnknownReplica
 from app.lifecycle import TERMINAL, ReplicaState
 from app.signature import parse_signature
 from workers import runtimes
@@ -25,6 +25,8 @@ from workers.footprint import used_bytes
 
 log = logging.getLogger("maas.worker")
 S = ReplicaState
+#: Characters of an unexpected exception's message kept in the replica's reason; the log holds the traceback.
+REASON_CHARS = 1000
 
 
 def _move(ctx: WorkerContext, replica_id: int, dst: ReplicaState, reason: str = "", **updates: Any) -> dict:
@@ -68,6 +70,12 @@ def _read(ctx: WorkerContext, replica_id: int) -> tuple[ReplicaState, dict[str, 
 
 
 def load(ctx: WorkerContext, replica_id: int) -> dict[str, Any]:
+    """Load the replica's version into this worker and start consuming its queue.
+
+    Any failure moves the replica to FAILED with the reason, so nothing is left LOADING: a MaasError is re-raised as
+    it is, anything else (an OSError, an NVML or driver error) is logged with its traceback and raised as LoadFailed
+    with the original chained as its cause.
+    """
     state, info, spec = _read(ctx, replica_id)
     model, version = info["model"], info["version"]
     if state is S.READY and ctx.cache.get(model, version) is not None:
@@ -78,31 +86,85 @@ def load(ctx: WorkerContext, replica_id: int) -> dict[str, Any]:
         return info
     if state is S.PENDING:
         _move(ctx, replica_id, S.LOADING)
-    store = LocalArtifactStore(ctx.settings.artifact_dir, ctx.settings.max_artifact_bytes)
     try:
-        path = store.fetch(spec["uri"], spec["sha256"])
-        runtime = runtimes.create(spec["runtime"])
-        before = used_bytes(ctx.device.kind, ctx.device.index)
-        runtime.load(path, use_gpu=ctx.device.kind == "gpu")
-        footprint = max(0, used_bytes(ctx.device.kind, ctx.device.index) - before)
-    except MaasError as exc:
-        _move(ctx, replica_id, S.FAILED, str(exc))
-        raise
-    ctx.cache.put(
-        Loaded(
-            replica_id,
-            model,
-            version,
-            runtime,
-            parse_signature(spec["inputs"]),
-            footprint,
-            spec["max_batch_size"],
-            spec["max_queue_delay_s"],
-        )
-    )
-    info = _move(ctx, replica_id, S.READY, f"on {runtime.device_label}", footprint_bytes=footprint)
-    ctx.subscribe(model_queue(model))
+        loaded = _load_runtime(ctx, replica_id, model, version, spec)
+        ctx.cache.put(loaded)
+        where = f"on {loaded.runtime.device_label}"
+        info = _move(ctx, replica_id, S.READY, where, footprint_bytes=loaded.footprint_bytes)
+        ctx.subscribe(model_queue(model))
+    except Exception as exc:
+        error = _load_failed(ctx, replica_id, model, version, exc)
+        if error is exc:
+            raise
+        raise error from exc
     return info
+
+
+def _load_runtime(ctx: WorkerContext, replica_id: int, model: str, version: int, spec: dict[str, Any]) -> Loaded:
+    """Fetch and check the artifact, build the runtime on this worker's device, and measure what it took."""
+    store = LocalArtifactStore(ctx.settings.artifact_dir, ctx.settings.max_artifact_bytes)
+    path = store.fetch(spec["uri"], spec["sha256"])
+    runtime = runtimes.create(spec["runtime"])
+    before = used_bytes(ctx.device.kind, ctx.device.index)
+    runtime.load(path, use_gpu=ctx.device.kind == "gpu")
+    footprint = max(0, used_bytes(ctx.device.kind, ctx.device.index) - before)
+    return Loaded(
+        replica_id,
+        model,
+        version,
+        runtime,
+        parse_signature(spec["inputs"]),
+        footprint,
+        spec["max_batch_size"],
+        spec["max_queue_delay_s"],
+    )
+
+
+def _load_failed(ctx: WorkerContext, replica_id: int, model: str, version: int, exc: Exception) -> MaasError:
+    """Record a failed load (FAILED with the reason, the runtime released) and return the error to raise."""
+    if isinstance(exc, MaasError):
+        error, reason = exc, str(exc)
+    else:
+        reason = f"{type(exc).__name__}: {exc}"[:REASON_CHARS]
+        logs.event(
+            log,
+            "load_failed",
+            logging.ERROR,
+            exc_info=exc,
+            replica=replica_id,
+            model=model,
+            version=version,
+            worker=ctx.worker_name,
+            reason=reason,
+        )
+        error = LoadFailed(f"loading {model}:{version} on {ctx.worker_name} failed: {reason}")
+    held = ctx.cache.get(model, version)
+    if held is not None and held.replica_id == replica_id:
+        # Failed after the runtime was built (READY could not be written, or the queue not subscribed).
+        ctx.cache.pop(model, version)
+        _release(held)
+    try:
+        _move(ctx, replica_id, S.FAILED, reason)
+    except Exception as move_exc:  # the database is down too, or the replica already ended: still raise the error
+        logs.event(
+            log,
+            "load_failure_unrecorded",
+            logging.ERROR,
+            exc_info=move_exc,
+            replica=replica_id,
+            model=model,
+            version=version,
+            worker=ctx.worker_name,
+            reason=reason,
+        )
+    return error
+
+
+def _release(loaded: Loaded) -> None:
+    try:
+        loaded.runtime.unload()
+    except Exception as exc:  # the load already failed; this only frees memory early, the process exit frees it too
+        logs.event(log, "release_failed", logging.ERROR, exc_info=exc, replica=loaded.replica_id, model=loaded.model)
 
 
 def drain(ctx: WorkerContext, replica_id: int) -> tuple[dict[str, Any], bool]:

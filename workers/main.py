@@ -21,6 +21,7 @@ from app.control import Control
 from app.db import devices, replicas
 from app.db.migrate import ensure_current
 from app.db.session import session_scope
+from app.lifecycle import DeviceStatus
 from app.settings import Settings
 from workers import context
 from workers import devices as device_discovery
@@ -44,7 +45,9 @@ def _take_over_previous_life(settings: Settings, device_id: int, worker_name: st
     reason = "worker restarted: its in-memory copy was lost"
     reload_ids = []
     with session_scope(settings.sqlalchemy_url) as session:
-        for old in replicas.fail_all_on_device(session, devices.by_worker(session, worker_name), reason):
+        device = devices.by_worker(session, worker_name)
+        assert device is not None  # registered just before
+        for old in replicas.fail_all_on_device(session, device, reason):
             fresh = replicas.create(session, old.version_id, device_id, reason=f"reload of replica {old.id}")
             reload_ids.append(fresh.id)
     return reload_ids
@@ -100,7 +103,7 @@ def run(
     def _shutdown(**_kw: object) -> None:
         heartbeat.stop()
         with session_scope(settings.sqlalchemy_url) as session:
-            devices.mark(session, worker_name, "offline")
+            devices.mark(session, worker_name, DeviceStatus.OFFLINE)
         logs.event(log, "worker_stopped", worker=worker_name)
 
     queues = [control_queue(worker_name), *([SYSTEM_QUEUE] if extra_tasks is not None else [])]

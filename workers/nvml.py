@@ -1,13 +1,37 @@
 """The one module that talks to NVML (``pynvml`` from the nvidia-ml-py package).
 
 NVML reads device facts without creating a CUDA context, so it is safe before the worker pins its device.
+A failing NVML call is answered with None (callers fall back: virtual devices, RSS for footprints, no GPU
+telemetry) and logged with its traceback: at WARNING the first time per call, at DEBUG after that, since the
+heartbeat asks every few seconds.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 
+from app import logs
 from app.db.devices import DeviceInfo
+
+log = logging.getLogger("maas.worker")
+#: NVML errors that only mean "no NVIDIA driver on this host": a CPU-only host, not a fault.
+NO_DRIVER = frozenset({"NVMLError_LibraryNotFound", "NVMLError_DriverNotLoaded"})
+_reported: set[str] = set()
+
+
+def _failed(call: str, exc: Exception, *, level: int = logging.WARNING) -> None:
+    """Log a failed NVML call with its traceback; repeats of the same call go to DEBUG."""
+    first = call not in _reported
+    _reported.add(call)
+    logs.event(
+        log,
+        "nvml_failed",
+        level if first else logging.DEBUG,
+        exc_info=exc,
+        call=call,
+        reason=f"{type(exc).__name__}: {exc}",
+    )
 
 
 def gpus() -> list[DeviceInfo] | None:
@@ -16,7 +40,9 @@ def gpus() -> list[DeviceInfo] | None:
         import pynvml
 
         pynvml.nvmlInit()
-    except Exception:  # NVMLError_LibraryNotFound / DriverNotLoaded / ImportError: no GPU here
+    except Exception as exc:  # NVMLError_LibraryNotFound / DriverNotLoaded / ImportError: no GPU here
+        no_gpu = isinstance(exc, ImportError) or type(exc).__name__ in NO_DRIVER
+        _failed("nvmlInit", exc, level=logging.INFO if no_gpu else logging.WARNING)
         return None
     try:
         found = []
@@ -45,7 +71,8 @@ def process_used_bytes(index: int) -> int | None:
             return 0
         finally:
             pynvml.nvmlShutdown()
-    except Exception:
+    except Exception as exc:  # NVMLError_NotSupported (MIG, some drivers), a lost GPU: the caller measures RSS
+        _failed("process_used_bytes", exc)
         return None
 
 
@@ -66,5 +93,6 @@ def usage(index: int) -> dict[str, float | int] | None:
             return {"mem_used_bytes": int(memory.used), "util_pct": float(util.gpu)}
         finally:
             pynvml.nvmlShutdown()
-    except Exception:
+    except Exception as exc:  # the heartbeat goes on without GPU telemetry
+        _failed("usage", exc)
         return None

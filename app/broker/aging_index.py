@@ -13,7 +13,7 @@ import redis
 import redis.asyncio
 
 from app.broker.keys import AGING_FACTS, AGING_PROMOTED, aging_index
-from app.broker.layout import result_key
+from app.broker.layout import result_key, text
 
 #: One waiting request: (task id, submitted at in unix s, facts).
 Entry = tuple[str, float, dict[str, Any]]
@@ -26,10 +26,10 @@ def waiting(client: redis.Redis, model: str, now: float, max_age_s: float) -> li
     """
     key = aging_index(model)
     client.zremrangebyscore(key, 0, now - max_age_s)
-    indexed = client.zrange(key, 0, -1, withscores=True)
+    indexed: list[tuple[bytes, float]] = client.zrange(key, 0, -1, withscores=True)  # type: ignore[assignment]
     if not indexed:
         return []
-    ids = [raw_id.decode() for raw_id, _ in indexed]
+    ids = [text(raw_id) for raw_id, _ in indexed]
     pipe = client.pipeline(transaction=False)
     for task_id in ids:
         pipe.exists(result_key(task_id))
@@ -37,10 +37,13 @@ def waiting(client: redis.Redis, model: str, now: float, max_age_s: float) -> li
     raw_facts = client.hmget(AGING_FACTS, ids)
     finished = [i for i, done, f in zip(ids, answered, raw_facts, strict=True) if done or f is None]
     if finished:
-        client.pipeline(transaction=False).zrem(key, *finished).hdel(AGING_FACTS, *finished).execute()
+        drop = client.pipeline(transaction=False)
+        drop.zrem(key, *finished)
+        drop.hdel(AGING_FACTS, *finished)
+        drop.execute()
     return [
         (task_id, float(score), json.loads(f))
-        for task_id, (_, score), done, f in zip(ids, indexed, answered, raw_facts, strict=True)
+        for task_id, score, done, f in zip(ids, [s for _, s in indexed], answered, raw_facts, strict=True)
         if not done and f is not None
     ]
 
@@ -62,4 +65,4 @@ def promotions(client: redis.Redis, model: str) -> int:
 
 async def promotions_all(client: redis.asyncio.Redis) -> dict[str, int]:
     """Promoted copies sent so far, by model."""
-    return {k.decode(): int(v) for k, v in (await client.hgetall(AGING_PROMOTED)).items()}
+    return {text(k): int(v) for k, v in (await client.hgetall(AGING_PROMOTED)).items()}

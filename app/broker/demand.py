@@ -15,6 +15,7 @@ from collections.abc import Iterable
 import redis
 
 from app.broker.keys import ARRIVALS, RATES, service_samples
+from app.broker.layout import text
 from app.service_time import ServiceTimeEstimator
 
 #: Observed service times kept per (model, device class): the newest this many.
@@ -43,7 +44,7 @@ def estimator(
         key = (model, device_class)
         est.declare(key, declared_s)
         for raw in client.lrange(service_samples(model, device_class), 0, -1):
-            size, service_s = raw.decode().split()
+            size, service_s = text(raw).split()
             est.observe(key, float(size), float(service_s))
     return est
 
@@ -59,8 +60,8 @@ def ewma_rate(previous_rate: float, count_delta: int, dt_s: float, half_life_s: 
 def update_rates(client: redis.Redis, half_life_s: float, now: float | None = None) -> dict[str, float]:
     """Advance every model's arrival-rate EWMA to now; returns model -> rate per second."""
     now = time.time() if now is None else now
-    counts = {k.decode(): int(v) for k, v in client.hgetall(ARRIVALS).items()}
-    previous = {k.decode(): json.loads(v) for k, v in client.hgetall(RATES).items()}
+    counts = {text(k): int(v) for k, v in client.hgetall(ARRIVALS).items()}
+    previous = {text(k): json.loads(v) for k, v in client.hgetall(RATES).items()}
     rates, pipe = {}, client.pipeline(transaction=False)
     for model, count in counts.items():
         prev = previous.get(model)
@@ -77,9 +78,9 @@ def update_rates(client: redis.Redis, half_life_s: float, now: float | None = No
 
 
 def read_rates(client: redis.Redis) -> dict[str, float]:
-    return {k.decode(): json.loads(v)["rate_per_s"] for k, v in client.hgetall(RATES).items()}
+    return {text(k): json.loads(v)["rate_per_s"] for k, v in client.hgetall(RATES).items()}
 
 
 def last_arrivals(client: redis.Redis) -> dict[str, float]:
     """When each model last saw a request, to the precision of the allocator's period (unix seconds)."""
-    return {k.decode(): json.loads(v).get("last_arrival_at", 0.0) for k, v in client.hgetall(RATES).items()}
+    return {text(k): json.loads(v).get("last_arrival_at", 0.0) for k, v in client.hgetall(RATES).items()}

@@ -37,6 +37,11 @@ RESULT_PREFIX = "celery-task-meta-"
 _MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,99}$")
 
 
+def text(value: Any) -> str:
+    """A Redis reply as text (our clients return bytes; a client made with decode_responses returns str)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def check_model_name(name: str) -> str:
     if not _MODEL_NAME.match(name):
         raise InvalidModelName(

@@ -22,7 +22,7 @@ import redis
 from app.broker.keys import LEDGER_BODY as BODY
 from app.broker.keys import LEDGER_SINCE as SINCE
 from app.broker.keys import LEDGER_SUSPECT as SUSPECT
-from app.broker.layout import KOMBU_UNACKED, priority_lists, result_key, task_ids_in
+from app.broker.layout import KOMBU_UNACKED, priority_lists, result_key, task_ids_in, text
 
 #: ``resend(task_id, body)``: sends a recorded request again under its own id.
 Resend = Callable[[str, dict[str, Any]], None]
@@ -48,7 +48,8 @@ def record(pipe: redis.client.Pipeline, task_id: str, message: dict[str, Any]) -
 
     ``message`` holds what a resend needs: name, queue, priority, args, kwargs, headers.
     """
-    pipe.zadd(SINCE, {task_id: time.time()}).hset(BODY, task_id, json.dumps(message))
+    pipe.zadd(SINCE, {task_id: time.time()})
+    pipe.hset(BODY, task_id, json.dumps(message))
 
 
 def answered(client: redis.Redis, task_id: str) -> bool:
@@ -68,7 +69,8 @@ def original(client: redis.Redis, task_id: str) -> tuple[str, int | None, list[A
 
 def forget(pipe: redis.client.Pipeline, task_id: str) -> None:
     """Take back a record whose request was refused or never published (the caller executes ``pipe``)."""
-    pipe.zrem(SINCE, task_id).hdel(BODY, task_id)
+    pipe.zrem(SINCE, task_id)
+    pipe.hdel(BODY, task_id)
 
 
 def _present(client: redis.Redis, queues: set[str]) -> set[str]:
@@ -92,8 +94,11 @@ def sweep(client: redis.Redis, min_age_s: float, max_age_s: float, resend: Resen
     now = time.time()
     expired = client.zrangebyscore(SINCE, 0, now - max_age_s)
     if expired:
-        client.pipeline(transaction=False).zrem(SINCE, *expired).hdel(BODY, *expired).execute()
-    old = [i.decode() for i in client.zrangebyscore(SINCE, 0, now - min_age_s)]
+        drop = client.pipeline(transaction=False)
+        drop.zrem(SINCE, *expired)
+        drop.hdel(BODY, *expired)
+        drop.execute()
+    old = [text(i) for i in client.zrangebyscore(SINCE, 0, now - min_age_s)]
     if not old:
         client.delete(SUSPECT)
         return Verdict(frozenset(), frozenset(), frozenset())
@@ -104,15 +109,17 @@ def sweep(client: redis.Redis, min_age_s: float, max_age_s: float, resend: Resen
     bodies = dict(zip(old, client.hmget(BODY, old), strict=True))
     queues = {json.loads(b)["queue"] for i, b in bodies.items() if b is not None and i not in answered}
     present = _present(client, queues) if queues else set()
-    suspects = {s.decode() for s in client.smembers(SUSPECT)}
+    suspects = {text(s) for s in client.smembers(SUSPECT)}
     verdict = classify(old, answered, present, suspects)
     for task_id in verdict.lost:
-        if bodies[task_id] is not None:
-            resend(task_id, json.loads(bodies[task_id]))
+        body = bodies[task_id]
+        if body is not None:
+            resend(task_id, json.loads(body))
     forget = list(verdict.done | {i for i, b in bodies.items() if b is None})
     pipe = client.pipeline(transaction=True)
     if forget:
-        pipe.zrem(SINCE, *forget).hdel(BODY, *forget)
+        pipe.zrem(SINCE, *forget)
+        pipe.hdel(BODY, *forget)
     if verdict.lost:
         pipe.zadd(SINCE, {task_id: time.time() for task_id in verdict.lost})
     pipe.delete(SUSPECT)

@@ -107,8 +107,10 @@ async def admit_async(client: redis.asyncio.Redis, admission: Admission) -> int:
 def withdraw(client: redis.Redis, model: str, task_id: str) -> None:
     """Take back what :func:`admit` recorded, for a request whose publish failed."""
     pipe = client.pipeline(transaction=False)
-    pipe.zrem(keys.LEDGER_SINCE, task_id).hdel(keys.LEDGER_BODY, task_id)
-    pipe.zrem(keys.aging_index(model), task_id).hdel(keys.AGING_FACTS, task_id)
+    pipe.zrem(keys.LEDGER_SINCE, task_id)
+    pipe.hdel(keys.LEDGER_BODY, task_id)
+    pipe.zrem(keys.aging_index(model), task_id)
+    pipe.hdel(keys.AGING_FACTS, task_id)
     pipe.hincrby(keys.ARRIVALS, model, -1)
     pipe.execute()
 

@@ -19,12 +19,13 @@ import redis
 import redis.asyncio
 
 from app.broker.keys import FLEET_COUNTERS, STATS_INDEX, model_stats
+from app.broker.layout import text
 
 #: Upper bounds of the request-latency histogram's buckets, seconds (the last bucket is +Inf).
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 #: (model, version) -> field -> amount to add.
-Deltas = Mapping[tuple[str, int | str], Mapping[str, float]]
+Deltas = Mapping[tuple[str, int], Mapping[str, float]]
 
 
 def bucket_of(latency_s: float) -> int:
@@ -61,14 +62,14 @@ async def count_failure_async(client: redis.asyncio.Redis, model: str, version: 
 
 async def read_all(client: redis.asyncio.Redis) -> dict[tuple[str, str], dict[str, float]]:
     """Every version's counters: (model, version) -> field -> value."""
-    members = sorted(m.decode() for m in await client.smembers(STATS_INDEX))
+    members = sorted(text(m) for m in await client.smembers(STATS_INDEX))
     pairs = [tuple(m.rsplit(":", 1)) for m in members]
     pipe = client.pipeline(transaction=False)
     for model, version in pairs:
         pipe.hgetall(model_stats(model, version))
     out: dict[tuple[str, str], dict[str, float]] = {}
     for (model, version), raw in zip(pairs, await pipe.execute(), strict=True):
-        out[(model, version)] = {k.decode(): float(v) for k, v in raw.items()}
+        out[(model, version)] = {text(k): float(v) for k, v in raw.items()}
     return out
 
 
@@ -78,4 +79,4 @@ def count_fleet_event(client: redis.Redis | Any, name: str, amount: int = 1) -> 
 
 
 async def fleet_counters(client: redis.asyncio.Redis) -> dict[str, float]:
-    return {k.decode(): float(v) for k, v in (await client.hgetall(FLEET_COUNTERS)).items()}
+    return {text(k): float(v) for k, v in (await client.hgetall(FLEET_COUNTERS)).items()}

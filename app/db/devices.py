@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.db.schema import Device, utcnow
+from app.lifecycle import DeviceStatus
 
 
 @dataclass(frozen=True)
@@ -29,25 +31,25 @@ def register(session: Session, worker_name: str, host: str, info: DeviceInfo) ->
         device = Device(worker_name=worker_name)
         session.add(device)
     device.host, device.index, device.uuid, device.name = host, info.index, info.uuid, info.name
-    device.kind, device.mem_bytes, device.status = info.kind, info.mem_bytes, "online"
+    device.kind, device.mem_bytes, device.status = info.kind, info.mem_bytes, DeviceStatus.ONLINE.value
     device.started_at = device.heartbeat_at = utcnow()
     session.flush()
     return device
 
 
-def heartbeat(session: Session, worker_name: str, telemetry: dict | None = None) -> None:
+def heartbeat(session: Session, worker_name: str, telemetry: dict[str, Any] | None = None) -> None:
     device = session.scalars(select(Device).where(Device.worker_name == worker_name)).first()
     if device is not None:
         device.heartbeat_at = utcnow()
-        device.status = "online"
+        device.status = DeviceStatus.ONLINE.value
         for key, value in (telemetry or {}).items():
             setattr(device, key, value)
 
 
-def mark(session: Session, worker_name: str, status: str) -> None:
+def mark(session: Session, worker_name: str, status: DeviceStatus) -> None:
     device = session.scalars(select(Device).where(Device.worker_name == worker_name)).first()
     if device is not None:
-        device.status = status
+        device.status = DeviceStatus(status).value  # also checks a plain string names a status
 
 
 def by_worker(session: Session, worker_name: str) -> Device | None:
@@ -64,5 +66,5 @@ def as_utc(when: dt.datetime) -> dt.datetime:
 
 
 def is_alive(device: Device, heartbeat_timeout_s: float, now: dt.datetime | None = None) -> bool:
-    now = now or utcnow()
-    return device.status == "online" and (now - as_utc(device.heartbeat_at)).total_seconds() <= heartbeat_timeout_s
+    silent_s = ((now or utcnow()) - as_utc(device.heartbeat_at)).total_seconds()
+    return device.status == DeviceStatus.ONLINE and silent_s <= heartbeat_timeout_s

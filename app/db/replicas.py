@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, joinedload
 
-from app.db.schema import Device, Replica, ReplicaEvent, utcnow
+from app.db.schema import Device, ModelVersion, Replica, ReplicaEvent, utcnow
 from app.errors import UnknownReplica
 from app.lifecycle import HOLDS_MEMORY, TERMINAL, ReplicaState, check_transition
 
@@ -67,8 +67,6 @@ def find_live(session: Session, version_id: int, device_id: int) -> Replica | No
 
 
 def live_for_model(session: Session, model_id: int) -> list[Replica]:
-    from app.db.schema import ModelVersion
-
     stmt = (
         select(Replica)
         .join(ModelVersion, Replica.version_id == ModelVersion.id)
@@ -100,7 +98,7 @@ def measured_footprints(session: Session) -> dict[int, int]:
         select(Replica.version_id, Replica.footprint_bytes).where(Replica.footprint_bytes.is_not(None))
     ).all()
     for version_id, footprint in rows:
-        found[version_id] = max(found.get(version_id, 0), int(footprint))
+        found[version_id] = max(found.get(version_id, 0), footprint or 0)
     return found
 
 
@@ -109,7 +107,7 @@ def held_bytes(replica: Replica, measured: dict[int, int]) -> int:
     return replica.footprint_bytes or measured.get(replica.version_id) or replica.version.mem_bytes
 
 
-def need_bytes(session: Session, version) -> int:  # noqa: ANN001 - ModelVersion
+def need_bytes(session: Session, version: ModelVersion) -> int:
     """What a new replica of ``version`` is expected to take: measured when known, else declared.
 
     Placement by hand and the allocator use this same figure, so they never disagree about what fits.

@@ -12,7 +12,8 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from app.lifecycle import ReplicaState
+from app.job_states import ChunkState, JobState
+from app.lifecycle import DeviceStatus, ReplicaState
 
 
 def utcnow() -> dt.datetime:
@@ -91,7 +92,7 @@ class Device(Base):
     name: Mapped[str] = mapped_column(String(200))
     kind: Mapped[str] = mapped_column(String(20))  # gpu | virtual
     mem_bytes: Mapped[int] = mapped_column(BigInteger)
-    status: Mapped[str] = mapped_column(String(20), default="online")  # online | offline | lost
+    status: Mapped[str] = mapped_column(String(20), default=DeviceStatus.ONLINE.value)
     started_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     heartbeat_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     speed: Mapped[float] = mapped_column(Float, default=1.0)  # relative throughput, 1.0 = reference device
@@ -164,7 +165,7 @@ class Job(Base):
     model: Mapped[str] = mapped_column(String(100), index=True)
     version: Mapped[int | None] = mapped_column(Integer, nullable=True)
     request_class: Mapped[str] = mapped_column(String(20), default="batch")
-    status: Mapped[str] = mapped_column(String(20), default="RUNNING")  # RUNNING | SUCCEEDED | FAILED | CANCELLED
+    status: Mapped[str] = mapped_column(String(20), default=JobState.RUNNING.value)
     total_chunks: Mapped[int] = mapped_column(Integer)
     chunk_service_s: Mapped[float] = mapped_column(Float, default=0.0)  # estimate per chunk at submission
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)
@@ -179,7 +180,7 @@ class JobChunk(Base):
     __tablename__ = "job_chunk"
     job_id: Mapped[str] = mapped_column(ForeignKey("job.id", ondelete="CASCADE"), primary_key=True)
     index: Mapped[int] = mapped_column(Integer, primary_key=True)
-    status: Mapped[str] = mapped_column(String(20), default="PENDING")  # PENDING | QUEUED | DONE | FAILED
+    status: Mapped[str] = mapped_column(String(20), default=ChunkState.PENDING.value)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     inputs: Mapped[list[Any]] = mapped_column(JSON)
     outputs: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)

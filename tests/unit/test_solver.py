@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
 
 import numpy as np
 import pulp
@@ -170,6 +171,33 @@ def test_greedy_fallback_when_solvers_fail(monkeypatch: pytest.MonkeyPatch) -> N
     plan = solve(snapshot)
     assert plan.status is PlanStatus.FALLBACK_GREEDY
     assert plan.placement
+    assert "broken raised RuntimeError: solver crashed" in plan.fallback_reason
+
+
+def test_a_solver_bug_is_logged_with_its_traceback_and_named_in_the_plan(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def bug(*args, **kwargs):
+        raise IndexError("index 7 is out of bounds for axis 0 with size 7")
+
+    monkeypatch.setattr(solver_mod, "_solve_problem", bug)
+    with caplog.at_level(logging.ERROR, "maas.beat"):
+        plan = solve(tiny(2, n_models=4))
+    assert plan.status is PlanStatus.FALLBACK_GREEDY
+    assert plan.fallback_reason.endswith("raised IndexError: index 7 is out of bounds for axis 0 with size 7")
+    (record,) = [r for r in caplog.records if getattr(r, "event", None) == "solver_failed"]
+    assert record.exc_info is not None and isinstance(record.exc_info[1], IndexError)
+
+
+def test_a_solver_that_finds_nothing_says_so_in_the_plan(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(solver_mod, "_solve_problem", lambda *args, **kwargs: None)
+    plan = solve(tiny(3))
+    assert plan.status is PlanStatus.FALLBACK_GREEDY
+    assert "found no placement within the 5s time limit" in plan.fallback_reason
+
+
+def test_a_solved_plan_has_no_fallback_reason() -> None:
+    assert solve(tiny(0)).fallback_reason == ""
 
 
 @pytest.mark.parametrize(

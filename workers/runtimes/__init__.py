@@ -27,4 +27,5 @@ def create(name: str) -> Runtime:
         raise UnknownRuntime(f"runtime {name!r} does not exist (runtimes: {', '.join(IMPLEMENTATIONS)})")
     optional.require(name)
     module, cls = IMPLEMENTATIONS[name]
-    return getattr(importlib.import_module(module), cls)()
+    runtime: Runtime = getattr(importlib.import_module(module), cls)()
+    return runtime

@@ -66,7 +66,7 @@ def opened(artifact: Path) -> Iterator[tuple[tarfile.TarFile, list[str]]]:
         # Not a with-block: its except clause would also catch, and misname, errors raised in the caller's body.
         tar = tarfile.open(artifact, "r:*")  # noqa: SIM115 - closed by the with-block below
     except (tarfile.TarError, OSError) as exc:
-        raise CorruptArtifact(f"{artifact.name} is not a tar archive of a model directory: {exc}") from None
+        raise CorruptArtifact(f"{artifact.name} is not a tar archive of a model directory: {exc}") from exc
     with tar:
         yield tar, check(tar)
 
@@ -82,7 +82,7 @@ def read_json(tar: tarfile.TarFile, name: str) -> Any:
     try:
         return json.load(io.TextIOWrapper(fh, encoding="utf-8"))
     except ValueError as exc:
-        raise CorruptArtifact(f"archive member {name} is not JSON: {exc}") from None
+        raise CorruptArtifact(f"archive member {name} is not JSON: {exc}") from exc
 
 
 def extract(artifact: Path, dest: Path) -> list[str]:
@@ -92,5 +92,5 @@ def extract(artifact: Path, dest: Path) -> list[str]:
             # The "data" filter re-checks paths, links and modes on extraction (PEP 706), beside check() above.
             tar.extractall(dest, filter="data")
         except (tarfile.TarError, OSError) as exc:
-            raise CorruptArtifact(f"{artifact.name} cannot be extracted: {exc}") from None
+            raise CorruptArtifact(f"{artifact.name} cannot be extracted: {exc}") from exc
     return names

@@ -13,7 +13,11 @@ class Runtime(Protocol):
     name: str
 
     def load(self, artifact: Path, use_gpu: bool) -> None:
-        """Build the in-memory session from a verified artifact; raise CorruptArtifact if it cannot be parsed."""
+        """Build the in-memory session from a verified artifact.
+
+        Failures leave as MaasErrors, classified by ``workers.runtimes.failures``: CorruptArtifact when it cannot be
+        parsed, OutOfMemory when the device or host cannot hold it, MissingDependency when a package is missing.
+        """
 
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one request; inputs already validated against the signature."""

@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from app.errors import ArtifactError, CorruptArtifact, MaasError, ModelExecutionError, UntrustedArtifact
+from app.errors import ArtifactError, CorruptArtifact, LoadFailed, ModelExecutionError, UntrustedArtifact
+from workers.runtimes.failures import translated
 
 #: Environment variable holding the module prefixes entry points may be imported from.
 ALLOW_VAR = "MAAS_ENTRYPOINT_ALLOW"
@@ -69,7 +70,7 @@ def parse_spec(raw: bytes | str) -> EntryPointSpec:
     try:
         doc = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise CorruptArtifact(f"entry-point file is not JSON: {exc}") from None
+        raise CorruptArtifact(f"entry-point file is not JSON: {exc}") from exc
     if not isinstance(doc, dict) or not isinstance(doc.get("entrypoint"), str):
         raise CorruptArtifact('entry-point file must be a JSON object with "entrypoint": "module:callable"')
     unknown = sorted(set(doc) - _KEYS)
@@ -92,10 +93,9 @@ def resolve(spec: EntryPointSpec, prefixes: tuple[str, ...]) -> Callable[..., An
     if not module_allowed(spec.module, prefixes):
         allowed = ", ".join(prefixes) or f"none; set {ALLOW_VAR} on the worker"
         raise UntrustedArtifact(f"entry point {spec.target} refused: module not on the allow-list ({allowed})")
-    try:
+    # ImportError: MissingDependency; the module's own code raising on import: LoadFailed.
+    with translated(f"entry point {spec.target}: cannot import {spec.module}", LoadFailed):
         obj: Any = importlib.import_module(spec.module)
-    except ImportError as exc:
-        raise ArtifactError(f"entry point {spec.target}: cannot import {spec.module} ({exc})") from None
     for part in spec.attr.split("."):
         if not hasattr(obj, part):
             raise ArtifactError(f"entry point {spec.target}: {spec.module} has no attribute {spec.attr!r}")
@@ -105,7 +105,8 @@ def resolve(spec: EntryPointSpec, prefixes: tuple[str, ...]) -> Callable[..., An
         raise UntrustedArtifact(f"entry point {spec.target} refused: it is defined in {home or 'unknown'}, not allowed")
     if not callable(obj):
         raise ArtifactError(f"entry point {spec.target} is not callable")
-    return obj
+    predictor: Callable[..., Any] = obj
+    return predictor
 
 
 class EntryPointRuntime:
@@ -119,22 +120,17 @@ class EntryPointRuntime:
         spec = parse_spec(artifact.read_bytes())
         obj = resolve(spec, allowed_prefixes())
         if spec.factory:
-            try:
+            with translated(f"entry point factory {spec.target} raised", ModelExecutionError):
                 obj = obj(**spec.options)
-            except Exception as exc:
-                raise ModelExecutionError(f"entry point factory {spec.target} raised: {exc}") from None
             if not callable(obj):
                 raise ArtifactError(f"entry point factory {spec.target} returned a non-callable {type(obj).__name__}")
         self._predict, self._target = obj, spec.target
 
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         assert self._predict is not None, "infer before load"
-        try:
+        # A MaasError passes unchanged: the entry point chose the error (e.g. InvalidInput); keep its code.
+        with translated(f"{self._target} raised", ModelExecutionError):
             result = self._predict(inputs)
-        except MaasError:
-            raise  # the entry point chose the error (e.g. InvalidInput); keep its code
-        except Exception as exc:
-            raise ModelExecutionError(f"{self._target} raised {type(exc).__name__}: {str(exc)[:300]}") from None
         if not isinstance(result, Mapping):
             raise ModelExecutionError(f"{self._target} returned {type(result).__name__}, not a mapping name -> array")
         return {str(name): np.asarray(value) for name, value in result.items()}

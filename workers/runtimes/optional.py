@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from app.errors import UnknownRuntime
+from app.errors import MissingDependency
 
 #: runtime -> (import name, pip requirement) of every optional package it needs.
 NEEDS: dict[str, tuple[tuple[str, str], ...]] = {
@@ -27,9 +27,9 @@ def missing(runtime: str) -> list[str]:
 
 
 def require(runtime: str) -> None:
-    """Raise UnknownRuntime naming the missing packages, if any."""
+    """Raise MissingDependency (an UnknownRuntime) naming the missing packages, if any."""
     absent = missing(runtime)
     if absent:
-        raise UnknownRuntime(
+        raise MissingDependency(
             f"runtime {runtime!r} needs {', '.join(absent)}, not installed here (pip install {' '.join(absent)})"
         )

@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from app.errors import CorruptArtifact, InvalidInput, ModelExecutionError
+from app.errors import CorruptArtifact, InvalidInput, LoadFailed, ModelExecutionError
 from workers.runtimes import archive, torch_device
+from workers.runtimes.failures import translated
 
 #: The output tensor's name.
 OUTPUT = "embedding"
@@ -68,21 +69,20 @@ class SentenceTransformersRuntime:
         describe(artifact)
         # Before the first import: huggingface_hub reads it once. A worker must never fetch weights or code.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        from sentence_transformers import SentenceTransformer
-        from transformers.utils import logging as hf_logging
+        with translated("sentence-transformers cannot start", LoadFailed):
+            from sentence_transformers import SentenceTransformer
+            from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()  # progress bars on stderr would interleave with the worker's JSON log lines
-
-        torch_device.limit_threads()
-        device = torch_device.pick(use_gpu)
+            # Progress bars on stderr would interleave with the JSON log lines. (transformers leaves it unannotated.)
+            hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+            torch_device.limit_threads()
+            device = torch_device.pick(use_gpu)
         with tempfile.TemporaryDirectory(prefix="maas-st-") as tmp:
             archive.extract(artifact, Path(tmp))
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # transformers' deprecation chatter would flood the JSON logs
-                    model = SentenceTransformer(tmp, device=device, trust_remote_code=False, local_files_only=True)
-            except Exception as exc:  # OSError, ValueError, safetensors errors: the directory is not a usable model
-                raise CorruptArtifact(f"sentence-transformers cannot load {artifact.name}: {str(exc)[:200]}") from None
+            # OSError, ValueError, safetensors errors: the directory is not a usable model; OOM on the device
+            with translated(f"sentence-transformers cannot load {artifact.name}"), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # transformers' deprecation chatter would flood the JSON logs
+                model = SentenceTransformer(tmp, device=device, trust_remote_code=False, local_files_only=True)
         # The directory is gone now; the weights are in memory (or mapped from the unlinked file, which is kept).
         model.eval()
         self._model, self._device = model, device
@@ -97,13 +97,8 @@ class SentenceTransformersRuntime:
         texts = _texts(inputs)
         if not texts:
             return {OUTPUT: np.zeros((0, self._dim), dtype=np.float32)}
-        try:
-            with torch.inference_mode():
-                vectors = self._model.encode(
-                    texts, batch_size=BATCH_SIZE, convert_to_numpy=True, show_progress_bar=False
-                )
-        except Exception as exc:
-            raise ModelExecutionError(f"model raised {type(exc).__name__}: {str(exc)[:300]}") from None
+        with translated("model raised", ModelExecutionError), torch.inference_mode():
+            vectors = self._model.encode(texts, batch_size=BATCH_SIZE, convert_to_numpy=True, show_progress_bar=False)
         return {OUTPUT: np.asarray(vectors, dtype=np.float32)}
 
     def unload(self) -> None:
@@ -126,8 +121,8 @@ def _texts(inputs: dict[str, np.ndarray]) -> list[str]:
         if isinstance(item, bytes):
             try:
                 item = item.decode("utf-8")
-            except UnicodeDecodeError:
-                raise InvalidInput("a text is not valid UTF-8") from None
+            except UnicodeDecodeError as exc:
+                raise InvalidInput("a text is not valid UTF-8") from exc
         if not isinstance(item, str):
             raise InvalidInput(f"texts must be strings, got a {type(item).__name__}")
         texts.append(item)

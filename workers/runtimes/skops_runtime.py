@@ -17,24 +17,23 @@ from typing import Any
 
 import numpy as np
 
-from app.errors import CorruptArtifact, InvalidInput, ModelExecutionError, UntrustedArtifact
+from app.errors import CorruptArtifact, InvalidInput, LoadFailed, ModelExecutionError, UntrustedArtifact
+from workers.runtimes.failures import translated
 
 
 def load_estimator(artifact: Path) -> Any:
     """The estimator in a .skops file; ArtifactError for untrusted types, CorruptArtifact for an unreadable file."""
-    import skops.io as sio
+    with translated("skops cannot start", LoadFailed):
+        import skops.io as sio
 
-    try:
+    # zipfile.BadZipFile, KeyError, JSON errors: not a skops file
+    with translated(f"{artifact.name} is not a skops file"):
         untrusted = sio.get_untrusted_types(file=artifact)
-    except Exception as exc:  # zipfile.BadZipFile, KeyError, JSON errors: not a skops file
-        raise CorruptArtifact(f"{artifact.name} is not a skops file: {exc}") from None
     if untrusted:
         shown = ", ".join(untrusted[:10]) + (f" and {len(untrusted) - 10} more" if len(untrusted) > 10 else "")
         raise UntrustedArtifact(f"{artifact.name} refused: it holds types skops does not trust ({shown})")
-    try:
+    with translated(f"skops cannot load {artifact.name}"):
         estimator = sio.load(artifact)  # trusted=None: skops' default-trusted types only, checked again here
-    except Exception as exc:
-        raise CorruptArtifact(f"skops cannot load {artifact.name}: {str(exc)[:200]}") from None
     if not callable(getattr(estimator, "predict", None)):
         raise CorruptArtifact(f"{artifact.name} holds a {type(estimator).__name__}, which has no predict()")
     return estimator
@@ -83,15 +82,14 @@ class SkopsRuntime:
             raise InvalidInput(f"a scikit-learn model takes one input tensor, got {sorted(inputs)}")
         (x,) = inputs.values()
         est = self._estimator
-        try:
+        # ValueError for a wrong feature count, and whatever the estimator raises
+        with translated("model raised", ModelExecutionError):
             if not is_classifier(est):
                 return {"variable": np.asarray(est.predict(x))}
             out = {"label": np.asarray(est.predict(x))}
             if has_proba(est):
                 out["probabilities"] = np.asarray(est.predict_proba(x))
             return out
-        except Exception as exc:  # ValueError for a wrong feature count, and whatever the estimator raises
-            raise ModelExecutionError(f"model raised {type(exc).__name__}: {str(exc)[:300]}") from None
 
     def unload(self) -> None:
         self._estimator = None

@@ -19,32 +19,36 @@ from typing import Any
 
 import numpy as np
 
-from app.errors import CorruptArtifact, InvalidInput, ModelExecutionError
+from app.errors import CorruptArtifact, InvalidInput, LoadFailed, ModelExecutionError
 from workers.runtimes import torch_device
+from workers.runtimes.failures import translated
 
 #: Name of the optional signature file inside a TorchScript archive.
 SIGNATURE_FILE = "signature.json"
 
 
 def load_module(artifact: Path, device: str) -> tuple[Any, dict[str, Any] | None]:
-    """(scripted module, its embedded signature or None); CorruptArtifact if torch cannot read the file."""
-    import torch
+    """(scripted module, its embedded signature or None); CorruptArtifact if torch cannot read the file.
 
+    OutOfMemory when the device cannot hold it, MissingDependency when torch cannot be imported.
+    """
     extra = {SIGNATURE_FILE: ""}
-    try:
+    # RuntimeError from the zip reader or the TorchScript deserializer; torch.cuda.OutOfMemoryError on the device.
+    with translated(f"PyTorch cannot load {artifact.name} as TorchScript"):
+        import torch
+
         with warnings.catch_warnings():
             # PyTorch 2.13 marks TorchScript deprecated in favour of torch.export; the format still loads, and the
             # warning would otherwise repeat in the worker's JSON log on every load.
             warnings.simplefilter("ignore", DeprecationWarning)
-            module = torch.jit.load(str(artifact), map_location=device, _extra_files=extra)
-    except Exception as exc:  # RuntimeError from the zip reader or the TorchScript deserializer
-        raise CorruptArtifact(f"PyTorch cannot load {artifact.name} as TorchScript: {_first_line(exc)}") from None
+            # torch.jit.load has no annotations in torch 2.13.
+            module = torch.jit.load(str(artifact), map_location=device, _extra_files=extra)  # type: ignore[no-untyped-call]
     if not extra[SIGNATURE_FILE]:
         return module, None
     try:
         return module, json.loads(extra[SIGNATURE_FILE])
     except ValueError as exc:
-        raise CorruptArtifact(f"{artifact.name}: {SIGNATURE_FILE} is not JSON ({exc})") from None
+        raise CorruptArtifact(f"{artifact.name}: {SIGNATURE_FILE} is not JSON ({exc})") from exc
 
 
 def forward_arguments(module: Any) -> tuple[list[str], list[str]]:
@@ -62,8 +66,9 @@ class TorchScriptRuntime:
         self._output_names: list[str] = []
 
     def load(self, artifact: Path, use_gpu: bool) -> None:
-        torch_device.limit_threads()
-        device = torch_device.pick(use_gpu)
+        with translated("PyTorch cannot start", LoadFailed):
+            torch_device.limit_threads()
+            device = torch_device.pick(use_gpu)
         module, signature = load_module(artifact, device)
         module.eval()
         self._output_names = [o["name"] for o in (signature or {}).get("outputs", [])]
@@ -74,11 +79,9 @@ class TorchScriptRuntime:
 
         assert self._module is not None, "infer before load"
         tensors = {name: self._to_tensor(name, array) for name, array in inputs.items()}
-        try:
-            with torch.inference_mode():
-                result = self._module(**tensors)
-        except Exception as exc:  # torch.jit.Error, RuntimeError: the model's own failure
-            raise ModelExecutionError(f"model raised: {_first_line(exc)[:300]}") from None
+        # torch.jit.Error, RuntimeError: the model's own failure; torch.cuda.OutOfMemoryError: OutOfMemory.
+        with translated("model raised", ModelExecutionError), torch.inference_mode():
+            result = self._module(**tensors)
         return self._name_outputs(result)
 
     def _to_tensor(self, name: str, array: np.ndarray) -> Any:
@@ -112,8 +115,3 @@ def _to_numpy(value: Any) -> np.ndarray:
     if isinstance(value, torch.Tensor):
         return value.detach().cpu().numpy()
     return np.asarray(value)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__

@@ -1,0 +1,178 @@
+"""The worker's load against a real (SQLite) database and a fake runtime: whatever the load raises, the replica
+ends FAILED with a reason naming the exception, and the caller gets a typed error with the original as its cause."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app import errors
+from app.artifacts import sha256_of
+from app.db import devices as device_rows
+from app.db import replicas as replica_rows
+from app.db.devices import DeviceInfo
+from app.db.schema import Base, Model, ModelVersion
+from app.db.session import get_engine, session_scope
+from app.lifecycle import ReplicaState
+from app.settings import Settings
+from workers import lifecycle
+from workers import runtimes as runtime_registry
+from workers.context import WorkerContext
+
+SIG = [{"name": "x", "datatype": "FP32", "shape": [-1]}]
+
+
+class NVMLError(Exception):
+    """Named like pynvml's base error, which is not a MaasError."""
+
+
+class FakeRuntime:
+    name = "fake"
+
+    def __init__(self, fails_with: BaseException | None) -> None:
+        self.fails_with = fails_with
+        self.unloaded = False
+
+    def load(self, artifact: Path, use_gpu: bool) -> None:
+        if self.fails_with is not None:
+            raise self.fails_with
+
+    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return inputs
+
+    def unload(self) -> None:
+        self.unloaded = True
+
+    @property
+    def device_label(self) -> str:
+        return "fake:cpu"
+
+
+class FakeConsumer:
+    def __init__(self, fails: bool = False) -> None:
+        self.fails = fails
+        self.queues: list[str] = []
+
+    def call_soon(self, fn, queue: str) -> None:
+        if self.fails:
+            raise ConnectionError("broker connection lost")
+        self.queues.append(queue)
+
+    # Named by WorkerContext.subscribe / unsubscribe and handed to call_soon; a real consumer runs them later.
+    def add_task_queue(self, queue: str) -> None:
+        pass
+
+    def cancel_task_queue(self, queue: str) -> None:
+        pass
+
+
+@pytest.fixture
+def worker(tmp_path):
+    settings = Settings.from_env({"MAAS_HOME": str(tmp_path)})
+    Base.metadata.create_all(get_engine(settings.sqlalchemy_url))
+    artifact = tmp_path / "m.bin"
+    artifact.write_bytes(b"weights")
+    info = DeviceInfo(0, "virtual-test-0", "virtual device 0", "virtual", 1 << 30)
+    with session_scope(settings.sqlalchemy_url) as session:
+        model = Model(name="m")
+        session.add(model)
+        session.flush()
+        version = ModelVersion(
+            model_id=model.id,
+            version=1,
+            artifact_uri=artifact.as_uri(),
+            sha256=sha256_of(artifact),
+            size_bytes=artifact.stat().st_size,
+            runtime="fake",
+            inputs=SIG,
+            outputs=SIG,
+            mem_bytes=1,
+        )
+        session.add(version)
+        session.flush()
+        device = device_rows.register(session, "w0@test", "host", info)
+        device_id, version_id = device.id, version.id
+    ctx = WorkerContext(settings, "w0@test", info, device_id)
+    ctx.consumer = FakeConsumer()
+
+    def new_replica() -> int:
+        with session_scope(settings.sqlalchemy_url) as session:
+            return replica_rows.create(session, version_id, device_id).id
+
+    return ctx, new_replica
+
+
+def use_runtime(monkeypatch, runtime: FakeRuntime) -> None:
+    monkeypatch.setattr(runtime_registry, "create", lambda name: runtime)
+
+
+def replica_row(ctx: WorkerContext, replica_id: int) -> tuple[str, str]:
+    with session_scope(ctx.settings.sqlalchemy_url) as session:
+        replica = replica_rows.get(session, replica_id)
+        return replica.state, replica.reason
+
+
+def test_a_load_that_works_is_ready_held_and_consumed(worker, monkeypatch):
+    ctx, new_replica = worker
+    use_runtime(monkeypatch, FakeRuntime(None))
+    info = lifecycle.load(ctx, new_replica())
+    assert info["state"] == ReplicaState.READY
+    assert ctx.cache.get("m", 1) is not None and ctx.consumer.queues == ["m.m"]
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [OSError(5, "Input/output error"), NVMLError("NVML_ERROR_GPU_IS_LOST"), RuntimeError("CUDA driver init failed")],
+    ids=lambda e: type(e).__name__,
+)
+def test_any_exception_fails_the_replica_and_is_raised_typed_with_its_cause(worker, monkeypatch, caplog, exc):
+    ctx, new_replica = worker
+    use_runtime(monkeypatch, FakeRuntime(exc))
+    replica_id = new_replica()
+    with caplog.at_level(logging.ERROR, "maas.worker"), pytest.raises(errors.LoadFailed) as info:
+        lifecycle.load(ctx, replica_id)
+    assert info.value.__cause__ is exc
+    state, reason = replica_row(ctx, replica_id)
+    assert state == ReplicaState.FAILED
+    assert reason.startswith(f"{type(exc).__name__}: ") and str(exc) in reason
+    logged = [r for r in caplog.records if getattr(r, "event", None) == "load_failed"]
+    assert logged and logged[0].exc_info is not None and logged[0].exc_info[1] is exc  # with its traceback
+    assert ctx.cache.get("m", 1) is None
+
+
+def test_a_typed_error_is_raised_as_it_is(worker, monkeypatch):
+    ctx, new_replica = worker
+    oom = errors.OutOfMemory("ONNX Runtime cannot load m.onnx: out of memory")
+    use_runtime(monkeypatch, FakeRuntime(oom))
+    replica_id = new_replica()
+    with pytest.raises(errors.OutOfMemory) as info:
+        lifecycle.load(ctx, replica_id)
+    assert info.value is oom
+    assert replica_row(ctx, replica_id) == (ReplicaState.FAILED, str(oom))
+
+
+def test_a_failure_after_the_runtime_is_built_releases_it(worker, monkeypatch):
+    ctx, new_replica = worker
+    runtime = FakeRuntime(None)
+    use_runtime(monkeypatch, runtime)
+    ctx.consumer = FakeConsumer(fails=True)
+    replica_id = new_replica()
+    with pytest.raises(errors.LoadFailed, match="ConnectionError: broker connection lost"):
+        lifecycle.load(ctx, replica_id)
+    assert replica_row(ctx, replica_id)[0] == ReplicaState.FAILED
+    assert ctx.cache.get("m", 1) is None and runtime.unloaded
+
+
+def test_drain_then_unload_stops_the_replica_and_releases_the_runtime(worker, monkeypatch):
+    ctx, new_replica = worker
+    runtime = FakeRuntime(None)
+    use_runtime(monkeypatch, runtime)
+    replica_id = new_replica()
+    lifecycle.load(ctx, replica_id)
+    info, unload_next = lifecycle.drain(ctx, replica_id)
+    assert info["state"] == ReplicaState.DRAINING and unload_next
+    assert lifecycle.unload(ctx, replica_id)["state"] == ReplicaState.STOPPED
+    assert runtime.unloaded and ctx.cache.get("m", 1) is None
