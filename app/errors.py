@@ -233,6 +233,12 @@ class UnknownReplica(MaasError):
 
 
 # --- outside systems ------------------------------------------------------------------------------------------------
+class BrokerUnavailable(MaasError):
+    """Raised when Redis (the broker and result store) cannot be reached or does not answer in time."""
+
+    code = "BROKER_UNAVAILABLE"
+
+
 class DatabaseUnavailable(MaasError):
     """Raised when the database cannot be reached or a query on it fails; the driver's error is chained."""
 

@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from harness.servers import Proc, Server, start_redis, wait_for
+from harness.servers import Proc, Server, free_port, start_redis, wait_for
 
 
 class BenchFleet:
@@ -42,6 +42,13 @@ class BenchFleet:
 
     def worker(self, device: int, name: str) -> Proc:
         return self._start(name, ["worker", "--device", str(device)], "worker_ready", {"MAAS_WORKER_NAME": name})
+
+    def gateway(self, **env: str) -> str:
+        """``maas serve`` on a free loopback port; returns its base URL."""
+        port = free_port()
+        argv = ["serve", "--host", "127.0.0.1", "--port", str(port)]
+        self._start("gateway", argv, "gateway_ready", dict(env))
+        return f"http://127.0.0.1:{port}"
 
     def controller(self) -> Proc:
         return self._start("controller", ["controller"], "controller_ready", {})

@@ -154,6 +154,12 @@ class Fleet:
 
         return await asyncio.to_thread(read)
 
+    def invalidate(self, model: str) -> None:
+        """Forget cached reads about ``model`` (after a load or unload made through this gateway)."""
+        for key in [k for k in self._cache if len(k) > 1 and k[1].split(":")[0].split("@")[0] == model]:
+            del self._cache[key]
+        self.client.scheduler.invalidate(model)
+
     async def check_model(self, model: str) -> None:
         def read() -> None:
             with session_scope(self.settings.sqlalchemy_url) as session:

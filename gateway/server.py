@@ -30,6 +30,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
+import redis
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -230,6 +231,7 @@ class Gateway:
             self.client.load(model).wait()
 
         await asyncio.to_thread(load)
+        self.fleet.invalidate(model)
         return json_response({})
 
     async def repository_unload(self, request: Request) -> Response:
@@ -241,6 +243,7 @@ class Gateway:
                 handle.wait()
 
         await asyncio.to_thread(unload)
+        self.fleet.invalidate(model)
         return json_response({})
 
     async def statistics(self, request: Request) -> Response:
@@ -326,6 +329,9 @@ def _handler(fn: Callable[[Request], Awaitable[Response]]) -> Callable[[Request]
             return await fn(request)
         except MaasError as exc:
             return error_response(exc)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            logs.event(log, "broker_unavailable", logging.ERROR, exc_info=exc, path=request.url.path)
+            return error_response(errors.BrokerUnavailable(f"Redis did not answer: {type(exc).__name__}: {exc}"))
         except Exception as exc:
             logs.event(log, "gateway_error", logging.ERROR, exc_info=exc, path=request.url.path)
             return error_response(MaasError(f"internal error: {type(exc).__name__}"))

@@ -23,6 +23,9 @@ CONNECT_TIMEOUT_S = 5.0
 COMMAND_TIMEOUT_S = 30.0
 #: A connection idle for longer than this is pinged before it is used again.
 HEALTH_CHECK_INTERVAL_S = 30
+#: Connections one asyncio client opens at most; beyond that a command waits for one to free up (up to the
+#: command timeout) instead of failing, so thousands of requests in flight share a bounded pool.
+ASYNC_MAX_CONNECTIONS = 64
 
 _lock = threading.Lock()
 _sync: dict[tuple[int, str], redis.Redis] = {}
@@ -57,5 +60,8 @@ def async_client(url: str) -> redis.asyncio.Redis:
     found = _async.get(key)
     # A closed loop's id can be reused by a new one: the loop itself is kept to tell them apart.
     if found is None or found[0] is not loop:
-        found = _async[key] = (loop, redis.asyncio.Redis.from_url(url, **_options()))  # type: ignore[arg-type]
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            url, max_connections=ASYNC_MAX_CONNECTIONS, timeout=COMMAND_TIMEOUT_S, **_options()
+        )
+        found = _async[key] = (loop, redis.asyncio.Redis(connection_pool=pool))
     return found[1]

@@ -21,6 +21,11 @@ API_KEY = "test-key-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
+def auth() -> dict[str, str]:
+    """A fresh headers dict per call: tritonclient adds its own headers to the dict it is given."""
+    return dict(AUTH)
+
+
 def _register(settings, name, path, **kw):
     store = LocalArtifactStore(settings.artifact_dir, settings.max_artifact_bytes)
     with session_scope(settings.sqlalchemy_url) as session:
@@ -31,9 +36,9 @@ def _http(url: str, method: str = "GET", body: bytes | None = None, headers: dic
     request = urllib.request.Request(url, data=body, method=method, headers={**AUTH, **(headers or {})})
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, dict(response.headers), response.read()
+            return response.status, response.headers, response.read()
     except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), exc.read()
+        return exc.code, exc.headers, exc.read()
 
 
 @pytest.fixture
@@ -50,12 +55,12 @@ def served(settings, client, fleet, iris):
 
 def test_tritonclient_metadata_json_and_binary_infer_with_ids(served, iris):
     triton = tritonclient_http.InferenceServerClient(served.removeprefix("http://"))
-    assert triton.is_server_live(headers=AUTH) and triton.is_server_ready(headers=AUTH)
-    assert triton.is_model_ready("iris", headers=AUTH)
-    meta = triton.get_model_metadata("iris", headers=AUTH)
+    assert triton.is_server_live(headers=auth()) and triton.is_server_ready(headers=auth())
+    assert triton.is_model_ready("iris", headers=auth())
+    meta = triton.get_model_metadata("iris", headers=auth())
     assert meta["versions"] == ["1", "2"] and meta["platform"] == "onnxruntime_onnx"
     assert meta["inputs"] == [{"name": "X", "datatype": "FP32", "shape": [-1, 4]}]
-    assert "binary_tensor_data" in triton.get_server_metadata(headers=AUTH)["extensions"]
+    assert "binary_tensor_data" in triton.get_server_metadata(headers=auth())["extensions"]
 
     x = iris["x"][:7]
     for binary_in in (False, True):
@@ -63,14 +68,15 @@ def test_tritonclient_metadata_json_and_binary_infer_with_ids(served, iris):
             inp = tritonclient_http.InferInput("X", list(x.shape), "FP32")
             inp.set_data_from_numpy(x, binary_data=binary_in)
             out = tritonclient_http.InferRequestedOutput("label", binary_data=binary_out)
-            result = triton.infer("iris", [inp], outputs=[out], request_id=f"r-{binary_in}-{binary_out}", headers=AUTH)
+            request_id = f"r-{binary_in}-{binary_out}"
+            result = triton.infer("iris", [inp], outputs=[out], request_id=request_id, headers=auth())
             assert result.get_response()["id"] == f"r-{binary_in}-{binary_out}"
             assert [o["name"] for o in result.get_response()["outputs"]] == ["label"]  # only what was asked
             np.testing.assert_array_equal(result.as_numpy("label"), iris["expected"][:7])
 
     inp = tritonclient_http.InferInput("X", list(x.shape), "FP32")
     inp.set_data_from_numpy(x)
-    versioned = triton.infer("iris", [inp], model_version="1", headers=AUTH)  # every output, binary by default
+    versioned = triton.infer("iris", [inp], model_version="1", headers=auth())  # every output, binary by default
     assert versioned.get_response()["model_version"] == "1"
     assert versioned.as_numpy("probabilities").shape == (7, 3)
 
@@ -78,22 +84,22 @@ def test_tritonclient_metadata_json_and_binary_infer_with_ids(served, iris):
 def test_tritonclient_errors_and_repository(served, iris):
     triton = tritonclient_http.InferenceServerClient(served.removeprefix("http://"))
     with pytest.raises(InferenceServerException, match="UNKNOWN_MODEL"):
-        triton.get_model_metadata("nosuch", headers=AUTH)
+        triton.get_model_metadata("nosuch", headers=auth())
     inp = tritonclient_http.InferInput("X", [2, 3], "FP32")
     inp.set_data_from_numpy(np.zeros((2, 3), dtype=np.float32))
     with pytest.raises(InferenceServerException, match="INVALID_INPUT") as bad:
-        triton.infer("iris", [inp], headers=AUTH)
+        triton.infer("iris", [inp], headers=auth())
     assert bad.value.status() == "400"
     with pytest.raises(InferenceServerException, match="UNKNOWN_VERSION") as missing:
-        triton.infer("iris", [inp], model_version="7", headers=AUTH)
+        triton.infer("iris", [inp], model_version="7", headers=auth())
     assert missing.value.status() == "404"
 
-    index = triton.get_model_repository_index(headers=AUTH)
+    index = triton.get_model_repository_index(headers=auth())
     assert {(m["name"], m["version"], m["state"]) for m in index} == {("iris", "1", "READY"), ("iris", "2", "READY")}
-    triton.unload_model("iris", headers=AUTH)
-    assert not triton.is_model_ready("iris", headers=AUTH)
-    triton.load_model("iris", headers=AUTH)
-    assert triton.is_model_ready("iris", headers=AUTH)
+    triton.unload_model("iris", headers=auth())
+    assert not triton.is_model_ready("iris", headers=auth())
+    triton.load_model("iris", headers=auth())
+    assert triton.is_model_ready("iris", headers=auth())
 
 
 def test_plain_http_json_auth_status_codes(served, iris):
@@ -104,7 +110,7 @@ def test_plain_http_json_auth_status_codes(served, iris):
         }
     ).encode()
     status, headers, content = _http(f"{served}/v2/models/iris/infer", "POST", body)
-    assert status == 200, content
+    assert status == 200, (content, body)
     answer = json.loads(content)
     assert answer["id"] == "plain-1" and answer["model_version"] == "2"
     labels = next(o for o in answer["outputs"] if o["name"] == "label")
