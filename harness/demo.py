@@ -7,12 +7,14 @@ finds none. Exits 0 only if the served accuracy equals the in-process model's.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
 import sys
 import tempfile
 import time
+import urllib.request
 from collections import Counter, defaultdict
 from functools import partial
 from pathlib import Path
@@ -22,7 +24,7 @@ import numpy as np
 
 from app.signature import decode_tensor
 from app.table import mib, render
-from harness.servers import Proc, start_redis, wait_for
+from harness.servers import Proc, free_port, start_redis, wait_for
 
 if TYPE_CHECKING:
     from app.client import Client
@@ -135,19 +137,53 @@ def run(workdir: Path) -> int:
     workers: list[Proc] = []
     try:
         ensure_current(settings.sqlalchemy_url)
-        step("Starting workers")
+        step("Starting workers and the HTTP gateway")
         workers = start_workers(env, workdir)
+        gateway, gateway_url = start_gateway(env, workdir)
+        workers.append(gateway)
         client = Client(settings)
-        return _scenario(client, settings, workdir)
+        return _scenario(client, settings, workdir, gateway_url)
     finally:
         step("Shutting down")
         for proc in workers:
             proc.stop()
         redis_server.stop()
-        print("    workers and Redis stopped")
+        print("    workers, gateway and Redis stopped")
 
 
-def _scenario(client: Client, settings: Settings, workdir: Path) -> int:
+def start_gateway(env: dict[str, str], logdir: Path) -> tuple[Proc, str]:
+    """``maas serve`` on a free loopback port (no API key: it listens on 127.0.0.1 only)."""
+    port = free_port()
+    argv = [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    proc = Proc("gateway", argv, {**os.environ, **env}, logdir)
+
+    def ready() -> bool:
+        if not proc.alive():
+            raise RuntimeError(f"the gateway exited:\n{proc.log()[-2000:]}")
+        return "gateway_ready" in proc.log()
+
+    wait_for(ready, 60, "the gateway")
+    url = f"http://127.0.0.1:{port}"
+    print(f"    gateway {url} (log: {proc.log_path})")
+    return proc, url
+
+
+def http_inference(url: str, row: np.ndarray) -> tuple[str, int]:
+    """One Open Inference Protocol request over HTTP: the curl line a user can paste, and the predicted class."""
+    # Pixel intensities are whole numbers: written as JSON integers the line stays short enough to paste.
+    data = [int(v) if float(v).is_integer() else float(v) for v in row]
+    body = json.dumps(
+        {"id": "demo-1", "inputs": [{"name": "X", "shape": [1, row.size], "datatype": "FP32", "data": data}]}
+    )
+    curl = f"curl -s {url}/v2/models/digits/infer -d '{body}'"
+    request = urllib.request.Request(f"{url}/v2/models/digits/infer", data=body.encode(), method="POST")
+    with urllib.request.urlopen(request, timeout=60) as response:
+        answer = json.loads(response.read())
+    label = next(o for o in answer["outputs"] if o["datatype"].startswith("INT"))
+    return curl, int(label["data"][0])
+
+
+def _scenario(client: Client, settings: Settings, workdir: Path, gateway_url: str) -> int:
     from app import registry
     from app.artifacts import LocalArtifactStore
     from app.db.session import session_scope
@@ -169,6 +205,14 @@ def _scenario(client: Client, settings: Settings, workdir: Path) -> int:
         info = client.load("digits", worker=worker).wait()
         footprint = mib(info["footprint_bytes"])
         print(f"    replica {info['replica']} {info['state']} on {info['worker']}, footprint {footprint}")
+
+    step("One request over HTTP (Open Inference Protocol); paste the curl line while the demo runs")
+    curl, http_label = http_inference(gateway_url, x_test[0])
+    print(f"    {curl}")
+    print(f"    -> class {http_label} (the in-process model says {int(local_pred[0])})")
+    print(f"    fleet page: {gateway_url}/ui   metrics: {gateway_url}/metrics")
+    if os.environ.get("MAAS_DEMO_PAUSE"):
+        input("    MAAS_DEMO_PAUSE is set: press Enter to go on (the page and the curl line work until then) ")
 
     step(f"Sending {len(x_test)} requests at mixed priorities (0 highest .. 9 lowest)")
     t0 = time.perf_counter()
@@ -216,6 +260,9 @@ def _scenario(client: Client, settings: Settings, workdir: Path) -> int:
             ],
         )
     )
+    if http_label != int(local_pred[0]):
+        print(f"\nFAILED: the HTTP answer {http_label} differs from in-process {int(local_pred[0])}", file=sys.stderr)
+        return 1
     if served_acc != local_acc:
         print(f"\nFAILED: served accuracy {served_acc} differs from in-process {local_acc}", file=sys.stderr)
         return 1
