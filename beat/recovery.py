@@ -8,7 +8,7 @@ from typing import Any
 from celery import Celery
 
 from app import logs
-from app.broker import ledger
+from app.broker import ledger, stats
 from app.broker.clients import sync_client
 from app.celery_app import settings_of
 
@@ -29,6 +29,7 @@ def recover(app: Celery) -> dict[str, int]:
             headers=body.get("headers") or {},
             task_id=task_id,
         )
+        stats.count_fleet_event(client, "ledger_resent")
         logs.event(
             log,
             "request_resent",

@@ -52,6 +52,8 @@ log = logging.getLogger("maas.gateway")
 
 SERVER_NAME = "maas-fleet"
 EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics", "schedule_policy"]
+#: After a request's deadline, how long a worker may still be about to take it before the gateway takes it back.
+DEADLINE_GRACE_S = 0.05
 #: Seconds a 503 asks the client to wait before trying again.
 RETRY_AFTER_S = 1
 
@@ -155,7 +157,7 @@ class Gateway:
         future = await self.waiter.expect(order.task_id)
         try:
             published = await self.fleet.publish(order)
-            meta = await self._await(request, future, published)
+            meta = await self._await(request, future, published, parsed.deadline_s)
         finally:
             await self.waiter.forget(order.task_id)
         if meta.get("status") != "SUCCESS":
@@ -170,14 +172,25 @@ class Gateway:
             media_type="application/octet-stream",
         )
 
-    async def _await(self, request: Request, future: asyncio.Future[dict[str, Any]], published: Any) -> dict[str, Any]:
-        """The result, unless the client leaves or the wait runs out first: then the request is taken back if no
-        worker has started it, so no work is left behind that nobody will read."""
+    async def _await(
+        self, request: Request, future: asyncio.Future[dict[str, Any]], published: Any, deadline_s: float | None
+    ) -> dict[str, Any]:
+        """The result, unless the client leaves, the request's deadline passes before a worker takes it, or the
+        wait runs out: then the request is taken back if no worker has started it, so no work is left behind
+        that nobody will read. A request a worker has started is awaited to the end of the wait."""
         gone: asyncio.Future[Any] = asyncio.ensure_future(_disconnected(request))
+        wait_s = self.settings.infer_timeout_s
         try:
-            done, _ = await asyncio.wait(
-                {future, gone}, timeout=self.settings.infer_timeout_s, return_when=asyncio.FIRST_COMPLETED
-            )
+            if deadline_s is not None and deadline_s < wait_s:
+                done, _ = await asyncio.wait(
+                    {future, gone}, timeout=deadline_s + DEADLINE_GRACE_S, return_when=asyncio.FIRST_COMPLETED
+                )
+                if not done and await self.fleet.take_back(published, "deadline passed in the queue"):
+                    raise errors.DeadlineExceeded(
+                        f"the deadline of {deadline_s:g}s passed before any replica took the request; not executed"
+                    )
+                wait_s -= deadline_s + DEADLINE_GRACE_S
+            done, _ = await asyncio.wait({future, gone}, timeout=max(0.0, wait_s), return_when=asyncio.FIRST_COMPLETED)
         finally:
             gone.cancel()
         if future in done:

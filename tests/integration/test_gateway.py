@@ -124,3 +124,58 @@ def test_plain_http_json_auth_status_codes(served, iris):
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request, timeout=30)
     assert refused.value.code == 401
+
+
+def test_a_client_that_leaves_takes_its_waiting_request_back(settings, client, fleet, iris, register):
+    """No replica serves the model (allocation is off here), so the request waits; the client hangs up, and the
+    request leaves the queue and the ledger: no work is left behind that nobody will read."""
+    import socket
+
+    from app.broker import keys
+    from app.broker.layout import model_queue
+    from app.broker.queues import depth_by_priority
+    from harness.fleet import wait_for
+
+    register("iris", iris["path"])
+    _, url = fleet.gateway()
+    body = json.dumps(
+        {"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": iris["x"][:1].tolist()}]}
+    ).encode()
+    port = int(url.rsplit(":", 1)[1])
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    head = f"POST /v2/models/iris/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+    sock.sendall(head.encode() + body)
+    queue = model_queue("iris")
+    wait_for(lambda: sum(depth_by_priority(client.redis, queue)) == 1, 60, "the request to wait in its queue")
+    assert client.redis.zcard(keys.LEDGER_SINCE) == 1
+    sock.close()
+    wait_for(lambda: sum(depth_by_priority(client.redis, queue)) == 0, 60, "the request to be taken back")
+    assert client.redis.zcard(keys.LEDGER_SINCE) == 0
+
+
+@pytest.fixture
+def scaling_env(env):
+    return {**env, "MAAS_ALLOCATION": "true", "MAAS_ALLOCATION_PERIOD_S": "1"}
+
+
+def test_a_request_for_a_model_with_no_replica_waits_for_scale_from_zero(scaling_env, iris, tmp_path, register):
+    from app.settings import Settings
+    from harness.fleet import Fleet
+
+    register("iris", iris["path"])
+    logdir = tmp_path / "scale"
+    logdir.mkdir()
+    scaling = Fleet(scaling_env, logdir)
+    try:
+        scaling.worker(0, "w0@test")  # runs beat's tasks too: the producer's scale-from-zero trigger lands here
+        _, url = scaling.gateway()
+        body = json.dumps(
+            {"inputs": [{"name": "X", "shape": [3, 4], "datatype": "FP32", "data": iris["x"][:3].tolist()}]}
+        ).encode()
+        status, _, content = _http(f"{url}/v2/models/iris/infer", "POST", body)
+        assert status == 200, content
+        labels = next(o for o in json.loads(content)["outputs"] if o["name"] == "label")
+        assert labels["data"] == iris["expected"][:3].tolist()
+        assert Settings.from_env(scaling_env).allocation_enabled
+    finally:
+        scaling.stop()
