@@ -258,6 +258,49 @@ def test_check_outputs_refuses_an_output_the_model_does_not_have() -> None:
         oip.check_outputs([oip.RequestedOutput("label", None), oip.RequestedOutput("nope", True)], specs)
 
 
+def _numpy(datatype: str) -> np.ndarray:
+    if datatype == "BYTES":
+        return np.array([[s.encode() for s in row] for row in VALUES["BYTES"]], dtype=object)
+    return _expected(datatype)
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["json-in", "binary-in"])
+@pytest.mark.parametrize("datatype", list(DATATYPES))
+def test_requests_as_nvidias_tritonclient_builds_them(datatype: str, binary: bool) -> None:
+    http = pytest.importorskip("tritonclient.http")
+    tensor = http.InferInput("x", [2, 2], datatype)
+    tensor.set_data_from_numpy(_numpy(datatype), binary_data=binary)
+    wanted = http.InferRequestedOutput("y", binary_data=False)
+    body, json_size = http.InferenceServerClient.generate_request_body(
+        [tensor], outputs=[wanted], request_id="tc-1", priority=3, timeout=250_000, parameters={"class": "batch"}
+    )
+    request = oip.parse_infer(body, None if json_size is None else str(json_size))
+    assert (request.id, request.level, request.request_class) == ("tc-1", 2, "batch")
+    assert request.deadline_s == pytest.approx(0.25)
+    assert request.outputs == [oip.RequestedOutput("y", False)]
+    if datatype == "BYTES":
+        assert request.inputs[0]["data"] == _flat(VALUES["BYTES"])
+    else:
+        np.testing.assert_array_equal(_decoded(request), _expected(datatype))
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["json-out", "binary-out"])
+@pytest.mark.parametrize("datatype", list(DATATYPES))
+def test_responses_as_nvidias_tritonclient_reads_them(datatype: str, binary: bool) -> None:
+    http = pytest.importorskip("tritonclient.http")
+    request = oip.parse_infer(_one(), None)
+    request.binary_outputs = binary
+    array = _expected(datatype) if datatype != "BYTES" else np.array(VALUES["BYTES"], dtype=object)
+    content, header_length = oip.build_response(request, _answer(encode_tensor("y", array)))
+    result = http.InferenceServerClient.parse_response_body(content, header_length=header_length)
+    got = result.as_numpy("y")
+    if datatype == "BYTES":
+        assert [v.decode() if isinstance(v, bytes) else v for v in got.reshape(-1)] == _flat(VALUES["BYTES"])
+    else:
+        assert got.dtype == DATATYPES[datatype]
+        np.testing.assert_array_equal(got, _expected(datatype))
+
+
 # --- parameters -------------------------------------------------------------------------------------------------------
 def _with_params(**params: Any) -> oip.InferRequest:
     doc = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}], "parameters": params}
