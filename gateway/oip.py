@@ -4,20 +4,23 @@ Pure: bytes in, bytes out, numpy in between; no I/O. The fleet's own tensors tra
 bytes in base64) or ``data`` lists (:mod:`app.signature`); an OIP request carries ``data`` (flat or nested) or,
 with the binary tensor data extension, bytes after the JSON header. For every numeric datatype the extension's
 layout is exactly ``raw`` decoded, so binary inputs become ``raw`` with one base64 call and JSON ``data`` is
-checked element by element (numbers for numbers, integers for integers, booleans for BOOL, strings for BYTES)
-before it is packed, so a wrong value is a 400 here rather than a coercion in a worker.
+checked element by element (numbers for numbers, integers in range for integers, booleans for BOOL, strings for
+BYTES; nesting regular, the count matching the shape) before it is packed, so a wrong value is a 400 here rather
+than a coercion in a worker. Every refusal is an InvalidInput whose message names the input and the fault.
 
 Scheduling knobs ride in the request's ``parameters``:
 
 - ``priority`` (Triton's): 0 or absent = the policy decides; 1 is the highest; level = min(priority - 1, 9).
-- ``timeout`` (Triton's, microseconds) and ``deadline_ms`` (ours): work not started by then is never executed
-  and the request ends with DEADLINE_EXCEEDED (504). When both are given the earlier one wins.
+- ``timeout`` (Triton's, microseconds; 0 = none, as in Triton) and ``deadline_ms`` (ours): work not started by
+  then is never executed and the request ends with DEADLINE_EXCEEDED (504). When both are given the earlier wins.
 - ``class``: ``interactive`` (default) or ``batch``.
 """
 
 from __future__ import annotations
 
 import base64
+import itertools
+import math
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,8 +36,8 @@ from app.signature import DATATYPES, TensorSpec, decode_tensor
 HEADER_LENGTH = "inference-header-content-length"
 #: Highest priority level of the fleet's scale (0 highest .. 9 lowest).
 LOWEST_LEVEL = 9
-
-_INTEGER_KINDS = "iu"
+#: Digits an Inference-Header-Content-Length may have (far more than any body the gateway accepts).
+_MAX_LENGTH_DIGITS = 18
 
 
 @dataclass(frozen=True)
@@ -61,118 +64,165 @@ def _bad(message: str) -> InvalidInput:
     return InvalidInput(message)
 
 
-def _json_part(body: bytes, header_length: str | None) -> tuple[Any, memoryview]:
-    if header_length is None:
-        json_bytes, rest = body, memoryview(b"")
-    else:
-        try:
-            n = int(header_length)
-        except ValueError:
-            raise _bad(f"Inference-Header-Content-Length {header_length!r} is not a number") from None
+def _describe(value: object) -> str:
+    """A JSON value as a person reads it in an error message (short)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        shown = value if len(value) <= 20 else value[:20] + "..."
+        return f"the string {shown!r}"
+    if isinstance(value, int | float):
+        return f"the number {value!r}"
+    if isinstance(value, dict):
+        return "an object"
+    return f"a {type(value).__name__}"
+
+
+def _json_part(body: bytes, header_length: str | None) -> tuple[Any, memoryview | None]:
+    """The JSON header and the binary part after it (None without the binary data extension's header)."""
+    binary: memoryview | None = None
+    json_bytes = body
+    if header_length is not None:
+        text = header_length.strip()
+        if not (text.isascii() and text.isdigit()) or len(text) > _MAX_LENGTH_DIGITS:
+            shown = header_length if len(header_length) <= 30 else header_length[:30] + "..."
+            raise _bad(f"Inference-Header-Content-Length {shown!r} must be a positive integer number of bytes")
+        n = int(text)
         if not 0 < n <= len(body):
             raise _bad(f"Inference-Header-Content-Length {n} is outside the body of {len(body)} bytes")
-        json_bytes, rest = body[:n], memoryview(body)[n:]
+        json_bytes, binary = body[:n], memoryview(body)[n:]
     try:
-        return orjson.loads(json_bytes), rest
+        return orjson.loads(json_bytes), binary
     except orjson.JSONDecodeError as exc:
         raise _bad(f"the request's JSON ({len(json_bytes)} bytes) is not valid: {exc}") from None
 
 
 def _shape(name: str, raw: object) -> list[int]:
+    if raw is None:
+        raise _bad(f"input {name!r}: needs a shape (a list of non-negative integers)")
     if not isinstance(raw, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in raw):
         raise _bad(f"input {name!r}: shape must be a list of non-negative integers, got {raw!r}")
     return raw
 
 
 def _count(shape: Sequence[int]) -> int:
-    return int(np.prod(shape)) if shape else 1
+    return math.prod(shape)  # exact: a product of huge dimensions does not wrap around as numpy's would
+
+
+def _leaves(name: str, data: list[Any]) -> tuple[list[Any], set[type]]:
+    """Flat or regularly nested JSON lists -> (the values in row-major order, their Python types).
+
+    Every list at one depth must have the same length and hold only lists or only values: ragged nesting is
+    refused rather than guessed at. One pass over each depth; no recursion, so depth is bounded by the JSON
+    parser's own limit and not by Python's stack."""
+    level, depth = data, 0
+    while True:
+        types = set(map(type, level))
+        if list not in types:
+            return level, types
+        if types != {list}:
+            raise _bad(f"input {name!r}: data is ragged: at depth {depth} it mixes lists and values")
+        lengths = sorted({len(item) for item in level})
+        if len(lengths) > 1:
+            raise _bad(f"input {name!r}: data is ragged: at depth {depth + 1} lists have lengths {lengths}")
+        level = list(itertools.chain.from_iterable(level))
+        depth += 1
+
+
+#: What JSON ``data`` may hold for each kind of datatype, and how an error message says it.
+_JSON_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "BOOL": ((bool,), "true or false"),
+    "INT": ((int,), "integers"),
+    "FP": ((int, float), "numbers"),
+    "BYTES": ((str,), "strings"),
+}
+
+
+def _family(datatype: str) -> str:
+    if datatype.startswith(("INT", "UINT")):
+        return "INT"
+    if datatype.startswith("FP"):
+        return "FP"
+    return datatype
 
 
 def _array_from_data(name: str, datatype: str, data: object, shape: list[int]) -> np.ndarray:
-    """Nested or flat JSON data -> a checked numpy array of the datatype (no silent coercion)."""
+    """Flat or nested JSON data -> a checked flat numpy array of the datatype (no silent coercion)."""
     if not isinstance(data, list):
-        raise _bad(f"input {name!r}: data must be a list, got {type(data).__name__}")
+        raise _bad(f"input {name!r}: data must be a list, got {_describe(data)}")
+    flat, types = _leaves(name, data)
+    allowed, want = _JSON_TYPES[_family(datatype)]
+    if not types.issubset(allowed):
+        index, value = next((i, v) for i, v in enumerate(flat) if type(v) not in allowed)
+        raise _bad(f"input {name!r}: {datatype} data must be {want}; value {index} is {_describe(value)}")
+    if len(flat) != _count(shape):
+        raise _bad(f"input {name!r}: shape {shape} needs {_count(shape)} values, data has {len(flat)}")
+    dtype = DATATYPES[datatype]
     if datatype == "BYTES":
-        flat = _flatten(name, data)
-        if not all(isinstance(x, str) for x in flat):
-            raise _bad(f"input {name!r}: BYTES data must be strings")
-        array = np.asarray(flat, dtype=object)
-    else:
-        try:
-            array = np.asarray(data)
-        except ValueError as exc:  # ragged nesting
-            raise _bad(f"input {name!r}: data is not a regular array ({exc})") from None
-        if array.size:
-            _check_kind(name, datatype, array)
-        array = array.reshape(-1)
-        if datatype in ("FP16", "FP32", "FP64", "BOOL"):
-            array = array.astype(DATATYPES[datatype])
-        else:
-            info = np.iinfo(DATATYPES[datatype])
-            if array.size and (array.min() < info.min or array.max() > info.max):
-                raise _bad(f"input {name!r}: a value is outside the range of {datatype}")
-            array = array.astype(DATATYPES[datatype])
-    if array.size != _count(shape):
-        raise _bad(f"input {name!r}: shape {shape} needs {_count(shape)} values, data has {array.size}")
-    return array.reshape(shape)
-
-
-def _flatten(name: str, data: list[Any]) -> list[Any]:
-    out: list[Any] = []
-    stack = [iter(data)]
-    while stack:
-        for item in stack[-1]:
-            if isinstance(item, list):
-                stack.append(iter(item))
-                break
-            out.append(item)
-        else:
-            stack.pop()
-    return out
-
-
-def _check_kind(name: str, datatype: str, array: np.ndarray) -> None:
-    kind = array.dtype.kind
-    if datatype == "BOOL":
-        ok = kind == "b"
-    elif datatype.startswith(("INT", "UINT")):
-        ok = kind in _INTEGER_KINDS
-    else:  # FP16/32/64: JSON integers are numbers too
-        ok = kind in "iuf"
-    if not ok:
-        want = {"BOOL": "true/false"}.get(datatype, "integers" if "INT" in datatype else "numbers")
-        raise _bad(f"input {name!r}: {datatype} data must be {want}; got values of numpy kind {array.dtype}")
+        return np.asarray(flat, dtype=object)
+    if _family(datatype) == "INT" and flat:
+        info = np.iinfo(dtype)
+        for value in (min(flat), max(flat)):  # Python integers: exact at any size
+            if not info.min <= value <= info.max:
+                raise _bad(f"input {name!r}: {value} is outside the range of {datatype} [{info.min}, {info.max}]")
+    if _family(datatype) == "FP" and flat:
+        wide = np.asarray(flat, dtype=np.float64)
+        with np.errstate(over="ignore"):
+            array = wide.astype(dtype)
+        overflow = np.flatnonzero(np.isinf(array) & np.isfinite(wide))
+        if overflow.size:
+            value = flat[int(overflow[0])]
+            raise _bad(f"input {name!r}: {value!r} is outside the range of {datatype}")
+        return array
+    return np.asarray(flat, dtype=dtype)
 
 
 def _bytes_elements(name: str, buffer: memoryview, count: int) -> list[str]:
     """The binary extension's BYTES layout: each element a 4-byte little-endian length, then its bytes."""
-    out, offset = [], 0
-    for _ in range(count):
+    out: list[str] = []
+    offset = 0
+    for index in range(count):
         if offset + 4 > len(buffer):
-            raise _bad(f"input {name!r}: binary BYTES data ends inside an element's length")
+            raise _bad(
+                f"input {name!r}: binary BYTES data ends inside the length of element {index} "
+                f"({count} elements expected, {len(buffer)} bytes given)"
+            )
         (length,) = struct.unpack_from("<I", buffer, offset)
         offset += 4
         if offset + length > len(buffer):
-            raise _bad(f"input {name!r}: binary BYTES element of {length} bytes runs past its data")
+            raise _bad(
+                f"input {name!r}: binary BYTES element {index} of {length} bytes runs past the "
+                f"{len(buffer) - offset} bytes left"
+            )
         try:
             out.append(bytes(buffer[offset : offset + length]).decode("utf-8"))
         except UnicodeDecodeError:
-            raise _bad(f"input {name!r}: this fleet's BYTES tensors hold UTF-8 text; an element is not") from None
+            raise _bad(
+                f"input {name!r}: BYTES element {index} is not UTF-8 text (this fleet's BYTES hold text)"
+            ) from None
         offset += length
     if offset != len(buffer):
-        raise _bad(f"input {name!r}: {len(buffer) - offset} bytes left after {count} BYTES elements")
+        raise _bad(f"input {name!r}: {len(buffer) - offset} bytes left in its binary data after {count} BYTES elements")
     return out
 
 
-def _input(raw: object, binary: memoryview, offset: int) -> tuple[dict[str, Any], int]:
-    """One request input -> (the fleet's tensor, bytes of the binary part it used)."""
+def _name(raw: object, position: int) -> str:
     if not isinstance(raw, dict):
-        raise _bad(f"each input must be an object, got {type(raw).__name__}")
+        raise _bad(f"input #{position} must be an object, got {_describe(raw)}")
     name = raw.get("name")
     if not isinstance(name, str) or not name:
-        raise _bad("each input needs a name")
+        raise _bad(f"input #{position} needs a name (a non-empty string), got {_describe(name)}")
+    return name
+
+
+def _input(raw: dict[str, Any], name: str, binary: memoryview | None, offset: int) -> tuple[dict[str, Any], int]:
+    """One request input -> (the fleet's tensor, bytes of the binary part it used)."""
     datatype = raw.get("datatype")
-    if datatype not in DATATYPES:
+    if datatype is None:
+        raise _bad(f"input {name!r}: needs a datatype (one of {', '.join(DATATYPES)})")
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
         raise _bad(f"input {name!r}: unknown datatype {datatype!r} (one of {', '.join(DATATYPES)})")
     shape = _shape(name, raw.get("shape"))
     params = raw.get("parameters") or {}
@@ -184,8 +234,22 @@ def _input(raw: object, binary: memoryview, offset: int) -> tuple[dict[str, Any]
             raise _bad(f"input {name!r}: needs data, or parameters.binary_data_size with binary data")
         array = _array_from_data(name, datatype, raw["data"], shape)
         return _tensor(name, datatype, shape, array), 0
+    if "data" in raw:
+        raise _bad(f"input {name!r}: has both data and binary_data_size; send one")
+    return _binary_input(name, datatype, shape, size, binary, offset)
+
+
+def _binary_input(
+    name: str, datatype: str, shape: list[int], size: object, binary: memoryview | None, offset: int
+) -> tuple[dict[str, Any], int]:
+    """An input whose values are ``size`` bytes of the binary part, from ``offset`` on."""
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise _bad(f"input {name!r}: binary_data_size must be a non-negative integer")
+        raise _bad(f"input {name!r}: binary_data_size {size!r} must be a non-negative integer")
+    if binary is None:
+        raise _bad(
+            f"input {name!r}: has parameters.binary_data_size but the request has no "
+            "Inference-Header-Content-Length header, so no binary data"
+        )
     if offset + size > len(binary):
         raise _bad(f"input {name!r}: binary_data_size {size} runs past the {len(binary) - offset} bytes left")
     chunk = binary[offset : offset + size]
@@ -195,6 +259,8 @@ def _input(raw: object, binary: memoryview, offset: int) -> tuple[dict[str, Any]
     want = _count(shape) * DATATYPES[datatype].itemsize
     if size != want:
         raise _bad(f"input {name!r}: shape {shape} of {datatype} needs {want} bytes, binary_data_size is {size}")
+    if datatype == "BOOL" and size and int(np.frombuffer(chunk, dtype=np.uint8).max()) > 1:
+        raise _bad(f"input {name!r}: binary BOOL data must be bytes of 0 or 1")
     return {"name": name, "shape": shape, "datatype": datatype, "raw": base64.b64encode(chunk).decode("ascii")}, size
 
 
@@ -206,37 +272,45 @@ def _tensor(name: str, datatype: str, shape: list[int], array: np.ndarray) -> di
 
 
 def _level(priority: object) -> int | None:
-    if priority is None or priority == 0:
+    if priority is None:
         return None
     if not isinstance(priority, int) or isinstance(priority, bool) or priority < 0:
         raise _bad(f"parameters.priority {priority!r} must be a non-negative integer (1 highest, 0 = default)")
-    return min(priority - 1, LOWEST_LEVEL)
+    return None if priority == 0 else min(priority - 1, LOWEST_LEVEL)
 
 
 def _deadline_s(params: Mapping[str, Any]) -> float | None:
     found = []
     for key, scale in (("timeout", 1e-6), ("deadline_ms", 1e-3)):
         value = params.get(key)
-        if value is None:
-            continue
+        if value is None or (key == "timeout" and value == 0 and not isinstance(value, bool)):
+            continue  # Triton's timeout 0 is "no timeout"
         if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
             raise _bad(f"parameters.{key} {value!r} must be a positive number")
         found.append(value * scale)
     return min(found) if found else None
 
 
+def _flag(value: object, what: str) -> bool | None:
+    if value is None or isinstance(value, bool):
+        return value
+    raise _bad(f"{what} {value!r} must be true or false")
+
+
 def _outputs(raw: object) -> list[RequestedOutput] | None:
     if raw is None:
         return None
     if not isinstance(raw, list):
-        raise _bad("outputs must be a list")
+        raise _bad(f"outputs must be a list, got {_describe(raw)}")
     out = []
-    for item in raw:
-        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-            raise _bad("each requested output needs a name")
+    for position, item in enumerate(raw):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str) or not item["name"]:
+            raise _bad(f"requested output #{position} needs a name (a non-empty string)")
+        name = item["name"]
         params = item.get("parameters") or {}
-        binary = params.get("binary_data") if isinstance(params, dict) else None
-        out.append(RequestedOutput(item["name"], None if binary is None else bool(binary)))
+        if not isinstance(params, dict):
+            raise _bad(f"requested output {name!r}: parameters must be an object")
+        out.append(RequestedOutput(name, _flag(params.get("binary_data"), f"output {name!r}: binary_data")))
     return out
 
 
@@ -244,22 +318,26 @@ def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
     """An OIP request body (JSON, or JSON then binary tensors) -> InferRequest; InvalidInput names the fault."""
     doc, binary = _json_part(body, header_length)
     if not isinstance(doc, dict):
-        raise _bad("the request must be a JSON object")
+        raise _bad(f"the request must be a JSON object, got {_describe(doc)}")
     inputs = doc.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise _bad("the request needs a non-empty list of inputs")
     request_id = doc.get("id")
     if request_id is not None and not isinstance(request_id, str):
-        raise _bad("id must be a string")
+        raise _bad(f"id must be a string, got {_describe(request_id)}")
     params = doc.get("parameters") or {}
     if not isinstance(params, dict):
         raise _bad("parameters must be an object")
-    tensors, offset = [], 0
-    for raw in inputs:
-        tensor, used = _input(raw, binary, offset)
+    tensors, offset, seen = [], 0, set()
+    for position, raw in enumerate(inputs):
+        name = _name(raw, position)
+        if name in seen:
+            raise _bad(f"input {name!r} is given twice")
+        seen.add(name)
+        tensor, used = _input(raw, name, binary, offset)
         tensors.append(tensor)
         offset += used
-    if offset != len(binary):
+    if binary is not None and offset != len(binary):
         raise _bad(f"{len(binary) - offset} bytes of binary data follow the inputs that no input claims")
     request_class = params.get("class", "interactive")
     if request_class not in ("interactive", "batch"):
@@ -268,7 +346,7 @@ def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
         id=request_id,
         inputs=tensors,
         outputs=_outputs(doc.get("outputs")),
-        binary_outputs=bool(params.get("binary_data_output", False)),
+        binary_outputs=bool(_flag(params.get("binary_data_output"), "parameters.binary_data_output")),
         level=_level(params.get("priority")),
         deadline_s=_deadline_s(params),
         request_class=request_class,

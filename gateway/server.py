@@ -10,7 +10,8 @@ Errors are ``{"error": "CODE: message"}`` with Triton's status mapping, and the 
 
 =====================================================  ======
 unknown model, version or alias; unknown route          404
-bad input, malformed JSON or binary framing             400
+wrong method on a known route (NOT_FOUND, with Allow)   405
+bad input or name, malformed JSON or binary framing     400
 body over ``MAAS_MAX_REQUEST_BYTES``                    413
 QUEUE_FULL, no capacity (with ``Retry-After``)          503
 DEADLINE_EXCEEDED, no answer within the wait            504
@@ -358,7 +359,10 @@ async def _not_found(request: Request, exc: Exception) -> Response:
     status = exc.status_code if isinstance(exc, HTTPException) else 500
     why = "no such route" if status == 404 else "method not allowed"
     error = errors.NotFound(f"{request.method} {request.url.path}: {why}")
-    return Response(orjson.dumps({"error": str(error)}), status, {"X-Maas-Error-Code": error.code})
+    headers = {"X-Maas-Error-Code": error.code}
+    if isinstance(exc, HTTPException) and exc.headers:
+        headers.update(exc.headers)  # a 405's Allow
+    return Response(orjson.dumps({"error": str(error)}), status, headers, media_type="application/json")
 
 
 def build_app(settings: Settings) -> ASGIApp:
