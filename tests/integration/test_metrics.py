@@ -38,7 +38,9 @@ DEADLINE_S = 90.0
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _prometheus_binary() -> str:
+@pytest.fixture(scope="session")
+def prometheus_binary() -> str:
+    """The ``prometheus`` binary, installed (as ``make test`` would) when missing and root; else the test skips."""
     found = shutil.which("prometheus")
     if found:
         return found
@@ -82,8 +84,11 @@ class Prometheus:
 
     def api(self, path: str, **params: str) -> Any:
         query = f"?{urllib.parse.urlencode(params)}" if params else ""
-        with urllib.request.urlopen(f"{self.url}/api/v1/{path}{query}", timeout=30) as response:
-            doc = json.loads(response.read())
+        try:
+            with urllib.request.urlopen(f"{self.url}/api/v1/{path}{query}", timeout=30) as response:
+                doc = json.loads(response.read())
+        except urllib.error.HTTPError as exc:  # 400 for a query that does not parse, with Prometheus' reason
+            raise AssertionError(f"{path} {params}: {exc.code} {exc.read().decode(errors='replace')}") from None
         assert doc["status"] == "success", doc
         return doc["data"]
 
@@ -129,8 +134,7 @@ def gateway(fleet, client, register, iris) -> str:
 
 
 @pytest.fixture
-def prometheus(gateway: str, tmp_path: Path) -> Iterator[Prometheus]:
-    binary = _prometheus_binary()
+def prometheus(prometheus_binary: str, gateway: str, tmp_path: Path) -> Iterator[Prometheus]:
     target = urllib.parse.urlsplit(gateway).netloc
     config = {
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
@@ -150,7 +154,7 @@ def prometheus(gateway: str, tmp_path: Path) -> Iterator[Prometheus]:
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [
-                binary,
+                prometheus_binary,
                 f"--config.file={config_path}",
                 f"--storage.tsdb.path={tmp_path / 'tsdb'}",
                 f"--web.listen-address=127.0.0.1:{port}",
@@ -185,7 +189,7 @@ def prometheus(gateway: str, tmp_path: Path) -> Iterator[Prometheus]:
             proc.wait(10)
 
 
-def test_prometheus_scrapes_fleet_wide_counts_from_two_workers(gateway, prometheus, iris):
+def test_prometheus_scrapes_fleet_wide_counts_from_two_workers(prometheus_binary, gateway, prometheus, iris):
     started = time.monotonic()
     # Fresh Redis: nothing counted yet, so the success series do not exist before the first request.
     before = prometheus.scalar('sum(nv_inference_request_success{model="iris"})') or 0.0
@@ -252,6 +256,16 @@ def test_prometheus_scrapes_fleet_wide_counts_from_two_workers(gateway, promethe
     )
     assert prometheus.scalar('sum(nv_inference_request_failure{model="iris"})') == 1
     assert prometheus.scalar('sum(nv_inference_request_success{model="iris"})') == before + sent
+
+    # Every query of the Grafana dashboard is valid PromQL on these series (Grafana's variables filled in as Grafana
+    # would), and the gauge panels show the fleet.
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "dashboards" / "maas-fleet.json").read_text())
+    panels = [p for p in dashboard["panels"] for p in [p, *p.get("panels", [])]]
+    for target in [t for p in panels for t in p.get("targets", [])]:
+        query = target["expr"].replace("$__rate_interval", "1m").replace("$model", ".*")
+        result = prometheus.vector(query)  # the API answers 400 to a query that does not parse
+        if "nv_gpu_memory" in query or "maas_replicas" in query:
+            assert result, query
     print(f"sent {sent} requests ({rows} rows), served by {served_by}; {time.monotonic() - started:.1f}s")
 
 
