@@ -45,6 +45,33 @@ _TRITON_COUNTERS = (
     ("nv_inference_compute_infer_duration_us", "compute_us", "Cumulative model execution time, in us"),
 )
 
+#: Every series name ``/metrics`` writes for the fleet, as Prometheus stores it: the counters prometheus_client
+#: writes carry ``_total`` (Triton's do not), a histogram is its ``_bucket``, ``_sum`` and ``_count`` series.
+#: Dashboards and alerts may use exactly these (tests/unit/test_compose.py checks the Grafana dashboard's queries;
+#: tests/unit/test_metrics_names.py checks this list against what a scrape holds). prometheus_client's own
+#: ``process_*`` and ``python_*`` series come on top.
+SERIES: tuple[str, ...] = (
+    *(family for family, _, _ in _TRITON_COUNTERS),
+    "nv_inference_request_failure",
+    "nv_inference_pending_request_count",
+    "nv_gpu_memory_total_bytes",
+    "nv_gpu_memory_used_bytes",
+    "nv_gpu_utilization",
+    "maas_queue_depth",
+    "maas_replicas",
+    "maas_replica_memory_bytes",
+    "maas_allocation_runs_total",
+    "maas_allocation_last_objective",
+    "maas_allocation_last_gap",
+    "maas_allocation_last_solve_seconds",
+    "maas_allocation_last_moves",
+    "maas_aging_promotions_total",
+    "maas_ledger_resends_total",
+    "maas_gateway_requests_in_flight",
+    *(f"maas_request_latency_seconds_{part}" for part in ("bucket", "sum", "count")),
+    *(f"maas_gateway_http_request_duration_seconds_{part}" for part in ("bucket", "sum", "count", "created")),
+)
+
 #: The gateway process's own HTTP timings (per process: Prometheus labels each scrape target).
 _HTTP_SECONDS = Histogram("maas_gateway_http_request_duration_seconds", "Gateway request handling time", ["route"])
 

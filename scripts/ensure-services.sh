@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Make sure redis-server and PostgreSQL's server binaries exist; install them with apt-get where absent.
-# The tests start and stop their own throwaway instances (app/localservers.py); nothing is left running.
+# Make sure redis-server, PostgreSQL's server binaries and Prometheus exist; install them with apt-get where absent.
+# The tests start and stop their own throwaway instances (app/localservers.py, and tests/integration/test_metrics.py
+# for Prometheus); nothing is left running.
 set -euo pipefail
 
 have_postgres() {
@@ -11,9 +12,10 @@ missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 have_postgres || missing+=(postgresql)
 command -v runuser >/dev/null 2>&1 || missing+=(util-linux)
+command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 
 if [ ${#missing[@]} -eq 0 ]; then
-  echo "services: redis-server and PostgreSQL are installed"
+  echo "services: redis-server, PostgreSQL and Prometheus are installed"
   exit 0
 fi
 if [ "$(id -u)" -ne 0 ]; then
@@ -22,9 +24,15 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 echo "services: installing ${missing[*]} with apt-get"
 export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-# The Debian package starts a cluster and a redis service of its own; the tests use private instances.
-service postgresql stop >/dev/null 2>&1 || true
-service redis-server stop >/dev/null 2>&1 || true
+# Another apt-get may hold the dpkg lock (a busy shared machine): wait for it rather than fail.
+apt-get -o DPkg::Lock::Timeout=600 update -qq
+apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# The Debian packages start a cluster, a redis and a prometheus service of their own (prometheus scraping itself
+# on :9090); the tests use private instances, so stop what was just installed and keep it from starting at boot.
+for pkg in "${missing[@]}"; do
+  case "$pkg" in postgresql | redis-server | prometheus) ;; *) continue ;; esac
+  service "$pkg" stop >/dev/null 2>&1 || true
+  if command -v systemctl >/dev/null 2>&1; then systemctl disable "$pkg" >/dev/null 2>&1 || true; fi
+  if command -v update-rc.d >/dev/null 2>&1; then update-rc.d "$pkg" disable >/dev/null 2>&1 || true; fi
+done
 echo "services: installed ${missing[*]}"

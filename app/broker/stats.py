@@ -24,6 +24,11 @@ from app.broker.layout import text
 #: Upper bounds of the request-latency histogram's buckets, seconds (the last bucket is +Inf).
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
+#: Fields holding sums of floats: always added with ``HINCRBYFLOAT``. ``HINCRBY`` refuses a field that holds a
+#: float ("hash value is not an integer"), so a whole-number delta (0.0 when clock skew clamps every latency in a
+#: period to zero) must not pick the integer command by its value.
+FLOAT_FIELDS = frozenset({"latency_s"})
+
 #: (model, version) -> field -> amount to add.
 Deltas = Mapping[tuple[str, int], Mapping[str, float]]
 
@@ -46,10 +51,10 @@ def add(client: redis.Redis, deltas: Deltas) -> None:
         for name, amount in fields.items():
             if name == "last_ms":
                 pipe.hset(key, name, int(amount))
-            elif float(amount).is_integer():
-                pipe.hincrby(key, name, int(amount))
+            elif name in FLOAT_FIELDS or not float(amount).is_integer():
+                pipe.hincrbyfloat(key, name, float(amount))
             else:
-                pipe.hincrbyfloat(key, name, amount)
+                pipe.hincrby(key, name, int(amount))
     pipe.execute()
 
 
