@@ -96,7 +96,7 @@ def _json_part(body: bytes, header_length: str | None) -> tuple[Any, memoryview 
     try:
         return orjson.loads(json_bytes), binary
     except orjson.JSONDecodeError as exc:
-        raise _bad(f"the request's JSON ({len(json_bytes)} bytes) is not valid: {exc}") from None
+        raise _bad(f"the request body is not valid JSON: {exc}") from None
 
 
 def _shape(name: str, raw: object) -> list[int]:

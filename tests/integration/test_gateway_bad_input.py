@@ -2,8 +2,8 @@
 ``{"error": "CODE: message"}`` body and the code in ``X-Maas-Error-Code``; the fleet keeps serving afterwards.
 
 Also the refusals that depend on the fleet's state: QUEUE_FULL (503 with Retry-After) when a model's backlog is at
-its limit, and the two 504s, DEADLINE_EXCEEDED (a worker found the request past its deadline) and TIMEOUT (the
-gateway's own wait ran out and it took the request back)."""
+its limit, and the two 504s, DEADLINE_EXCEEDED (the request's deadline passed before any replica took it) and
+TIMEOUT (the gateway's own wait ran out and it took the request back)."""
 
 from __future__ import annotations
 
@@ -331,12 +331,18 @@ def test_queue_full_is_503_with_retry_after_and_deadlines_are_504(settings, clie
         return sum(depth_by_priority(r, "m.iris"))
 
     one = _doc(_x(iris["x"][:1]))
-    # TIMEOUT: the gateway's wait runs out; it takes the request back, so nothing is left queued. Its 1 ms deadline
-    # passed long before, but only a worker reports DEADLINE_EXCEEDED, and no worker consumes iris's queue yet.
+    # TIMEOUT: the gateway's wait runs out; it takes the request back, so nothing is left queued.
     started = time.monotonic()
-    reply = call(impatient, "POST", INFER, _doc(_x(iris["x"][:1]), parameters={"timeout": 1000}))
+    reply = call(impatient, "POST", INFER, one)
     expect(reply, 504, "TIMEOUT", "no answer within 2s; the request was withdrawn before any worker took it")
     assert 1.5 < time.monotonic() - started < 30
+    assert waiting() == 0
+    # DEADLINE_EXCEEDED at the gateway: a 1 ms deadline passes while no replica takes the request, so the gateway
+    # takes it back at once rather than holding the caller for its whole wait.
+    started = time.monotonic()
+    reply = call(impatient, "POST", INFER, _doc(_x(iris["x"][:1]), parameters={"timeout": 1000}))
+    expect(reply, 504, "DEADLINE_EXCEEDED", "passed before any replica took the request; not executed")
+    assert time.monotonic() - started < 1.5
     assert waiting() == 0
 
     # QUEUE_FULL: one request waits (its deadline 0.5 s away); the next one is refused at once.
