@@ -256,6 +256,8 @@ function hue(name) {
   for (const c of String(name)) x = (x * 31 + c.codePointAt(0)) >>> 0;
   return x % 360;
 }
+// plural(3, "device") is "3 devices"; plural(1, "model", false) is "model".
+const plural = (n, noun, count = true) => (count ? n + " " : "") + noun + (n === 1 ? "" : "s");
 const colour = name => `hsl(${hue(name)} 55% 52%)`;
 function when(iso) {
   return h("td", {class: "when", title: iso ? `${iso} (${ago(iso)})` : null}, clock(iso));
@@ -309,11 +311,12 @@ function render(s) {
   const alive = s.devices.filter(d => d.alive).length;
   const ready = s.devices.flatMap(d => d.replicas).filter(r => r.state === "READY").length;
   const waiting = Object.values(s.queues).flat().reduce((a, b) => a + b, 0);
+  const chip = (count, ...rest) => h("span", {class: "chip"}, h("b", {}, count), " ", rest.join(" "));
   $("summary").replaceChildren(
-    h("span", {class: "chip"}, h("b", {}, alive), ` of ${s.devices.length} devices up`),
-    h("span", {class: "chip"}, h("b", {}, ready), " replicas ready"),
-    h("span", {class: "chip"}, h("b", {}, s.models.length), " models"),
-    h("span", {class: "chip"}, h("b", {}, waiting), " requests waiting"));
+    chip(alive, "of", plural(s.devices.length, "device"), "up"),
+    chip(ready, plural(ready, "replica", false), "ready"),
+    chip(s.models.length, plural(s.models.length, "model", false)),
+    chip(waiting, plural(waiting, "request", false), "waiting"));
 
   const cards = s.devices.map(device);
   $("devices").replaceChildren(...(cards.length ? cards : [h("div", {class: "empty"}, "no device registered")]));
