@@ -316,7 +316,10 @@ class ApiKeyAuth:
             await self.app(scope, receive, send)
             return
         response = error_response(errors.Unauthorized("an API key is required: Authorization: Bearer KEY"))
-        response.headers["WWW-Authenticate"] = 'Bearer, Basic realm="maas"'
+        # One challenge per header line: browsers do not read a second scheme from a comma-separated list, and
+        # Basic is what lets them ask for the key (any user name, the key as password).
+        response.headers.append("WWW-Authenticate", 'Basic realm="maas", charset="UTF-8"')
+        response.headers.append("WWW-Authenticate", "Bearer")
         await response(scope, receive, send)
 
     def _allowed(self, scope: Scope) -> bool:
