@@ -75,7 +75,7 @@ def solve(snapshot: Snapshot) -> Plan:
     try:
         greedy_x = _placement_vector(problem, greedy)
         result = _solve_problem(problem, snapshot, solve_fn, exact=exact, deadline=deadline, greedy_x=greedy_x)
-    except Exception as exc:  # noqa: BLE001 - a native solver crash must not stop beat; the greedy plan still serves
+    except Exception as exc:  # a native solver crash must not stop beat; the greedy plan still serves
         # Logged with its traceback and carried in the plan: a bug here must not become a silent, permanent greedy.
         reason = f"{solver_name} raised {type(exc).__name__}: {exc}"
         logs.event(log, "solver_failed", logging.ERROR, exc_info=exc, solver=solver_name, reason=reason)
@@ -433,7 +433,7 @@ def _greedy_plan(
     placement = demand_greedy_placement(replace(snapshot, models=models))
     try:
         routed = route(snapshot, placement)
-    except Exception as exc:  # noqa: BLE001 - same reason as in solve: the greedy plan must come back whatever the solver does
+    except Exception as exc:  # as in solve: the greedy plan must come back whatever the solver does
         reason = f"{reason}; routing the greedy placement raised {type(exc).__name__}: {exc}"
         logs.event(log, "solver_failed", logging.ERROR, exc_info=exc, solver="route", reason=reason)
         return _greedy_routed(snapshot, placement, infeasible, fairness, build_s, started, reason=reason)

@@ -214,7 +214,7 @@ def run(index: int, fleet: bool = False) -> dict[str, Any]:
             names.append("fleet")
             try:
                 report["fleet"] = check_fleet(Path(tmp))
-            except Exception as exc:  # noqa: BLE001 - reported, like the other checks
+            except Exception as exc:  # reported, like the other checks
                 report["fleet"] = {"ok": False, "error": f"{type(exc).__name__}: {str(exc)[:600]}"}
     report["ok"] = all(report[n]["ok"] is not False for n in names)
     return report

@@ -94,7 +94,7 @@ def test_a_move_is_make_before_break_with_zero_failed_requests(client, placed, c
         while not stop.is_set():
             try:
                 answers.append(client.infer("m5", {"x": X}).wait(timeout_s=60))
-            except Exception as exc:  # noqa: BLE001 - every failure is the test's business
+            except Exception as exc:  # every failure is the test's business
                 failures.append(exc)
 
     def ended_on_old_worker() -> int:

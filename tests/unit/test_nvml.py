@@ -9,7 +9,7 @@ import types
 from workers import nvml
 
 
-class NVMLError_GpuIsLost(Exception):  # noqa: N801 - named as pynvml names it
+class NVMLError_GpuIsLost(Exception):  # named as pynvml names it
     pass
 
 
