@@ -2,7 +2,11 @@
 
 The Python client and the HTTP gateway both turn a checked request and the scheduler's decision into an
 :class:`InferOrder`: the Celery task's name, args, kwargs and headers, and the :class:`~app.broker.scripts.Admission`
-that records it (queue-limit check, ledger body, aging facts) in one atomic Redis call before it is published.
+that checks the queue's limit, records the request (ledger body, aging facts) and pushes its Celery message onto
+its priority list, in one atomic Redis call. Publishing there rather than through kombu saves the round trips of
+Celery's ``send_task`` (measured with ``bench.dispatch``); the message is byte for byte what kombu would store, so
+workers cannot tell the difference. Celery's "task-sent" event is not emitted for infer requests: Flower sees them
+from the moment a worker receives them.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from app.broker.layout import model_queue
+from app.broker.layout import celery_message, model_queue
 from app.broker.scripts import Admission
 from app.policies import Policy
 
@@ -63,5 +67,7 @@ def infer_order(
         "headers": headers,
     }
     aging_facts = {"c": request_class, "e": estimated_s, "b": backlog_s, "l": priority} if aging else None
-    admission = Admission(queue, model, task_id, now, ledger_body, max_queue, aging_facts)
+    # The message travels inside the admission call: admitted and queued in one atomic round trip.
+    message = celery_message(INFER_TASK, task_id, args, kwargs, headers, queue, priority)
+    admission = Admission(queue, model, task_id, now, ledger_body, max_queue, aging_facts, message, priority)
     return InferOrder(task_id, model, queue, priority, args, kwargs, headers, admission)

@@ -28,7 +28,7 @@ from app.db import devices as device_rows
 from app.db import replicas
 from app.db.schema import Device, ModelVersion, Replica, ReplicaEvent
 from app.db.session import session_scope
-from app.errors import InvalidInput, InvalidPriority, MaasError, RequestTimeout, UnknownPolicy
+from app.errors import BrokerUnavailable, InvalidInput, InvalidPriority, MaasError, RequestTimeout, UnknownPolicy
 from app.jobs import Jobs, split
 from app.lifecycle import TERMINAL
 from app.placement import DeviceView
@@ -48,12 +48,6 @@ from app.signature import (
 REQUEST_CLASSES = ("interactive", "batch")
 #: How long a resolved reference (name -> version and signature) is reused before the registry is asked again.
 REF_CACHE_S = 5.0
-
-
-def _raise_as_maas(exc: BaseException) -> MaasError:
-    if isinstance(exc, MaasError):
-        return exc
-    return MaasError(f"{type(exc).__name__}: {exc}")
 
 
 @dataclass
@@ -85,10 +79,14 @@ class Handle:
     def _get(result: AsyncResult, timeout_s: float) -> Any:
         try:
             return result.get(timeout=timeout_s, propagate=True, disable_sync_subtasks=False)
-        except CeleryTimeout:
-            raise RequestTimeout(f"no answer to {result.id} within {timeout_s:g}s") from None
-        except Exception as exc:  # the worker's error, rebuilt by Celery from JSON
-            raise _raise_as_maas(exc) from None
+        except CeleryTimeout as exc:
+            raise RequestTimeout(f"no answer to {result.id} within {timeout_s:g}s") from exc
+        except MaasError:
+            raise  # the worker's error, rebuilt by Celery from JSON
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise BrokerUnavailable(f"Redis did not answer while waiting for {result.id}: {exc}") from exc
+        except Exception as exc:
+            raise MaasError(f"{type(exc).__name__}: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -195,25 +193,13 @@ class Client:
         )
 
     def _send(self, order: InferOrder, timeout_s: float | None) -> Handle:
-        # One atomic Redis call before the publish checks the queue's limit and, only when there is room, records
-        # the request in the ledger (and the aging index) and counts the arrival: a refused request leaves nothing.
-        # If the publish then fails, the records are taken back, so the sweep never resends what was not sent.
+        # Subscribe to the result first, as send_task does, so an answer that comes at once is not missed.
+        self.app.backend.on_task_call(None, order.task_id)
+        # One atomic Redis call checks the queue's limit and, only when there is room, records the request in the
+        # ledger (and the aging index), counts the arrival and queues the message: a refused request leaves nothing.
         backlog = scripts.admit(self._redis, order.admission)
         self.scheduler.admit(order.model, backlog)
-        try:
-            result = self.app.send_task(
-                order.task,
-                args=order.args,
-                kwargs=order.kwargs,
-                queue=order.queue,
-                priority=order.priority,
-                headers=order.headers,
-                task_id=order.task_id,
-            )
-        except BaseException:
-            scripts.withdraw(self._redis, order.model, order.task_id)
-            raise
-        return Handle(result, timeout_s or self.settings.infer_timeout_s)
+        return Handle(AsyncResult(order.task_id, app=self.app), timeout_s or self.settings.infer_timeout_s)
 
     def submit_job(
         self,

@@ -59,19 +59,11 @@ class Fleet:
 
     # --- admission ----------------------------------------------------------------------------------------------
     async def publish(self, order: InferOrder) -> Published:
-        """Admit (queue limit, ledger, aging index) and push the message; nothing is left behind if the push fails."""
+        """Admit (queue limit, ledger, aging index) and queue the message, in the client's one atomic call."""
         backlog = await scripts.admit_async(self.redis, order.admission)
         self.client.scheduler.admit(order.model, backlog)
-        raw = layout.celery_message(
-            order.task, order.task_id, order.args, order.kwargs, order.headers, order.queue, order.priority
-        )
-        key = layout.priority_list(order.queue, order.priority)
-        try:
-            await self.redis.lpush(key, raw)
-        except BaseException:
-            await asyncio.to_thread(scripts.withdraw, self.client.redis, order.model, order.task_id)
-            raise
-        return Published(order, key, raw)
+        assert order.admission.message is not None  # infer_order always builds it
+        return Published(order, order.admission.list_key, order.admission.message)
 
     async def take_back(self, published: Published, why: str) -> bool:
         """Remove a request nobody will read from its queue if no worker has taken it yet; True if it was there."""
@@ -153,6 +145,10 @@ class Fleet:
             return out
 
         return await asyncio.to_thread(read)
+
+    def ping_database(self) -> None:
+        with session_scope(self.settings.sqlalchemy_url) as session:
+            session.execute(select(1))
 
     def invalidate(self, model: str) -> None:
         """Forget cached reads about ``model`` (after a load or unload made through this gateway)."""

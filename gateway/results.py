@@ -17,12 +17,15 @@ from typing import Any
 import orjson
 import redis.asyncio
 
+from app.broker.keys import GATEWAY_IDLE_CHANNEL
 from app.broker.layout import RESULT_PREFIX, result_key, text
 
 log = logging.getLogger("maas.gateway")
 
 #: How often the stored results of requests still waiting are read, in case a published one was missed.
 SWEEP_PERIOD_S = 1.0
+#: A channel nobody publishes on, subscribed to so the connection stays in pub/sub mode between requests.
+IDLE_CHANNEL = GATEWAY_IDLE_CHANNEL
 
 
 class ResultWaiter:
@@ -33,8 +36,8 @@ class ResultWaiter:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        # A pattern nobody publishes on keeps the connection in pub/sub mode while no request is in flight.
-        await self._pubsub.subscribe("maas-gateway-idle")
+        # A channel nobody publishes on keeps the connection in pub/sub mode while no request is in flight.
+        await self._pubsub.subscribe(IDLE_CHANNEL)
         self._tasks = [asyncio.create_task(self._read()), asyncio.create_task(self._sweep())]
 
     async def stop(self) -> None:
@@ -53,12 +56,22 @@ class ResultWaiter:
         """Subscribe to ``task_id``'s result; call before the request is published."""
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiting[task_id] = future
-        await self._pubsub.subscribe(result_key(task_id))
+        try:
+            await self._pubsub.subscribe(result_key(task_id))
+        except BaseException:
+            self._waiting.pop(task_id, None)
+            raise
         return future
 
     async def forget(self, task_id: str) -> None:
-        if self._waiting.pop(task_id, None) is not None:
+        """Stop waiting for ``task_id``. Never raises: the answer (or error) the caller has stands either way, and a
+        subscription left behind is removed by the sweep."""
+        if self._waiting.pop(task_id, None) is None:
+            return
+        try:
             await self._pubsub.unsubscribe(result_key(task_id))
+        except (redis.ConnectionError, redis.TimeoutError):
+            log.warning("unsubscribe failed; the sweep drops it", extra={"task_id": task_id})
 
     def _deliver(self, task_id: str, raw: bytes) -> None:
         future = self._waiting.get(task_id)
@@ -80,6 +93,11 @@ class ResultWaiter:
                 log.warning("result channel lost; reconnecting", exc_info=True)
                 await asyncio.sleep(0.5)
                 continue
+            except Exception:
+                # A reader that died would leave every answer to the once-a-second sweep: log and go on.
+                log.exception("result reader failed; going on")
+                await asyncio.sleep(0.5)
+                continue
             if message is None or message.get("type") != "message":
                 continue
             channel = text(message["channel"])
@@ -89,13 +107,23 @@ class ResultWaiter:
     async def _sweep(self) -> None:
         while True:
             await asyncio.sleep(SWEEP_PERIOD_S)
-            ids = [i for i, f in self._waiting.items() if not f.done()]
-            if not ids:
-                continue
             try:
-                values = await self.client.mget([result_key(i) for i in ids])
+                await self._sweep_once()
             except (redis.ConnectionError, redis.TimeoutError):
                 continue  # Redis is away; the requests' own timeouts still run
+            except Exception:
+                log.exception("result sweep failed; going on")
+
+    async def _sweep_once(self) -> None:
+        ids = [i for i, f in self._waiting.items() if not f.done()]
+        if ids:
+            values = await self.client.mget([result_key(i) for i in ids])
             for task_id, raw in zip(ids, values, strict=True):
                 if raw is not None:
                     self._deliver(task_id, raw if isinstance(raw, bytes) else str(raw).encode())
+        # After a reconnect redis-py subscribes again to every channel it knew, including ones being dropped:
+        # unsubscribe whatever no request waits for any more.
+        wanted = {result_key(i) for i in self._waiting} | {IDLE_CHANNEL}
+        stale = [c for c in (text(c) for c in self._pubsub.channels) if c not in wanted]
+        if stale:
+            await self._pubsub.unsubscribe(*stale)

@@ -28,10 +28,12 @@ import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
 import redis
+import sqlalchemy.exc
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -40,6 +42,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import errors, logs
+from app.admission import InferOrder
 from app.broker import clients
 from app.celery_app import create_app
 from app.client import Client
@@ -55,6 +58,8 @@ SERVER_NAME = "maas-fleet"
 EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics", "schedule_policy"]
 #: After a request's deadline, how long a worker may still be about to take it before the gateway takes it back.
 DEADLINE_GRACE_S = 0.05
+#: Repository loads / unloads waited on at once; more queue behind them.
+LIFECYCLE_WAITS = 4
 #: Seconds a 503 asks the client to wait before trying again.
 RETRY_AFTER_S = 1
 
@@ -115,6 +120,9 @@ class Gateway:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.client = Client(settings, create_app(settings))
+        # Repository loads and unloads wait up to MAAS_LOAD_TIMEOUT_S on a thread each: a pool of their own, so a
+        # few slow loads can never take the threads that admit inference requests.
+        self.lifecycle_waits = ThreadPoolExecutor(LIFECYCLE_WAITS, thread_name_prefix="maas-lifecycle")
         self.fleet: Fleet
         self.waiter: ResultWaiter
 
@@ -126,38 +134,43 @@ class Gateway:
 
     async def stop(self) -> None:
         await self.waiter.stop()
+        self.lifecycle_waits.shutdown(wait=False, cancel_futures=True)
 
     # --- inference ------------------------------------------------------------------------------------------------
     async def infer(self, request: Request) -> Response:
         model = request.path_params["model"]
         version = request.path_params.get("version")
-        try:
-            return await self._infer(request, model, version)
-        except MaasError as exc:
-            if not isinstance(exc, errors.RegistryError):
-                await self.fleet.count_refusal(model, version or "latest", exc.code)
-            raise
-
-    async def _infer(self, request: Request, model: str, version: str | None) -> Response:
-        body = await read_body(request, self.settings.max_request_bytes)
-        parsed = oip.parse_infer(body, request.headers.get(oip.HEADER_LENGTH))
         ref = ref_for(model, version)
-
-        def prepare() -> Any:
-            resolved = self.client.resolve(ref)
-            oip.check_outputs(parsed.outputs, resolved.outputs)
-            return self.client.prepare(
-                ref,
-                parsed.inputs,
-                priority=parsed.level,
-                request_class=parsed.request_class,
-                deadline_s=parsed.deadline_s,
-            )
-
-        order = await asyncio.to_thread(prepare)
-        future = await self.waiter.expect(order.task_id)
+        body = await read_body(request, self.settings.max_request_bytes)
+        # Resolve first: a request the gateway refuses is then counted under a real model version, and a name that
+        # is not registered never creates a series.
+        resolved = await asyncio.to_thread(self.client.resolve, ref)
         try:
-            published = await self.fleet.publish(order)
+            parsed = oip.parse_infer(body, request.headers.get(oip.HEADER_LENGTH))
+
+            def prepare() -> InferOrder:
+                oip.check_outputs(parsed.outputs, resolved.outputs)
+                return self.client.prepare(
+                    ref,
+                    parsed.inputs,
+                    priority=parsed.level,
+                    request_class=parsed.request_class,
+                    deadline_s=parsed.deadline_s,
+                )
+
+            order = await asyncio.to_thread(prepare)
+            future = await self.waiter.expect(order.task_id)
+        except MaasError as exc:
+            # Refused here, before any worker saw it: only the gateway can count it. Failures a worker returns
+            # are counted by the worker.
+            await self.fleet.count_refusal(resolved.model, str(resolved.version), exc.code)
+            raise
+        try:
+            try:
+                published = await self.fleet.publish(order)
+            except MaasError as exc:
+                await self.fleet.count_refusal(resolved.model, str(resolved.version), exc.code)
+                raise
             meta = await self._await(request, future, published, parsed.deadline_s)
         finally:
             await self.waiter.forget(order.task_id)
@@ -215,12 +228,15 @@ class Gateway:
         return json_response({"live": True})
 
     async def server_ready(self, request: Request) -> Response:
+        """Ready when Redis and the database answer (details go to the log, not to the caller)."""
         try:
             await self.fleet.redis.ping()
-            await self.fleet.index(ready_only=True)
+            await asyncio.to_thread(self.fleet.ping_database)
         except Exception as exc:
-            log.warning("not ready", exc_info=True)
-            return json_response({"ready": False, "reason": f"{type(exc).__name__}: {exc}"}, 503)
+            logs.event(log, "not_ready", logging.WARNING, exc_info=exc)
+            return json_response(
+                {"ready": False, "reason": f"a backing service did not answer: {type(exc).__name__}"}, 503
+            )
         return json_response({"ready": True})
 
     async def model_metadata(self, request: Request) -> Response:
@@ -244,7 +260,7 @@ class Gateway:
         def load() -> None:
             self.client.load(model).wait()
 
-        await asyncio.to_thread(load)
+        await asyncio.get_running_loop().run_in_executor(self.lifecycle_waits, load)
         self.fleet.invalidate(model)
         return json_response({})
 
@@ -256,7 +272,7 @@ class Gateway:
             for handle in self.client.stop(model):
                 handle.wait()
 
-        await asyncio.to_thread(unload)
+        await asyncio.get_running_loop().run_in_executor(self.lifecycle_waits, unload)
         self.fleet.invalidate(model)
         return json_response({})
 
@@ -329,7 +345,9 @@ class ApiKeyAuth:
         scheme, _, value = header.partition(b" ")
         if scheme.lower() == b"bearer":
             offered = value.strip()
-        elif scheme.lower() == b"basic":
+        elif scheme.lower() == b"basic" and scope["method"] == "GET" and scope["path"].startswith("/ui"):
+            # Browsers resend cached Basic credentials on their own, even for a form another site posts: Basic
+            # is good for reading the fleet page only, never for a request that changes or runs anything.
             try:
                 offered = base64.b64decode(value.strip()).partition(b":")[2]
             except ValueError:
@@ -348,7 +366,10 @@ def _handler(fn: Callable[[Request], Awaitable[Response]]) -> Callable[[Request]
             return error_response(exc)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             logs.event(log, "broker_unavailable", logging.ERROR, exc_info=exc, path=request.url.path)
-            return error_response(errors.BrokerUnavailable(f"Redis did not answer: {type(exc).__name__}: {exc}"))
+            return error_response(errors.BrokerUnavailable(f"Redis did not answer: {type(exc).__name__}"))
+        except sqlalchemy.exc.DBAPIError as exc:
+            logs.event(log, "database_unavailable", logging.ERROR, exc_info=exc, path=request.url.path)
+            return error_response(errors.DatabaseUnavailable(f"the database did not answer: {type(exc).__name__}"))
         except Exception as exc:
             logs.event(log, "gateway_error", logging.ERROR, exc_info=exc, path=request.url.path)
             return error_response(MaasError(f"internal error: {type(exc).__name__}"))

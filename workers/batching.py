@@ -149,7 +149,12 @@ def execute(members: list[Member], loaded: Loaded, worker: str) -> float:
     ready = [m for m in members if m.error is None]
     if not ready:
         return 0.0
-    batchable = all(spec.shape and spec.shape[0] == -1 for spec in loaded.inputs) and len(ready) > 1
+    # Requests join one runtime call only when they differ in rows alone: same trailing dimensions per input.
+    batchable = (
+        len(ready) > 1
+        and all(spec.shape and spec.shape[0] == -1 for spec in loaded.inputs)
+        and all(len({m.arrays[s.name].shape[1:] for m in ready}) == 1 for s in loaded.inputs)
+    )
     started = time.perf_counter()
     if batchable:
         joined = {s.name: np.concatenate([m.arrays[s.name] for m in ready]) for s in loaded.inputs}

@@ -39,7 +39,16 @@ class Heartbeat(threading.Thread):
         observed = self.ctx.observations.drain()
         if observed:
             push_observations(self._redis, observed)
-        stats.add(self._redis, self.ctx.stats.drain())
+        self.ship_stats()
+
+    def ship_stats(self) -> None:
+        """Add the buffered request counts to Redis; on failure they stay buffered for the next period."""
+        deltas = self.ctx.stats.drain()
+        try:
+            stats.add(self._redis, deltas)
+        except Exception:
+            self.ctx.stats.restore(deltas)
+            raise
 
     def run(self) -> None:
         while not self._stop_event.wait(self.ctx.settings.heartbeat_s):
@@ -50,3 +59,7 @@ class Heartbeat(threading.Thread):
 
     def stop(self) -> None:
         self._stop_event.set()
+        try:
+            self.ship_stats()  # the last period's counts, so a worker that stops loses none
+        except Exception:
+            log.warning("last request counts not shipped", exc_info=True, extra={"worker": self.ctx.worker_name})

@@ -85,3 +85,11 @@ class RequestStats:
         with self._lock:
             deltas, self._deltas = self._deltas, defaultdict(lambda: defaultdict(float))
         return {key: dict(fields) for key, fields in deltas.items()}
+
+    def restore(self, deltas: dict[tuple[str, int], dict[str, float]]) -> None:
+        """Put back counts that could not be shipped, so the next period sends them."""
+        with self._lock:
+            for key, fields in deltas.items():
+                mine = self._deltas[key]
+                for name, amount in fields.items():
+                    mine[name] = max(mine[name], amount) if name == "last_ms" else mine[name] + amount

@@ -31,6 +31,9 @@ _STATS = "maas:stats:{model}:{version}"  # hash: counter name -> value (see app.
 #: hash: counter name -> value for fleet-wide events (ledger resends).
 FLEET_COUNTERS = "maas:counters"
 
+#: pub/sub channel nobody publishes on: a gateway stays subscribed to it between requests.
+GATEWAY_IDLE_CHANNEL = "maas:gateway:idle"
+
 #: string with a TTL: set by the first producer that asks for an allocation run (scale from zero).
 ALLOCATION_TRIGGER = "maas:trigger:allocate"
 #: string with a TTL: held by the allocation run in progress, so two runs never overlap.

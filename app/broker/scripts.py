@@ -54,7 +54,8 @@ def async_script(client: redis.asyncio.Redis, name: str) -> AsyncScript:
 # --- admit.lua ------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Admission:
-    """What admitting one request writes: its ledger body, and its aging facts when its model is under aging."""
+    """What admitting one request writes: its ledger body, its aging facts when its model is under aging, and,
+    when ``message`` is given, the message itself onto the list of level ``priority`` (publish in the same call)."""
 
     queue: str
     model: str
@@ -63,6 +64,8 @@ class Admission:
     ledger_body: dict[str, Any]
     limit: int
     aging_facts: dict[str, Any] | None = None
+    message: bytes | None = None
+    priority: int = 0
 
     def keys(self) -> list[str]:
         return [
@@ -84,7 +87,14 @@ class Admission:
             json.dumps(self.ledger_body),
             self.model,
             facts,
+            self.message if self.message is not None else "",
+            self.priority,
         ]
+
+    @property
+    def list_key(self) -> str:
+        """The list the message goes onto."""
+        return priority_lists(self.queue)[self.priority]
 
     def outcome(self, reply: Any) -> int:
         waiting = int(reply)
@@ -105,7 +115,7 @@ async def admit_async(client: redis.asyncio.Redis, admission: Admission) -> int:
 
 
 def withdraw(client: redis.Redis, model: str, task_id: str) -> None:
-    """Take back what :func:`admit` recorded, for a request whose publish failed."""
+    """Take back what :func:`admit` recorded, for a request whose publish failed or that nobody will read."""
     pipe = client.pipeline(transaction=False)
     pipe.zrem(keys.LEDGER_SINCE, task_id)
     pipe.hdel(keys.LEDGER_BODY, task_id)

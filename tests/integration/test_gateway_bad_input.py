@@ -208,7 +208,8 @@ def bad_requests(x: np.ndarray) -> list[Case]:
     add("unknown-stats", None, 404, "UNKNOWN_MODEL", "'nosuch'", method="GET", path=f"{m}/nosuch/stats")
     add("unknown-load", b"{}", 404, "UNKNOWN_MODEL", "'nosuch'", path="/v2/repository/models/nosuch/load")
     add("invalid-name", good, 400, "INVALID_MODEL_NAME", "model name '-bad' must be", path=f"{m}/-bad/infer")
-    bad("unknown-model-bad-body", b"{", "not valid JSON", path=f"{m}/nosuch/infer")  # the body is read first
+    # The model is resolved before the body is parsed: an unknown model is a 404 whatever the body holds.
+    add("unknown-model-bad-body", b"{", 404, "UNKNOWN_MODEL", "'nosuch'", path=f"{m}/nosuch/infer")
     bad("index-bad-json", b"{", "not valid JSON", path="/v2/repository/index")
     add("unknown-route", None, 404, "NOT_FOUND", "GET /v2/nope: no such route", method="GET", path="/v2/nope")
     add("unknown-route-post", good, 404, "NOT_FOUND", f"POST {m}/iris/predict: no such route", path=f"{m}/iris/predict")
