@@ -389,14 +389,22 @@ async def _not_found(request: Request, exc: Exception) -> Response:
     return Response(orjson.dumps({"error": str(error)}), status, headers, media_type="application/json")
 
 
-def build_app(settings: Settings) -> ASGIApp:
+def build_app(settings: Settings, listening: Callable[[], bool] | None = None) -> ASGIApp:
+    """The ASGI app. ``listening`` says whether the server accepts connections yet: ``gateway_ready`` is logged
+    only then (the app starts before the server binds its socket, and "ready" must mean a request gets in)."""
     gw = Gateway(settings)
+
+    async def announce() -> None:
+        while listening is not None and not listening():
+            await asyncio.sleep(0.02)
+        logs.event(log, "gateway_ready", host=settings.gateway_host, port=settings.gateway_port)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         await gw.start()
-        logs.event(log, "gateway_ready", host=settings.gateway_host, port=settings.gateway_port)
+        announcing = asyncio.create_task(announce())
         yield
+        announcing.cancel()
         await gw.stop()
 
     m, v = "/v2/models/{model}", "/v2/models/{model}/versions/{version}"
@@ -441,8 +449,9 @@ def run(settings: Settings, host: str | None = None, port: int | None = None) ->
             f"refusing to serve on {host} without API keys: set MAAS_API_KEYS, or bind 127.0.0.1 for local use"
         )
     settings = _with(settings, gateway_host=host, gateway_port=port)
-    uvicorn.run(
-        build_app(settings),
+    server: uvicorn.Server | None = None
+    config = uvicorn.Config(
+        build_app(settings, listening=lambda: server is not None and server.started),
         host=host,
         port=port,
         log_level=settings.log_level.lower(),
@@ -451,7 +460,9 @@ def run(settings: Settings, host: str | None = None, port: int | None = None) ->
         http="auto",
         lifespan="on",
     )
-    return 0
+    server = uvicorn.Server(config)
+    server.run()
+    return 0 if server.started else 1
 
 
 def _with(settings: Settings, **changes: Any) -> Settings:
