@@ -10,26 +10,11 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-from harness.servers import Proc, free_port
+from harness.servers import Proc, free_port, wait_for
 
 __all__ = ["Fleet", "Proc", "free_port", "wait_for", "wait_past"]
-
-
-def wait_for(predicate: Callable[[], object], timeout_s: float, what: str, interval_s: float = 0.1) -> object:
-    """Poll ``predicate`` until it returns something truthy, and return that; TimeoutError naming ``what`` after
-    ``timeout_s``. It gives up only after a check made past the deadline, so a late wake-up never fails a met
-    condition."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout_s:g}s waiting for {what}")
-        time.sleep(interval_s)
 
 
 def wait_past(at: float, margin_s: float = 0.05) -> None:

@@ -179,6 +179,9 @@ def create_database(server_url: str, name: str) -> str:
 
 
 def wait_for(predicate: Callable[[], object], timeout_s: float, what: str, interval_s: float = 0.1) -> object:
+    """Poll ``predicate`` until it returns something truthy, and return that; TimeoutError naming ``what`` after
+    ``timeout_s``. It gives up only after a check made past the deadline, so a late wake-up never fails a met
+    condition."""
     deadline = time.monotonic() + timeout_s
     while True:
         value = predicate()
