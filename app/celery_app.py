@@ -53,7 +53,8 @@ def create_app(settings: Settings | None = None) -> Celery:
         worker_cancel_long_running_tasks_on_connection_loss=True,
         result_expires=int(settings.result_expires_s),
         result_extended=False,
-        # Flower needs task events; "sent" lets it show messages still waiting in a queue.
+        # Flower needs task events; "sent" lets it show messages still waiting in a queue (for what goes through
+        # send_task: infer requests are queued by the admission script, see app/admission.py).
         worker_send_task_events=True,
         task_send_sent_event=True,
         worker_hijack_root_logger=False,
