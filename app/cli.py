@@ -341,6 +341,37 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_dlq_list(args: argparse.Namespace, settings: Settings) -> int:
+    import datetime as dt
+
+    from app.broker import dlq
+    from app.broker.clients import sync_client
+
+    found = dlq.entries(sync_client(settings.redis_url), limit=args.limit)
+    table = render(
+        ["AT", "TASK", "QUEUE", "REASON"],
+        [
+            [
+                dt.datetime.fromtimestamp(e["at"], dt.UTC).strftime("%Y-%m-%d %H:%M:%S"),
+                e["task_id"],
+                e["queue"],
+                e["reason"],
+            ]
+            for e in found
+        ],
+    )
+    _print(args, found, table if found else "no dead letters")
+    return 0
+
+
+def cmd_dlq_purge(args: argparse.Namespace, settings: Settings) -> int:
+    from app.broker import dlq
+    from app.broker.clients import sync_client
+
+    print(f"dropped {dlq.purge(sync_client(settings.redis_url))} dead letters")
+    return 0
+
+
 def cmd_history(args: argparse.Namespace, settings: Settings) -> int:
     events = _client(settings).history(args.model)
     table = render(
@@ -665,6 +696,20 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="devices, replicas and queue depths")
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=cmd_status)
+
+    dlqp = sub.add_parser(
+        "dlq",
+        help="dead letters: requests no worker could serve, with the reason",
+        description="A request whose model no worker on its queue holds is requeued a bounded number of times, "
+        "then answered NOT_LOADED and kept here.",
+    )
+    dsub = dlqp.add_subparsers(dest="dlq_command", required=True, metavar="COMMAND")
+    dlist = dsub.add_parser("list", help="the newest dead letters, newest first")
+    dlist.add_argument("--limit", type=int, default=50, help="how many (default 50)")
+    dlist.add_argument("--json", action="store_true", help="each entry whole, with what the ledger held of it")
+    dlist.set_defaults(func=cmd_dlq_list)
+    dpurge = dsub.add_parser("purge", help="drop every dead letter")
+    dpurge.set_defaults(func=cmd_dlq_purge)
 
     hist = sub.add_parser("history", help="lifecycle transitions of a model's replicas")
     hist.add_argument("model")

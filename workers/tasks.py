@@ -14,7 +14,7 @@ import redis
 from celery import Celery, Task
 from celery.exceptions import Ignore, Reject
 
-from app.broker import ledger
+from app.broker import dlq, ledger
 from app.broker.layout import model_queue
 from app.control import Control
 from app.errors import MaasError, NotLoaded
@@ -32,22 +32,42 @@ def infer(
     inputs: list[dict[str, Any]] | None,
     deadline_at: float | None = None,
     submitted_at: float | None = None,
+    delivery: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
     """Serve one request, with the waiting requests of its model when the model batches: one path for both.
 
     A model that does not batch runs a batch of one, so validation, deadlines, decoding, failure reports and
-    service-time observations are written once.
+    service-time observations are written once. ``delivery`` is the message's (task id, queue), for the bounded
+    redelivery of a request no replica here can serve.
     """
     ctx = current()
     loaded = ctx.cache.get(model, version)
     if loaded is None:
         if not ctx.cache.versions_of(model):
-            # We consume the queue a moment longer than we hold the model (the cancel runs after the unload
-            # task). Give the message back for a replica that holds it; it is not lost and not failed.
-            raise Reject(f"{model} is not held by {ctx.worker_name}", requeue=True)
+            _give_back(ctx, model, delivery)
         raise NotLoaded(f"{model}:{version} is not loaded; this replica serves versions {ctx.cache.versions_of(model)}")
     primary = batching.Member(None, model, version, inputs, deadline_at, submitted_at=submitted_at)
     return _run_batch(app, ctx, loaded, primary)
+
+
+def _give_back(ctx: WorkerContext, model: str, delivery: tuple[str, str] | None) -> None:
+    """Requeue a request for a model this worker does not hold, a bounded number of times.
+
+    We consume a queue a moment longer than we hold its model (the cancel runs after the unload task), so the
+    message goes back for a replica that holds it: not lost, not failed. A message naming a model that no replica
+    on its queue will ever hold would go round for ever: past ``dlq.MAX_DELIVERIES`` it is answered NOT_LOADED
+    and dead-lettered.
+    """
+    if delivery is not None:
+        task_id, queue = delivery
+        if dlq.count_delivery(ctx.redis, task_id) > dlq.MAX_DELIVERIES:
+            reason = (
+                f"no worker consuming {queue} holds {model!r}: delivered {dlq.MAX_DELIVERIES} times, "
+                f"last to {ctx.worker_name}"
+            )
+            dlq.record(ctx.redis, task_id, queue, reason)
+            raise NotLoaded(reason)
+    raise Reject(f"{model} is not held by {ctx.worker_name}", requeue=True)
 
 
 def _run_batch(app: Celery, ctx: WorkerContext, loaded: Loaded, primary: batching.Member) -> dict[str, Any]:
@@ -130,7 +150,8 @@ def register(app: Celery) -> None:
             model, version, inputs, deadline_at = _dedup(
                 current().redis, task.request.id, ref, (model, version, inputs, deadline_at)
             )
-        return infer(app, model, version, inputs, deadline_at, _submitted_at(task))
+        queue = (task.request.delivery_info or {}).get("routing_key") or model_queue(model)
+        return infer(app, model, version, inputs, deadline_at, _submitted_at(task), (task.request.id, queue))
 
     @app.task(name="maas.chunk")
     def chunk_task(job_id: str, index: int) -> dict[str, Any]:

@@ -31,6 +31,10 @@ _STATS = "maas:stats:{model}:{version}"  # hash: counter name -> value (see app.
 #: hash: counter name -> value for fleet-wide events (ledger resends).
 FLEET_COUNTERS = "maas:counters"
 
+#: list: dead letters, newest first (JSON: task id, queue, reason, at, the ledger's body).
+DEAD_LETTERS = "maas:dlq"
+_REDELIVERED = "maas:redelivered:{task_id}"  # string with a TTL: deliveries to workers that could not serve it
+
 #: pub/sub channel nobody publishes on: a gateway stays subscribed to it between requests.
 GATEWAY_IDLE_CHANNEL = "maas:gateway:idle"
 
@@ -50,3 +54,7 @@ def service_samples(model: str, device_class: str) -> str:
 
 def model_stats(model: str, version: int | str) -> str:
     return _STATS.format(model=model, version=version)
+
+
+def redeliveries(task_id: str) -> str:
+    return _REDELIVERED.format(task_id=task_id)
