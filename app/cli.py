@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from app.allocation_states import MoveState
-from app.errors import ConfigError, MaasError
+from app.errors import ArtifactMissing, ConfigError, MaasError
 from app.job_states import JobState
 from app.lifecycle import DeviceStatus, ReplicaState
 from app.policies import Policy, RequestClass
@@ -39,6 +39,8 @@ def cmd_model_register(args: argparse.Namespace, settings: Settings) -> int:
     from app.artifacts import LocalArtifactStore
     from app.db.session import session_scope
 
+    if not Path(args.artifact).is_file():
+        raise ArtifactMissing(f"{args.artifact}: no such file (give the path of the model file to register)")
     _client(settings)
     store = LocalArtifactStore(settings.artifact_dir, settings.max_artifact_bytes)
     with session_scope(settings.sqlalchemy_url) as session:
@@ -50,7 +52,7 @@ def cmd_model_register(args: argparse.Namespace, settings: Settings) -> int:
             runtime=args.runtime,
             inputs=json.loads(args.inputs) if args.inputs else None,
             outputs=json.loads(args.outputs) if args.outputs else None,
-            mem_bytes=parse_size_bytes(args.mem) if args.mem else None,
+            mem_bytes=args.mem,
             service_ms=args.service_ms,
             description=args.description,
         )
@@ -232,7 +234,8 @@ def cmd_stop(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _request_inputs(args: argparse.Namespace) -> list[dict[str, Any]]:
+def _request_inputs(args: argparse.Namespace, declared: dict[str, str]) -> list[dict[str, Any]]:
+    """``--file`` or ``--input name=JSON`` -> tensors; ``declared`` maps input names to the model's datatypes."""
     if args.file:
         doc = json.loads(Path(args.file).read_text() if args.file != "-" else sys.stdin.read())
         return doc["inputs"] if isinstance(doc, dict) else doc
@@ -246,14 +249,31 @@ def _request_inputs(args: argparse.Namespace) -> list[dict[str, Any]]:
         from app.signature import encode_tensor
 
         array = np.asarray(json.loads(raw))
-        tensors.append(encode_tensor(name, array.astype(np.float32) if array.dtype == np.float64 else array))
+        tensors.append(encode_tensor(name, _as_declared(array, declared.get(name))))
     return tensors
 
 
+def _as_declared(array: Any, datatype: str | None) -> Any:
+    """JSON numbers as the model's declared datatype when nothing is lost (``X=[[1,2,3,4]]`` for an FP32 input);
+    otherwise as they are, for the signature check to name the mismatch."""
+    import numpy as np
+
+    from app.signature import DATATYPES
+
+    if datatype is None or datatype == "BYTES" or array.dtype.kind not in "biuf":
+        return array
+    converted = array.astype(DATATYPES[datatype])
+    with np.errstate(invalid="ignore", over="ignore"):
+        lossless = np.array_equal(converted.astype(array.dtype), array)
+    return converted if lossless else array
+
+
 def cmd_infer(args: argparse.Namespace, settings: Settings) -> int:
-    handle = _client(settings).infer(
+    client = _client(settings)
+    declared = {spec.name: spec.datatype for spec in client.resolve(args.ref).inputs}
+    handle = client.infer(
         args.ref,
-        _request_inputs(args),
+        _request_inputs(args, declared),
         priority=args.priority,
         request_class=args.request_class,
         deadline_s=args.deadline,
@@ -590,6 +610,7 @@ def build_parser() -> argparse.ArgumentParser:
         "send prioritised inference requests through Redis, and watch the fleet. Configuration comes from the "
         "environment: run `maas config` for every variable with its default and its value here.",
     )
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     model = sub.add_parser("model", help="register, list and alias model versions")
@@ -606,7 +627,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="onnx",
         help="onnx (default), torchscript, skops, entrypoint or sentence_transformers",
     )
-    reg.add_argument("--mem", help="declared memory footprint, e.g. 512MiB (default: estimated from the file size)")
+    reg.add_argument(
+        "--mem", type=_size, help="declared memory footprint, e.g. 512MiB (default: estimated from the file size)"
+    )
     reg.add_argument("--service-ms", type=float, default=1.0, help="declared time per request, ms (default 1)")
     reg.add_argument(
         "--inputs", help="input signature as JSON [{name, datatype, shape}] (default: read from the artifact)"
@@ -797,6 +820,35 @@ def main(argv: list[str] | None = None) -> int:
     except MaasError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except Exception as exc:  # a user mistake or an outage: one line, the traceback only when asked for
+        if args.debug:
+            raise
+        print(f"error: {_explain(exc)} (run with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+def _explain(exc: Exception) -> str:
+    """A line a person can act on, for the errors a command line meets that are not the fleet's own."""
+    import redis
+    import sqlalchemy.exc
+
+    if isinstance(exc, json.JSONDecodeError):
+        return f"INVALID_INPUT: an argument is not valid JSON: {exc}"
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+        return f"BROKER_UNAVAILABLE: cannot reach Redis ({exc}); is REDIS_URL right and the server up?"
+    if isinstance(exc, sqlalchemy.exc.DBAPIError):
+        return f"DATABASE_UNAVAILABLE: the database did not answer ({type(exc.orig).__name__}); is DATABASE_URL right?"
+    if isinstance(exc, OSError):
+        return f"{exc.strerror or type(exc).__name__}: {exc.filename or exc}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _size(text: str) -> int:
+    """argparse type for sizes such as 512MiB."""
+    try:
+        return parse_size_bytes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 if __name__ == "__main__":
