@@ -8,9 +8,12 @@ from __future__ import annotations
 import logging
 
 from app import logs
+from app.broker import holdings
+from app.broker.clients import sync_client
 from app.db import devices, replicas
 from app.db.schema import utcnow
 from app.db.session import session_scope
+from app.lifecycle import DeviceStatus
 from app.settings import Settings
 
 log = logging.getLogger("maas.beat")
@@ -22,11 +25,11 @@ def reap(settings: Settings) -> list[str]:
     lost = []
     with session_scope(settings.sqlalchemy_url) as session:
         for device in devices.all_devices(session):
-            if device.status != "online" or devices.is_alive(device, settings.heartbeat_timeout_s, now):
+            if device.status != DeviceStatus.ONLINE or devices.is_alive(device, settings.heartbeat_timeout_s, now):
                 continue
             silent_s = (now - devices.as_utc(device.heartbeat_at)).total_seconds()
             reason = f"worker lost: no heartbeat from {device.worker_name} for {silent_s:.0f}s"
-            device.status = "lost"
+            device.status = DeviceStatus.LOST
             for replica in replicas.fail_all_on_device(session, device, reason):
                 logs.event(
                     log,
@@ -40,4 +43,16 @@ def reap(settings: Settings) -> list[str]:
                     reason=reason,
                 )
             lost.append(device.worker_name)
+    client = sync_client(settings.redis_url)
+    for worker in lost:
+        given_back = holdings.give_back(client, worker)
+        if given_back:
+            logs.event(
+                log,
+                "requests_given_back",
+                logging.WARNING,
+                worker=worker,
+                task_ids=given_back,
+                reason="their worker was lost: requeued now, not after the visibility timeout",
+            )
     return lost

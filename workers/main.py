@@ -15,6 +15,8 @@ from celery import Celery, bootsteps, signals
 from celery.worker.consumer import Consumer
 
 from app import logs
+from app.broker import holdings
+from app.broker.clients import sync_client
 from app.broker.layout import SYSTEM_QUEUE, control_queue
 from app.celery_app import create_app, solo_worker_argv
 from app.control import Control
@@ -71,6 +73,17 @@ def run(
     with session_scope(settings.sqlalchemy_url) as session:
         device_id = devices.register(session, worker_name, host, device).id
     reload_ids = _take_over_previous_life(settings, device_id, worker_name)
+    # What a previous life of this worker was running when it died goes back to its queues now.
+    given_back = holdings.give_back(sync_client(settings.redis_url), worker_name)
+    if given_back:
+        logs.event(
+            log,
+            "requests_given_back",
+            logging.WARNING,
+            worker=worker_name,
+            task_ids=given_back,
+            reason="this worker restarted while running them",
+        )
     context.CURRENT = context.WorkerContext(settings, worker_name, device, device_id)
 
     app = create_app(settings)

@@ -14,7 +14,7 @@ import redis
 from celery import Celery, Task
 from celery.exceptions import Ignore, Reject
 
-from app.broker import dlq, ledger
+from app.broker import dlq, holdings, ledger
 from app.broker.layout import model_queue
 from app.control import Control
 from app.errors import MaasError, NotLoaded
@@ -146,12 +146,19 @@ def register(app: Celery) -> None:
         ref: str | None = None,
         dedup: bool = False,
     ) -> dict[str, Any]:
-        if dedup:
-            model, version, inputs, deadline_at = _dedup(
-                current().redis, task.request.id, ref, (model, version, inputs, deadline_at)
-            )
-        queue = (task.request.delivery_info or {}).get("routing_key") or model_queue(model)
-        return infer(app, model, version, inputs, deadline_at, _submitted_at(task), (task.request.id, queue))
+        ctx = current()
+        # Recorded while it runs, so that if this worker dies the request goes back to the queue at once
+        # (app.broker.holdings) rather than after the visibility timeout.
+        holdings.hold(ctx.redis, ctx.worker_name, task.request.id)
+        try:
+            if dedup:
+                model, version, inputs, deadline_at = _dedup(
+                    ctx.redis, task.request.id, ref, (model, version, inputs, deadline_at)
+                )
+            queue = (task.request.delivery_info or {}).get("routing_key") or model_queue(model)
+            return infer(app, model, version, inputs, deadline_at, _submitted_at(task), (task.request.id, queue))
+        finally:
+            holdings.release(ctx.redis, ctx.worker_name, task.request.id)
 
     @app.task(name="maas.chunk")
     def chunk_task(job_id: str, index: int) -> dict[str, Any]:

@@ -31,6 +31,8 @@ _STATS = "maas:stats:{model}:{version}"  # hash: counter name -> value (see app.
 #: hash: counter name -> value for fleet-wide events (ledger resends).
 FLEET_COUNTERS = "maas:counters"
 
+_HELD = "maas:held:{worker}"  # hash: task id -> started at (unix s), for each request the worker is running
+
 #: list: dead letters, newest first (JSON: task id, queue, reason, at, the ledger's body).
 DEAD_LETTERS = "maas:dlq"
 _REDELIVERED = "maas:redelivered:{task_id}"  # string with a TTL: deliveries to workers that could not serve it
@@ -58,3 +60,7 @@ def model_stats(model: str, version: int | str) -> str:
 
 def redeliveries(task_id: str) -> str:
     return _REDELIVERED.format(task_id=task_id)
+
+
+def held_by(worker: str) -> str:
+    return _HELD.format(worker=worker)

@@ -31,6 +31,8 @@ SYSTEM_QUEUE = "maas.system"
 MODEL_QUEUE_PREFIX = "m."
 #: kombu's hash of messages popped but not yet acknowledged: delivery tag -> [message, exchange, routing key].
 KOMBU_UNACKED = "unacked"
+#: kombu's zset of the same delivery tags, scored by when they were taken (its visibility-timeout restore reads it).
+KOMBU_UNACKED_INDEX = "unacked_index"
 #: Celery's result key for a task id is this prefix plus the id.
 RESULT_PREFIX = "celery-task-meta-"
 
