@@ -24,6 +24,7 @@ class WorkerContext:
     observations: Observations = field(default_factory=Observations)
     stats: RequestStats = field(default_factory=RequestStats)
     consumer: Any = None  # celery.worker.consumer.Consumer, captured by a bootstep once it starts
+    last_held: str | None = None  # the request recorded as held last (app.broker.holdings drops it with the next)
 
     @property
     def redis(self) -> redis.Redis:

@@ -149,16 +149,14 @@ def register(app: Celery) -> None:
         ctx = current()
         # Recorded while it runs, so that if this worker dies the request goes back to the queue at once
         # (app.broker.holdings) rather than after the visibility timeout.
-        holdings.hold(ctx.redis, ctx.worker_name, task.request.id)
-        try:
-            if dedup:
-                model, version, inputs, deadline_at = _dedup(
-                    ctx.redis, task.request.id, ref, (model, version, inputs, deadline_at)
-                )
-            queue = (task.request.delivery_info or {}).get("routing_key") or model_queue(model)
-            return infer(app, model, version, inputs, deadline_at, _submitted_at(task), (task.request.id, queue))
-        finally:
-            holdings.release(ctx.redis, ctx.worker_name, task.request.id)
+        holdings.hold(ctx.redis, ctx.worker_name, task.request.id, finished=ctx.last_held)
+        ctx.last_held = task.request.id
+        if dedup:
+            model, version, inputs, deadline_at = _dedup(
+                ctx.redis, task.request.id, ref, (model, version, inputs, deadline_at)
+            )
+        queue = (task.request.delivery_info or {}).get("routing_key") or model_queue(model)
+        return infer(app, model, version, inputs, deadline_at, _submitted_at(task), (task.request.id, queue))
 
     @app.task(name="maas.chunk")
     def chunk_task(job_id: str, index: int) -> dict[str, Any]:

@@ -21,12 +21,17 @@ from app.broker.keys import held_by
 from app.broker.layout import KOMBU_UNACKED, KOMBU_UNACKED_INDEX, PRIORITY_LEVELS, priority_lists, task_id_of, text
 
 
-def hold(client: redis.Redis, worker: str, task_id: str) -> None:
-    client.hset(held_by(worker), task_id, time.time())
+def hold(client: redis.Redis, worker: str, task_id: str, finished: str | None = None) -> None:
+    """Record that ``worker`` runs ``task_id``, and drop the request it ``finished`` before, in one round trip.
 
-
-def release(client: redis.Redis, worker: str, task_id: str) -> None:
-    client.hdel(held_by(worker), task_id)
+    The previous request is dropped here rather than when it ends so that each request costs the worker one
+    round trip, not two; an entry left for a request that did finish is harmless (it is no longer in ``unacked``).
+    """
+    pipe = client.pipeline(transaction=False)
+    if finished is not None:
+        pipe.hdel(held_by(worker), finished)
+    pipe.hset(held_by(worker), task_id, time.time())
+    pipe.execute()
 
 
 def _redelivered(raw: bytes | str) -> tuple[str, str] | None:
