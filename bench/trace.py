@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,8 +20,14 @@ from pathlib import Path
 
 #: Columns a trace file must have.
 TRACE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
-#: The shared trace this project benchmarks with.
-DEFAULT_TRACE_PATH = Path("/work/shared/traces/azure_llm_code_2023.csv")
+#: The trace the benchmarks replay unless given --trace: MAAS_TRACE_PATH, else the team's shared folder that sits
+#: beside a checkout (``../shared/traces/``), found from this file rather than from a path of one machine.
+DEFAULT_TRACE_PATH = Path(
+    os.environ.get(
+        "MAAS_TRACE_PATH",
+        Path(__file__).resolve().parents[2] / "shared" / "traces" / "azure_llm_code_2023.csv",
+    )
+)
 
 
 class SizeClass(StrEnum):
