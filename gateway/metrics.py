@@ -23,7 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.utils import floatToGoString
 from sqlalchemy import select
 
-from app.broker import aging_index, queues, stats
+from app.broker import aging_index, stats
 from app.broker.layout import PRIORITY_LEVELS, model_queue, priority_lists
 from app.control import device_views
 from app.db import replicas as replica_rows
@@ -324,7 +324,3 @@ async def statistics(client: redis.asyncio.Redis, model: str | None, version: st
             }
         )
     return {"model_stats": out}
-
-
-# Keep the queue-depth reader importable from here for the fleet page.
-depth_by_priority = queues.depth_by_priority

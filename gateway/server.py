@@ -45,7 +45,7 @@ from app import errors, logs
 from app.admission import InferOrder
 from app.broker import clients
 from app.celery_app import create_app
-from app.client import Client
+from app.client import Client, Resolved
 from app.errors import MaasError
 from app.settings import Settings
 from gateway import metrics, oip, ui
@@ -142,34 +142,38 @@ class Gateway:
         version = request.path_params.get("version")
         ref = ref_for(model, version)
         body = await read_body(request, self.settings.max_request_bytes)
-        # Resolve first: a request the gateway refuses is then counted under a real model version, and a name that
-        # is not registered never creates a series.
-        resolved = await asyncio.to_thread(self.client.resolve, ref)
+        length_header = request.headers.get(oip.HEADER_LENGTH)
+        resolved: list[Resolved] = []
+
+        def prepare() -> tuple[oip.InferRequest, InferOrder]:
+            # One thread hop for everything that may block or take CPU: the (cached) registry read, parsing the
+            # body (large tensors off the event loop), the signature check and the scheduling decision.
+            resolved.append(self.client.resolve(ref))
+            parsed = oip.parse_infer(body, length_header)
+            oip.check_outputs(parsed.outputs, resolved[0].outputs)
+            order = self.client.prepare(
+                ref,
+                parsed.inputs,
+                priority=parsed.level,
+                request_class=parsed.request_class,
+                deadline_s=parsed.deadline_s,
+            )
+            return parsed, order
+
         try:
-            parsed = oip.parse_infer(body, request.headers.get(oip.HEADER_LENGTH))
-
-            def prepare() -> InferOrder:
-                oip.check_outputs(parsed.outputs, resolved.outputs)
-                return self.client.prepare(
-                    ref,
-                    parsed.inputs,
-                    priority=parsed.level,
-                    request_class=parsed.request_class,
-                    deadline_s=parsed.deadline_s,
-                )
-
-            order = await asyncio.to_thread(prepare)
+            parsed, order = await asyncio.to_thread(prepare)
             future = await self.waiter.expect(order.task_id)
         except MaasError as exc:
-            # Refused here, before any worker saw it: only the gateway can count it. Failures a worker returns
-            # are counted by the worker.
-            await self.fleet.count_refusal(resolved.model, str(resolved.version), exc.code)
+            # Refused here, before any worker saw it: only the gateway can count it (failures a worker returns are
+            # counted by the worker). Resolved first, so a name that is not registered never creates a series.
+            if resolved:
+                await self.fleet.count_refusal(resolved[0].model, str(resolved[0].version), exc.code)
             raise
         try:
             try:
                 published = await self.fleet.publish(order)
             except MaasError as exc:
-                await self.fleet.count_refusal(resolved.model, str(resolved.version), exc.code)
+                await self.fleet.count_refusal(resolved[0].model, str(resolved[0].version), exc.code)
                 raise
             meta = await self._await(request, future, published, parsed.deadline_s)
         finally:

@@ -122,21 +122,12 @@ def _load_runtime(ctx: WorkerContext, replica_id: int, model: str, version: int,
 
 def _load_failed(ctx: WorkerContext, replica_id: int, model: str, version: int, exc: Exception) -> MaasError:
     """Record a failed load (FAILED with the reason, the runtime released) and return the error to raise."""
+    reason = str(exc) if isinstance(exc, MaasError) else f"{type(exc).__name__}: {exc}"[:REASON_CHARS]
+    where = {"replica": replica_id, "model": model, "version": version, "worker": ctx.worker_name, "reason": reason}
     if isinstance(exc, MaasError):
-        error, reason = exc, str(exc)
+        error = exc
     else:
-        reason = f"{type(exc).__name__}: {exc}"[:REASON_CHARS]
-        logs.event(
-            log,
-            "load_failed",
-            logging.ERROR,
-            exc_info=exc,
-            replica=replica_id,
-            model=model,
-            version=version,
-            worker=ctx.worker_name,
-            reason=reason,
-        )
+        logs.event(log, "load_failed", logging.ERROR, exc_info=exc, **where)
         error = LoadFailed(f"loading {model}:{version} on {ctx.worker_name} failed: {reason}")
     held = ctx.cache.get(model, version)
     if held is not None and held.replica_id == replica_id:
@@ -146,17 +137,7 @@ def _load_failed(ctx: WorkerContext, replica_id: int, model: str, version: int, 
     try:
         _move(ctx, replica_id, S.FAILED, reason)
     except Exception as move_exc:  # the database is down too, or the replica already ended: still raise the error
-        logs.event(
-            log,
-            "load_failure_unrecorded",
-            logging.ERROR,
-            exc_info=move_exc,
-            replica=replica_id,
-            model=model,
-            version=version,
-            worker=ctx.worker_name,
-            reason=reason,
-        )
+        logs.event(log, "load_failure_unrecorded", logging.ERROR, exc_info=move_exc, **where)
     return error
 
 

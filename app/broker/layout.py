@@ -172,8 +172,3 @@ def celery_message(
         },
     }
     return json.dumps(message).encode()
-
-
-def priority_list(queue: str, priority: int) -> str:
-    """The list kombu keeps ``queue``'s messages of level ``priority`` in."""
-    return priority_lists(queue)[priority]
