@@ -119,6 +119,16 @@ def cmd_model_alias(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _positive_ms(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise MaasError(f"--p99-ms: {text!r} is not a number of milliseconds (or 'off')") from None
+    if not 0 < value < 3.6e6:
+        raise MaasError(f"--p99-ms: {text} is out of range (0 < ms < 3600000)")
+    return value
+
+
 def cmd_model_set(args: argparse.Namespace, settings: Settings) -> int:
     from app import registry
     from app.db.session import session_scope
@@ -132,6 +142,8 @@ def cmd_model_set(args: argparse.Namespace, settings: Settings) -> int:
         changes["keep_warm"] = args.keep_warm == "on"
     if args.pin is not None:
         changes["pinned"] = [w for w in args.pin.split(",") if w]
+    if args.p99_ms is not None:
+        changes["p99_ms"] = None if args.p99_ms == "off" else _positive_ms(args.p99_ms)
     if not changes:
         raise MaasError("nothing to change: give at least one option (see `maas model set --help`)")
     with session_scope(settings.sqlalchemy_url) as session:
@@ -139,7 +151,7 @@ def cmd_model_set(args: argparse.Namespace, settings: Settings) -> int:
         print(
             f"{model.name}: policy={model.policy or settings.policy} max_queue={model.max_queue or settings.max_queue} "
             f"keep_warm={model.keep_warm} replicas={model.min_replicas}..{model.max_replicas or '-'} "
-            f"pinned={model.pinned or '-'}"
+            f"pinned={model.pinned or '-'} p99_ms={model.p99_ms if model.p99_ms is not None else '-'}"
         )
     return 0
 
@@ -421,8 +433,33 @@ def cmd_allocation_show(args: argparse.Namespace, settings: Settings) -> int:
         lines.append(f"  memory {bar(frac, 30)} {gib(d['used_bytes'])} of {gib(d['mem_bytes'])}")
         for r in held:
             lines.append(f"  - {r['model']}:{r['version']} {r['state']} {mib(r['footprint_bytes'])}")
-    _print(args, {"devices": devices, "replicas": reps}, "\n".join(lines) or "no devices registered")
+    speeds = _last_speeds(settings)
+    if speeds:
+        lines.append("service time per device class (as the last allocation run saw it):")
+        for model, info in sorted(speeds.items()):
+            cells = []
+            for label, c in info["classes"].items():
+                note = "measured" if c["measured"] else "declared"
+                if not c["meets_p99"]:
+                    note += f", over p99 {info['p99_ms']:g} ms"
+                cells.append(f"{label} {c['service_ms']:.1f} ms ({note})")
+            objective = f" [p99 {info['p99_ms']:g} ms]" if info["p99_ms"] is not None else ""
+            lines.append(f"  {model}{objective}: " + "; ".join(cells))
+    payload = {"devices": devices, "replicas": reps, "speeds": speeds}
+    _print(args, payload, "\n".join(lines) or "no devices registered")
     return 0
+
+
+def _last_speeds(settings: Settings) -> dict[str, Any]:
+    """Per-model service times by device class from the newest allocation run ({} before the first)."""
+    from sqlalchemy import select
+
+    from app.db.schema import AllocationRun
+    from app.db.session import session_scope
+
+    with session_scope(settings.sqlalchemy_url) as session:
+        run = session.scalars(select(AllocationRun).order_by(AllocationRun.id.desc()).limit(1)).first()
+        return dict((run.inputs or {}).get("speeds", {})) if run is not None else {}
 
 
 def cmd_allocation_solve(args: argparse.Namespace, settings: Settings) -> int:
@@ -661,6 +698,11 @@ def build_parser() -> argparse.ArgumentParser:
     mset.add_argument("--pin", help="comma-separated worker names the model must be on ('' to clear)")
     mset.add_argument("--max-batch-size", type=int, help="dynamic batching: requests per runtime call (next load)")
     mset.add_argument("--max-queue-delay-ms", type=float, help="dynamic batching: wait this long for a batch to fill")
+    mset.add_argument(
+        "--p99-ms",
+        metavar="MS",
+        help="latency objective: keep the model off device classes whose service time exceeds MS ('off' clears)",
+    )
     mset.set_defaults(func=cmd_model_set)
 
     job = sub.add_parser("job", help="chunked batch jobs (SRTF overtakes at chunk boundaries)")

@@ -157,6 +157,14 @@ class ServiceTimeEstimator:
         return estimator
 
 
+#: how a labelled virtual device's name starts (`MAAS_VIRTUAL_DEVICE_CLASS`); the label is its class
+VIRTUAL_CLASS_PREFIX = "virtual-"
+
+
 def device_class(kind: str, name: str) -> str:
-    """Service times are learned per class of device: the GPU model, or 'virtual' for every virtual device."""
-    return name if kind == "gpu" else "virtual"
+    """Service times are learned per class of device: the GPU model; for virtual devices 'virtual', or
+    'virtual-<label>' when the host labels them (named 'virtual-<label> device N')."""
+    if kind == "gpu":
+        return name
+    first = name.split(" ", 1)[0]
+    return first if first.startswith(VIRTUAL_CLASS_PREFIX) and len(first) > len(VIRTUAL_CLASS_PREFIX) else "virtual"

@@ -67,6 +67,12 @@ def format_virtual_devices(budgets: Iterable[int]) -> str:
     return ",".join(parts)
 
 
+def _device_label(text: str) -> str:
+    if text and not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,30}", text):
+        raise ValueError("use 1-31 lowercase letters, digits, '.', '_' or '-'")
+    return text
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if value <= 0:
@@ -203,6 +209,13 @@ class Settings:
         (8 * 1024**3,) * 2,
         "Virtual devices when there is no GPU, e.g. 2x8GiB or 8GiB,16GiB",
         show=format_virtual_devices,
+    )
+    virtual_device_class: str = _env(
+        "MAAS_VIRTUAL_DEVICE_CLASS",
+        _device_label,
+        "",
+        "Label this host's virtual devices as a class of their own (e.g. slow): service times are learned and "
+        "placed per class 'virtual-<label>'; empty = the one class 'virtual'",
     )
     default_priority: int = _env("MAAS_DEFAULT_PRIORITY", _priority, 5, "Priority of a request that names none")
     visibility_timeout_s: float = _env(

@@ -33,9 +33,9 @@ from app.db.session import session_scope
 from app.errors import MaasError
 from app.lifecycle import ReplicaState
 from app.settings import Settings
-from beat import fleet_state
+from beat import fleet_state, pairs
 from beat.planner import MoveKind, PlanningError, plan_moves
-from beat.snapshot import PlanStatus
+from beat.snapshot import Device, PlanStatus, Snapshot
 from beat.solver import solve
 
 log = logging.getLogger("maas.beat")
@@ -61,6 +61,29 @@ def allocate(app: Celery, *, dry_run: bool = False) -> dict[str, Any]:
     finally:
         if client.get(ALLOCATION_LOCK) == token.encode():
             client.delete(ALLOCATION_LOCK)
+
+
+def speeds_by_class(snapshot: Snapshot) -> dict[str, dict[str, Any]]:
+    """Per model: its latency objective and, per device class in the fleet, the service time the solver used,
+    whether it was measured there (else declared, scaled by device speed) and whether that class meets the
+    objective. What `maas allocation show` prints."""
+    one_per_class: dict[str, Device] = {}
+    for d in snapshot.devices:
+        one_per_class.setdefault(d.device_class or d.id, d)
+    return {
+        m.name: {
+            "p99_ms": m.p99_ms,
+            "classes": {
+                label: {
+                    "service_ms": round(pairs.service_s(m, d) * 1000, 3),
+                    "measured": d.device_class in m.service_s_by_class,
+                    "meets_p99": pairs.meets_slo(m, d),
+                }
+                for label, d in sorted(one_per_class.items())
+            },
+        }
+        for m in snapshot.models
+    }
 
 
 def _run_in_progress(settings: Settings) -> int | None:
@@ -112,6 +135,7 @@ def new_run(control: Control, client: redis.Redis, *, dry_run: bool) -> dict[str
         "demand": state.demand,
         "current": current,
         "target": {m: list(g) for m, g in plan.placement.items()},
+        "speeds": speeds_by_class(state.snapshot),
     }
     with session_scope(settings.sqlalchemy_url) as session:
         run = AllocationRun(

@@ -14,6 +14,7 @@ from dataclasses import replace
 import numpy as np
 
 from beat.greedy import ffd_placement
+from beat.pairs import eligible, eligible_matrix, meets_slo, service_matrix, slo_reason
 from beat.snapshot import ModelDemand, Snapshot
 
 #: candidate devices per model before adding room for the replicas its demand needs
@@ -29,7 +30,7 @@ def screen_models(snapshot: Snapshot) -> tuple[tuple[ModelDemand, ...], list[tup
     ok: list[ModelDemand] = []
     bad: list[tuple[str, str]] = []
     for m in snapshot.models:
-        reason = _reason_unplaceable(m, caps, largest)
+        reason = _reason_unplaceable(m, caps, largest) or _reason_too_slow(m, snapshot)
         if reason:
             bad.append((m.name, reason))
         else:
@@ -56,6 +57,22 @@ def _reason_unplaceable(m: ModelDemand, caps: dict[str, int], largest: int) -> s
         return f"min_replicas {m.min_replicas} but only {fitting} device(s) can hold it"
     if m.max_replicas is not None and m.min_replicas > m.max_replicas:
         return f"min_replicas {m.min_replicas} exceeds max_replicas {m.max_replicas}"
+    return ""
+
+
+def _reason_too_slow(m: ModelDemand, snapshot: Snapshot) -> str:
+    """A latency objective that no device (that fits, and any pinned one) can meet, named with the times seen."""
+    if m.p99_ms is None:
+        return ""
+    by_id = {d.id: d for d in snapshot.devices}
+    slow_pins = [g for g in m.pinned if not meets_slo(m, by_id[g])]
+    if slow_pins:
+        return f"pinned to device(s) {', '.join(slow_pins)} that cannot meet it: " + slo_reason(m, snapshot.devices)
+    if not any(eligible(m, d) for d in snapshot.devices):
+        return slo_reason(m, snapshot.devices)
+    fitting = sum(1 for d in snapshot.devices if eligible(m, d))
+    if m.min_replicas > fitting:
+        return f"min_replicas {m.min_replicas} but only {fitting} device(s) meet its {m.p99_ms:g} ms objective"
     return ""
 
 
@@ -86,10 +103,8 @@ def _replicas_needed(m: ModelDemand, rho: float, speed: float) -> int:
 
 
 def all_pairs(snapshot: Snapshot, models: tuple[ModelDemand, ...]) -> np.ndarray:
-    """Every (model index, device index) whose memory fits: the exact problem."""
-    caps = np.array([d.mem_bytes for d in snapshot.devices])
-    mems = np.array([m.mem_bytes for m in models])
-    mi, gi = np.nonzero(mems[:, None] <= caps[None, :])
+    """Every (model index, device index) whose memory fits and that meets the latency objective: the exact problem."""
+    mi, gi = np.nonzero(eligible_matrix(snapshot, models, service_matrix(snapshot, models)))
     return np.stack([mi, gi], axis=1)
 
 
@@ -112,21 +127,20 @@ def candidate_pairs(
     order = np.random.default_rng(0).permutation(len(caps))
     mean_speed = float(speeds.mean()) if speeds.size else 1.0
     also = also or {}
+    allowed = eligible_matrix(snapshot, models, service_matrix(snapshot, models))
     chunks = []
     for i, m in enumerate(models):
-        eligible = order[caps[order] >= m.mem_bytes]
+        fits_on = order[allowed[i, order]]
         need = _replicas_needed(m, snapshot.rho, mean_speed)
         k = max(base, 2 * need + 2, m.min_replicas + 2)
-        if eligible.size <= k:
-            chosen = eligible
+        if fits_on.size <= k:
+            chosen = fits_on
         else:
-            cum = np.cumsum(caps[eligible])
+            cum = np.cumsum(caps[fits_on])
             points = (((i * _PHI) % 1.0 + np.arange(k)) / k) * cum[-1]
-            chosen = eligible[np.minimum(np.searchsorted(cum, points, side="right"), eligible.size - 1)]
+            chosen = fits_on[np.minimum(np.searchsorted(cum, points, side="right"), fits_on.size - 1)]
         extra = [
-            index[g]
-            for g in (*m.current, *m.pinned, *also.get(m.name, ()))
-            if g in index and caps[index[g]] >= m.mem_bytes
+            index[g] for g in (*m.current, *m.pinned, *also.get(m.name, ())) if g in index and allowed[i, index[g]]
         ]
         devs = np.unique(np.concatenate([chosen, np.array(extra, dtype=np.int64)]).astype(np.int64))
         chunks.append(np.stack([np.full(devs.size, i), devs], axis=1))

@@ -89,8 +89,10 @@ def _read(session: Session, client: redis.Redis, settings: Settings, now: float)
         min_rep = max(model.min_replicas, keep)
         if not (demand > 0 or current or min_rep or model.pinned):
             continue
-        est = demand_records.estimator(client, model.name, version.service_ms / 1000, classes)
-        service_s = min(est.estimate((model.name, c), 1.0) for c in classes)
+        declared_s = version.service_ms / 1000
+        est = demand_records.estimator(client, model.name, declared_s, classes)
+        # Per class where the fleet has measured it; the declared figure (scaled by device speed) elsewhere.
+        by_class = {c: est.estimate((model.name, c), 1.0) for c in classes if est.observations((model.name, c)) > 0}
         mem = footprints.get(version.id) or version.mem_bytes
         pinned = tuple(w for w in model.pinned if w in names.values())
         demands.append(
@@ -98,7 +100,9 @@ def _read(session: Session, client: redis.Redis, settings: Settings, now: float)
                 name=model.name,
                 mem_bytes=mem,
                 demand_per_s=demand,
-                service_s=max(service_s, 1e-4),
+                service_s=max(declared_s, 1e-4),
+                service_s_by_class={c: max(s, 1e-4) for c, s in by_class.items()},
+                p99_ms=model.p99_ms,
                 min_replicas=min(min_rep, len(alive)),
                 max_replicas=model.max_replicas,
                 pinned=pinned,
@@ -115,6 +119,7 @@ def _read(session: Session, client: redis.Redis, settings: Settings, now: float)
             max(0, d.mem_bytes - used_unmanaged[d.id]),
             d.speed,
             "virtual" if d.kind == "virtual" else "gpu",
+            device_class(d.kind, d.name),
         )
         for d in alive
     )

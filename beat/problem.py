@@ -26,6 +26,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from beat.pairs import service_matrix
+from beat.pairs import service_s as pair_service_s
 from beat.snapshot import Device, ModelDemand, Snapshot
 
 #: an unload is cheap, but the replica it drops may have to be loaded again; charge this share of a load
@@ -94,9 +96,8 @@ def build_problem(
 
     weight = np.array([m.weight for m in models], dtype=float)
     demand = np.array([max(0.0, m.demand_per_s) for m in models], dtype=float)
-    service = np.array([m.service_s for m in models], dtype=float)
-    speed = np.array([d.speed for d in devices], dtype=float)
-    mu = speed[pg] / service[pm]
+    # Per pair, not per model and device separately: a class-measured service time overrides the speed factor.
+    mu = 1.0 / service_matrix(snapshot, models)[pm, pg] if pm.size else np.zeros(0)
     rate_cap = np.minimum(snapshot.rho * mu, demand[pm])
 
     current = {(mi, dev_index[g]) for mi, m in enumerate(models) for g in m.current if g in dev_index}
@@ -154,11 +155,10 @@ def _unload_cost_outside(
     outside = current - listed
     if not outside:
         return 0.0
-    speed = {i: d.speed for i, d in enumerate(snapshot.devices)}
     total = 0.0
     for mi, gi in outside:
         m = models[mi]
-        cap = min(snapshot.rho * speed[gi] / m.service_s, max(0.0, m.demand_per_s))
+        cap = min(snapshot.rho / pair_service_s(m, snapshot.devices[gi]), max(0.0, m.demand_per_s))
         load = snapshot.migration_weight * m.weight * cap * m.load_cost_s / snapshot.horizon_s
         if snapshot.migration_weight > 0:
             load = max(load, MOVE_COST_FLOOR)

@@ -30,6 +30,9 @@ class Device:
     #: relative throughput factor, 1.0 = the reference card the service times were measured on
     speed: float = 1.0
     kind: str = "gpu"  # "gpu" or "virtual"
+    #: what per-class service times are keyed by: the GPU model ("NVIDIA H100 80GB HBM3"), "virtual" or
+    #: "virtual-<label>"; empty = the device has no class of its own and only `speed` describes it
+    device_class: str = ""
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,11 @@ class ModelDemand:
     current: tuple[str, ...] = ()
     #: seconds to load one replica; the migration cost is derived from it
     load_cost_s: float = 30.0
+    #: seconds per request measured (or declared) on a class of device, by `Device.device_class`; it overrides
+    #: `service_s / speed` on devices of that class: a 7B model is not "0.3x as fast" on a T4 as every other model
+    service_s_by_class: dict[str, float] = field(default_factory=dict)
+    #: latency objective: a device whose service time for this model exceeds it is no candidate; None = no limit
+    p99_ms: float | None = None
 
 
 @dataclass(frozen=True)

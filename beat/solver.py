@@ -30,7 +30,7 @@ import numpy as np
 from app import logs
 from beat import milp_arrays
 from beat.candidates import all_pairs, candidate_pairs, fairness_applies, screen_models
-from beat.greedy import Placement, demand_greedy_placement, proportional_rates
+from beat.greedy import Placement, demand_greedy_placement, greedy_placements, proportional_rates
 from beat.milp_arrays import RawSolution
 from beat.problem import UNLOAD_COST_FRACTION, Problem, build_problem
 from beat.snapshot import ModelDemand, Plan, PlanStatus, Snapshot
@@ -54,6 +54,14 @@ MIN_ROUND_S = 0.3
 #: a round that gains less than this share of the objective ends the rounds
 ROUND_MIN_GAIN = 1e-4
 
+#: cards freed at once by the neighbourhood search, in the order tried, and its limits per neighbourhood
+NEIGHBOURHOOD_SIZES = (1, 2, 3)
+NEIGHBOURHOOD_TIME_S = 1.0
+NEIGHBOURHOOD_GAP = 1e-4
+MAX_NEIGHBOURHOOD_PASSES = 2
+#: no neighbourhood starts with less time than this left
+MIN_NEIGHBOURHOOD_S = 0.1
+
 SolveFn = Callable[..., RawSolution | None]
 
 log = logging.getLogger("maas.beat")
@@ -65,16 +73,21 @@ def solve(snapshot: Snapshot) -> Plan:
     models, infeasible = screen_models(snapshot)
     fairness = fairness_applies(snapshot, models)
     exact = len(models) * len(snapshot.devices) <= EXACT_MAX_PAIRS
-    greedy = demand_greedy_placement(replace(snapshot, models=models))
-    pairs = all_pairs(snapshot, models) if exact else candidate_pairs(snapshot, models, also=greedy)
+    screened = replace(snapshot, models=models)
+    greedies = greedy_placements(screened)
+    union: dict[str, tuple[str, ...]] = {}
+    for placement in greedies.values():
+        for name, devices in placement.items():
+            union[name] = tuple(sorted(set(union.get(name, ())) | set(devices)))
+    pairs = all_pairs(snapshot, models) if exact else candidate_pairs(snapshot, models, also=union)
     problem = build_problem(snapshot, models, pairs, fairness=fairness)
     build_s = time.perf_counter() - started
     deadline = started + snapshot.time_limit_s
 
     solve_fn, solver_name = _pick_solver()
     try:
-        greedy_x = _placement_vector(problem, greedy)
-        result = _solve_problem(problem, snapshot, solve_fn, exact=exact, deadline=deadline, greedy_x=greedy_x)
+        greedy_xs = [_placement_vector(problem, placement) for placement in greedies.values()]
+        result = _solve_problem(problem, snapshot, solve_fn, exact=exact, deadline=deadline, greedy_xs=greedy_xs)
     except Exception as exc:  # a native solver crash must not stop beat; the greedy plan still serves
         # Logged with its traceback and carried in the plan: a bug here must not become a silent, permanent greedy.
         reason = f"{solver_name} raised {type(exc).__name__}: {exc}"
@@ -112,21 +125,23 @@ def _pick_solver() -> tuple[SolveFn, str]:
 
 
 def _solve_problem(
-    problem: Problem, snapshot: Snapshot, solve_fn: SolveFn, *, exact: bool, deadline: float, greedy_x: np.ndarray
+    problem: Problem,
+    snapshot: Snapshot,
+    solve_fn: SolveFn,
+    *,
+    exact: bool,
+    deadline: float,
+    greedy_xs: list[np.ndarray],
 ) -> tuple[RawSolution, float, PlanStatus] | None:
     """Best solution found, the bound it is measured against, and its status; None when no solver answered."""
     keep = _route(problem, solve_fn, problem.is_current.astype(float)) if problem.is_current.any() else None
     keep = keep if keep is not None and _feasible_start(problem, keep) else None
-    greedy = _route(problem, solve_fn, greedy_x)
-    # The incumbent: whichever of "keep as is" and the demand greedy scores best, migration cost included.
-    reference = _best_of(s for s in (keep, greedy) if s is not None and _feasible_start(problem, s))
+    greedies = [_drop_idle(problem, solve_fn, _route(problem, solve_fn, x)) for x in greedy_xs]
+    # The incumbent: whichever of "keep as is" and the greedies scores best, migration cost included. Every later
+    # step only replaces it with something that scores higher, so the plan is never worse than the best greedy.
+    reference = _best_of(s for s in (keep, *greedies) if s is not None and _feasible_start(problem, s))
     if exact:
-        best = solve_fn(problem, integer=True, time_limit_s=_left(deadline), gap=snapshot.gap, start=_start(reference))
-        if best is None or best.status is PlanStatus.INFEASIBLE:
-            return None if best is None else (best, best.bound, best.status)
-        top = best if reference is None or best.objective >= reference.objective else reference
-        best_x = _revert_needless_moves(problem, solve_fn, top, keep, deadline)
-        return _prefer_current(problem, best_x, keep, best.bound, best.status, snapshot.hysteresis)
+        return _solve_exact(problem, snapshot, solve_fn, reference, keep, deadline)
 
     lp_started = time.perf_counter()
     lp = solve_fn(problem, integer=False, time_limit_s=_left(deadline) * LP_TIME_SHARE)
@@ -159,8 +174,71 @@ def _solve_problem(
     if best is None:
         return None
     status = PlanStatus.FEASIBLE_HEURISTIC if proven else PlanStatus.FEASIBLE_TIME_LIMIT
+    best = _neighbourhood_search(problem, snapshot, solve_fn, best, deadline)
     best = _revert_needless_moves(problem, solve_fn, best, keep, deadline)
     return _prefer_current(problem, best, keep, lp.bound, status, snapshot.hysteresis)
+
+
+def _solve_exact(
+    problem: Problem,
+    snapshot: Snapshot,
+    solve_fn: SolveFn,
+    reference: RawSolution | None,
+    keep: RawSolution | None,
+    deadline: float,
+) -> tuple[RawSolution, float, PlanStatus] | None:
+    """Small fleets: the whole MILP from the best incumbent, then the neighbourhood search if it was cut short."""
+    best = solve_fn(problem, integer=True, time_limit_s=_left(deadline), gap=snapshot.gap, start=_start(reference))
+    if best is None or best.status is PlanStatus.INFEASIBLE:
+        return None if best is None else (best, best.bound, best.status)
+    top = best if reference is None or best.objective >= reference.objective else reference
+    if best.status is not PlanStatus.OPTIMAL:
+        top = _neighbourhood_search(problem, snapshot, solve_fn, top, deadline)
+    best_x = _revert_needless_moves(problem, solve_fn, top, keep, deadline)
+    return _prefer_current(problem, best_x, keep, best.bound, best.status, snapshot.hysteresis)
+
+
+def _neighbourhood_search(
+    problem: Problem, snapshot: Snapshot, solve_fn: SolveFn, best: RawSolution, deadline: float
+) -> RawSolution:
+    """Local search with the MILP as its move: free a few devices at a time, keep the rest as they are, re-solve.
+
+    A neighbourhood of one card (every model that may go on it) finds "drop these cold replicas, load a hot
+    model's next replica here"; two or three cards find swaps. Each neighbourhood is small and solves to
+    optimality in a fraction of a second, so the moves found do not depend on how busy the machine is (the
+    deadline only cuts the search short). Why it pays: on fleets of identical cards the full MILP is slowed by
+    symmetry (any permutation of the cards is the same plan), which a handful of named cards does not have; and a
+    time-limited MILP leaves local improvements behind. Cards are visited in a fixed order; each size runs passes
+    until one gains nothing, then the next size (`NEIGHBOURHOOD_SIZES`).
+    """
+    n_devices = len(problem.devices)
+    rng = np.random.default_rng(0)
+    for size in NEIGHBOURHOOD_SIZES:
+        if size > n_devices:
+            break
+        for _ in range(MAX_NEIGHBOURHOOD_PASSES):
+            gained = False
+            order = rng.permutation(n_devices)
+            for start in range(0, n_devices - size + 1, size):
+                if _left(deadline) < MIN_NEIGHBOURHOOD_S:
+                    return best
+                freed = np.isin(problem.pair_device, order[start : start + size])
+                x_lb = np.where(freed, problem.x_lb, best.x)
+                x_ub = np.where(freed, problem.x_ub, best.x)
+                found = solve_fn(
+                    problem.with_bounds(x_lb, x_ub),
+                    integer=True,
+                    time_limit_s=min(_left(deadline), NEIGHBOURHOOD_TIME_S),
+                    gap=NEIGHBOURHOOD_GAP,
+                    start=_start(best),
+                )
+                if found is None or found.status is PlanStatus.INFEASIBLE:
+                    continue
+                if found.objective > best.objective + ROUND_MIN_GAIN * max(1.0, abs(best.objective)):
+                    best, gained = replace(found, status=best.status, bound=best.bound), True
+            if not gained:
+                break
+    return best
 
 
 def _proximity_round(
@@ -275,6 +353,23 @@ def _revert_needless_moves(
         if routed is not None and routed.objective >= best.objective - 1e-9 * max(1.0, abs(best.objective)):
             best = replace(routed, status=best.status, bound=best.bound)
     return best
+
+
+def _drop_idle(problem: Problem, solve_fn: SolveFn, sol: RawSolution | None) -> RawSolution | None:
+    """Without the replicas the routing leaves (almost) idle, when that scores higher: they pay a load for nothing.
+
+    The greedies fill leftover memory with replicas the routing LP may or may not use; this takes back the unused.
+    """
+    if sol is None:
+        return None
+    idle = (sol.x > 0.5) & (sol.r <= 1e-9) & (problem.x_lb < 0.5)
+    if not idle.any():
+        return sol
+    x = np.where(idle, 0.0, sol.x)
+    if not _fits(problem, x):
+        return sol
+    routed = _route(problem, solve_fn, x)
+    return routed if routed is not None and routed.objective > sol.objective else sol
 
 
 def _fits(problem: Problem, x: np.ndarray) -> bool:

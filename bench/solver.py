@@ -1,4 +1,5 @@
-"""Placement solver benchmark: `python -m bench.solver` (from the repository root). One JSON line per fleet size.
+"""Placement solver benchmark: `python -m bench.solver` (from the repository root). One JSON line per fleet size,
+then one per realistic family.
 
 Per size and round r (seed r): a seeded synthetic fleet (`beat.fleetgen`, contended unless --uncontended) is solved
 cold by `beat.solver.solve`, the real path (screening, candidates, build, LP, LP-fixing MILP rounds, polish), with
@@ -37,6 +38,25 @@ Fields:
     mem_one_each, mem_all_demand, top_replicas, multi_replica_models, offered_work  how contended the fleet is
                     (`beat.fleetgen.contention`)
 
+Families (`beat.fleetgen.Family`, after the sizes; --families none skips them): realistic fleets with per-model x
+per-class service times. Per family and round r (seed r) the cold solve runs with no migration charge (nothing is
+loaded, so its figures are about what the plan serves), then re-solves run from that placement with the default
+charge. Fields:
+    served_vs_best_greedy   served by the plan / served by the best greedy (`beat.greedy.greedy_placements`: first
+                    fit decreasing and the demand greedy with two scores, each routed by the same LP)
+    objective_vs_best_greedy, best_greedy   the same on the objective, and which greedy was best
+    gap_closed      (plan - best greedy) / (proven bound - best greedy) in objective units; the proven bound is the
+                    lower of the LP relaxation and the dual bound of a long MILP (--reference-milp-s, all pairs);
+                    1.0 when the best greedy is already within 0.1% of it (nothing measurable to close)
+    gap_closed_lp   the same against the LP bound alone (where the LP is loose this understates the plan)
+    lp_vs_best_greedy, proven_vs_best_greedy   the room there is: bound / best greedy
+    repeat_moved_frac   moves between two cold solves of the same snapshot: run-to-run variance of the plan
+    moved_frac_nodrift  re-solve with no change, from the plan
+    shift_gap_recovered after 30% of the models swap popularity (`beat.fleetgen.reshuffled`): (served by the
+                    re-solve - served by keeping the old placement) / (served by a fresh cold solve - keeping);
+                    1.0 when keeping is within 0.1% of fresh
+    shift_moved_frac, shift_served_vs_fresh, shift_resolve_s   its moves / replicas, served against fresh, time
+
 --fleet PATH reads one snapshot from JSON instead of generating fleets (then models/gpus are its counts):
     {"devices": [{"id": "g0", "mem_bytes": 80000000000, "speed": 1.0, "kind": "gpu"}, ...],
      "models": [{"name": "llama", "mem_bytes": 16000000000, "demand_per_s": 12.0, "service_s": 0.05,
@@ -58,13 +78,15 @@ import sys
 import time
 from typing import Any
 
+import numpy as np
+
 from beat import milp_arrays
 from beat.candidates import all_pairs, fairness_applies, screen_models
-from beat.fleetgen import contention, drifted, generate_fleet, snapshot_from_dict
-from beat.greedy import demand_greedy_placement, ffd_placement
+from beat.fleetgen import Family, contention, drifted, generate_family, generate_fleet, reshuffled, snapshot_from_dict
+from beat.greedy import demand_greedy_placement, ffd_placement, greedy_placements
 from beat.milp_arrays import solve_highs
 from beat.problem import build_problem
-from beat.snapshot import Snapshot
+from beat.snapshot import Plan, Snapshot
 from beat.solver import route, solve
 
 DEFAULT_SIZES = "50x4,200x16,500x64,1000x64,2000x256"
@@ -140,6 +162,122 @@ def measure(snapshot: Snapshot, drift_seed: int, max_bound_pairs: int, drift: fl
     }
 
 
+#: wall budget of the cold solve on a family (the target is 5 s)
+FAMILY_TIME_LIMIT_S = 4.5
+#: how long the reference MILP may search for a tighter bound than the LP's (see `family_bound`)
+REFERENCE_MILP_S = 30.0
+
+
+def best_greedy(snapshot: Snapshot) -> tuple[str, Plan]:
+    """The best-scoring greedy baseline (objective, then served), each routed by the same LP as the plans."""
+    plans = {name: route(snapshot, placement) for name, placement in greedy_placements(snapshot).items()}
+    name = max(plans, key=lambda n: (plans[n].objective, plans[n].served_per_s))
+    return name, plans[name]
+
+
+def family_bound(snapshot: Snapshot, incumbent: Plan, reference_milp_s: float) -> tuple[float, float]:
+    """(LP bound, best proven bound): the LP relaxation of the full problem, and the lower of it and the dual bound a
+    long MILP (all pairs, `REFERENCE_MILP_S`, from the plan) proves. Where the LP is loose (an integrality gap, not
+    the solver's shortfall) only the second says how much room there really is."""
+    models, _ = screen_models(snapshot)
+    problem = build_problem(snapshot, models, all_pairs(snapshot, models), fairness=fairness_applies(snapshot, models))
+    lp = solve_highs(problem, integer=False, time_limit_s=300.0)
+    lp_bound = float("inf") if lp is None else lp.objective
+    index = {
+        (m.name, d.id): p
+        for p, (m, d) in enumerate(
+            (problem.models[a], problem.devices[b])
+            for a, b in zip(problem.pair_model.tolist(), problem.pair_device.tolist(), strict=True)
+        )
+    }
+    start_x = np.zeros(problem.n_pairs)
+    for name, devices in incumbent.placement.items():
+        for g in devices:
+            if (name, g) in index:
+                start_x[index[(name, g)]] = 1.0
+    start_r = np.zeros(problem.n_pairs)
+    for (name, g), rate in incumbent.rates.items():
+        if (name, g) in index:
+            start_r[index[(name, g)]] = rate
+    milp = solve_highs(
+        problem,
+        integer=True,
+        time_limit_s=reference_milp_s,
+        gap=1e-4,
+        start=np.concatenate([start_x, start_r, [0.0]]),
+    )
+    proven = lp_bound if milp is None else min(lp_bound, milp.bound)
+    return lp_bound, max(proven, incumbent.objective)
+
+
+#: a gap below this share of the bound is not measurable: the routing LP's own tolerances are of this order
+NEGLIGIBLE_GAP = 1e-3
+
+
+def gap_closed(plan: float, baseline: float, bound: float) -> float:
+    """Share of the gap between the baseline and the bound that the plan closes; 1.0 when the baseline is already
+    within `NEGLIGIBLE_GAP` of the bound (nothing left to close; the `*_vs_best_greedy` fields show the room)."""
+    room = bound - baseline
+    if room <= NEGLIGIBLE_GAP * max(1.0, abs(bound)):
+        return 1.0
+    return (plan - baseline) / room
+
+
+def measure_family(
+    family: Family, seed: int, size: tuple[int, int] = (0, 0), reference_milp_s: float = REFERENCE_MILP_S
+) -> dict[str, Any]:
+    """Figures for one realistic family and one seed (module docstring, "Families")."""
+    cold = generate_family(
+        family,
+        seed=seed,
+        n_models=size[0],
+        n_gpus=size[1],
+        time_limit_s=FAMILY_TIME_LIMIT_S,
+        migration_weight=0.0,
+    )
+    started = time.perf_counter()
+    plan = solve(cold)
+    solve_s = time.perf_counter() - started
+    greedy_name, greedy = best_greedy(cold)
+    lp_bound, proven = family_bound(cold, plan, reference_milp_s)
+    again = solve(cold)
+
+    warm = dataclasses.replace(cold, migration_weight=Snapshot.migration_weight)
+    nodrift = solve(drifted(warm, plan.placement, seed=seed, amount=0.0))
+    shifted = reshuffled(warm, plan.placement, seed=2000 + seed, share=0.3)
+    started = time.perf_counter()
+    replan = solve(shifted)
+    shift_s = time.perf_counter() - started
+    keep = route(shifted, plan.placement)
+    fresh = solve(
+        dataclasses.replace(
+            shifted, migration_weight=0.0, models=tuple(dataclasses.replace(m, current=()) for m in shifted.models)
+        )
+    )
+    demand = sum(max(0.0, m.demand_per_s) for m in cold.models)
+    return {
+        "solve_s": solve_s,
+        "served_frac": plan.served_per_s / demand if demand else 1.0,
+        "served_vs_best_greedy": plan.served_per_s / max(greedy.served_per_s, 1e-12),
+        "objective_vs_best_greedy": plan.objective / greedy.objective if greedy.objective > 0 else float("nan"),
+        "best_greedy": greedy_name,
+        "gap_closed": gap_closed(plan.objective, greedy.objective, proven),
+        "gap_closed_lp": gap_closed(plan.objective, greedy.objective, lp_bound),
+        "lp_vs_best_greedy": lp_bound / greedy.objective if greedy.objective > 0 else float("nan"),
+        "proven_vs_best_greedy": proven / greedy.objective if greedy.objective > 0 else float("nan"),
+        "repeat_moved_frac": moved_frac(plan.placement, again.placement),
+        "moved_frac_nodrift": moved_frac(plan.placement, nodrift.placement),
+        "shift_gap_recovered": gap_closed(replan.served_per_s, keep.served_per_s, fresh.served_per_s),
+        "shift_moved_frac": moved_frac(plan.placement, replan.placement),
+        "shift_served_vs_fresh": replan.served_per_s / max(fresh.served_per_s, 1e-12),
+        "shift_resolve_s": shift_s,
+        "status": str(plan.status),
+        "replicas": plan.replica_count(),
+        "infeasible_models": len(plan.infeasible_models),
+        **contention(cold),
+    }
+
+
 def moved_frac(before: dict[str, tuple[str, ...]], after: dict[str, tuple[str, ...]]) -> float:
     """(loads + unloads) / replicas before."""
     old = {(m, g) for m, devs in before.items() for g in devs}
@@ -160,7 +298,9 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def parse_sizes(text: str) -> list[tuple[int, int]]:
     sizes = []
-    for part in text.split(","):
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        if part == "none":
+            continue
         models, _, gpus = part.strip().partition("x")
         sizes.append((int(models), int(gpus)))
     return sizes
@@ -191,6 +331,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--sizes", default=DEFAULT_SIZES, help=f"MODELSxGPUS,... (default {DEFAULT_SIZES})")
     parser.add_argument("--rounds", type=int, default=1, help="rounds per size, figures are medians (default 1)")
+    parser.add_argument(
+        "--families",
+        default=",".join(Family),
+        help=f"realistic families to run after the sizes, comma-separated, or 'none' (default {','.join(Family)})",
+    )
+    parser.add_argument("--family-size", help="MODELSxGPUS for every family instead of its own size")
+    parser.add_argument(
+        "--reference-milp-s",
+        type=float,
+        default=REFERENCE_MILP_S,
+        help=f"search time of the long MILP that proves a family's bound (default {REFERENCE_MILP_S:g})",
+    )
     parser.add_argument("--fleet", help="JSON snapshot to benchmark instead of generated fleets (format above)")
     parser.add_argument("--uncontended", action="store_true", help="models fill half the memory, not all of it")
     parser.add_argument("--time-limit-s", type=float, help="override the per-size solver time limit")
@@ -246,6 +398,14 @@ def main(argv: list[str] | None = None) -> int:
         head = {"models": models, "gpus": gpus, "contended": not args.uncontended, "load_factor": args.load_factor}
         head |= {"time_limit_s": limit, "horizon_s": args.horizon_s, "hysteresis": args.hysteresis}
         head |= {"migration_weight": args.migration_weight, "drift": args.drift}
+        print(json.dumps({**head, "rounds": args.rounds, **summarise(rows)}), flush=True)
+    families = [] if args.families in ("", "none") else [Family(f.strip()) for f in args.families.split(",")]
+    for family in families:
+        size = parse_sizes(args.family_size)[0] if args.family_size else (0, 0)
+        rows = [measure_family(family, r, size, args.reference_milp_s) for r in range(args.rounds)]
+        sample = generate_family(family, n_models=size[0], n_gpus=size[1])
+        head = {"family": str(family), "models": len(sample.models), "gpus": len(sample.devices)}
+        head |= {"time_limit_s": FAMILY_TIME_LIMIT_S}
         print(json.dumps({**head, "rounds": args.rounds, **summarise(rows)}), flush=True)
     return 0
 

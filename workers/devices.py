@@ -8,6 +8,7 @@ import sys
 
 from app.db.devices import DeviceInfo
 from app.errors import ConfigError
+from app.service_time import VIRTUAL_CLASS_PREFIX
 from app.settings import Settings
 from workers import nvml
 
@@ -23,8 +24,9 @@ def discover(settings: Settings) -> list[DeviceInfo]:
         if settings.device_mode == "nvml":
             raise ConfigError("MAAS_DEVICE_MODE=nvml but NVML found no GPU (is the NVIDIA driver loaded?)")
     host = socket.gethostname()
+    label = f"{VIRTUAL_CLASS_PREFIX}{settings.virtual_device_class}" if settings.virtual_device_class else "virtual"
     return [
-        DeviceInfo(i, f"virtual-{host}-{i}", f"virtual device {i}", "virtual", mem)
+        DeviceInfo(i, f"virtual-{host}-{i}", f"{label} device {i}", "virtual", mem)
         for i, mem in enumerate(settings.virtual_devices)
     ]
 

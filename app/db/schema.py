@@ -42,6 +42,8 @@ class Model(Base):
     # Dynamic batching, read when a replica loads: up to max_batch_size waiting requests run as one call.
     max_batch_size: Mapped[int] = mapped_column(Integer, default=1)
     max_queue_delay_ms: Mapped[float] = mapped_column(Float, default=0.0)
+    # Latency objective: the allocator keeps the model off device classes whose service time exceeds it.
+    p99_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
     versions: Mapped[list[ModelVersion]] = relationship(back_populates="model", order_by="ModelVersion.version")
 
 
