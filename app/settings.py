@@ -73,6 +73,13 @@ def _device_label(text: str) -> str:
     return text
 
 
+def _slowdown(text: str) -> float:
+    value = float(text)
+    if not 1.0 <= value <= 1000.0:
+        raise ValueError("must be between 1 and 1000")
+    return value
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if value <= 0:
@@ -216,6 +223,13 @@ class Settings:
         "",
         "Label this host's virtual devices as a class of their own (e.g. slow): service times are learned and "
         "placed per class 'virtual-<label>'; empty = the one class 'virtual'",
+    )
+    virtual_slowdown: float = _env(
+        "MAAS_VIRTUAL_SLOWDOWN",
+        _slowdown,
+        1.0,
+        "A virtual device emulates a card this many times slower (each execution is stretched by sleeping), so "
+        "per-class placement can be tried on one machine; 1 = as fast as the CPU. Ignored on real GPUs",
     )
     default_priority: int = _env("MAAS_DEFAULT_PRIORITY", _priority, 5, "Priority of a request that names none")
     visibility_timeout_s: float = _env(
