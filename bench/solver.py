@@ -22,6 +22,7 @@ Fields:
     served_vs_demand_greedy  same against the demand-per-GB greedy (`beat.greedy.demand_greedy_placement`, which
                     already weighs device speed and time share when it picks a device), routed optimally
     greedy_served_frac       served / demand by that greedy
+    served_vs_best_greedy, best_greedy, gap_closed_lp   against the best of every greedy baseline (see Families)
     ceiling_vs_demand_greedy  bound / the greedy's objective: no placement can beat the greedy by more than this
                     (objective units, same migration charge; with all weights 1 and no fairness term that is served
                     requests minus the amortised load cost)
@@ -58,11 +59,15 @@ charge. Fields:
     shift_moved_frac, shift_served_vs_fresh, shift_resolve_s   its moves / replicas, served against fresh, time
 
 --fleet PATH reads one snapshot from JSON instead of generating fleets (then models/gpus are its counts):
-    {"devices": [{"id": "g0", "mem_bytes": 80000000000, "speed": 1.0, "kind": "gpu"}, ...],
+    {"devices": [{"id": "g0", "mem_bytes": 80000000000, "speed": 1.0, "kind": "gpu", "device_class": "h100-80"},
+                 ...],
      "models": [{"name": "llama", "mem_bytes": 16000000000, "demand_per_s": 12.0, "service_s": 0.05,
+                 "service_s_by_class": {"h100-80": 0.05, "t4-16": 0.31}, "p99_ms": 250.0,
                  "weight": 1.0, "min_replicas": 0, "max_replicas": null, "pinned": [], "current": [],
                  "load_cost_s": 30.0}, ...],
      "rho": 0.9, "time_limit_s": 5.0, ...}          (any other `beat.snapshot.Snapshot` field, optional)
+"service_s_by_class" gives a model's seconds per request on each device class, overriding service_s / speed on
+devices of that class; "p99_ms" keeps the model off devices whose service time exceeds it.
 Only "id"/"mem_bytes" per device and "name"/"mem_bytes"/"demand_per_s"/"service_s" per model are required;
 `beat.fleetgen.snapshot_to_dict` writes this form. "current" is ignored for the cold solve's comparison baselines
 but used by the solver (the cold solve is then a warm one).
@@ -125,6 +130,7 @@ def measure(snapshot: Snapshot, drift_seed: int, max_bound_pairs: int, drift: fl
     bound = plan.bound if bound is None else bound
     ffd = route(snapshot, ffd_placement(snapshot))
     greedy = route(snapshot, demand_greedy_placement(snapshot))
+    best_name, best = best_greedy(snapshot)
     demand = sum(max(0.0, m.demand_per_s) for m in snapshot.models)
 
     control = drifted(snapshot, plan.placement, seed=drift_seed, amount=0.0)
@@ -146,6 +152,9 @@ def measure(snapshot: Snapshot, drift_seed: int, max_bound_pairs: int, drift: fl
         "served_vs_ffd": plan.served_per_s / max(ffd.served_per_s, 1e-12),
         "served_vs_demand_greedy": plan.served_per_s / max(greedy.served_per_s, 1e-12),
         "greedy_served_frac": greedy.served_per_s / demand if demand else 1.0,
+        "served_vs_best_greedy": plan.served_per_s / max(best.served_per_s, 1e-12),
+        "best_greedy": best_name,
+        "gap_closed_lp": gap_closed(plan.objective, best.objective, bound),
         "ceiling_vs_demand_greedy": bound / greedy.objective if greedy.objective > 0 else float("nan"),
         "moved_frac": moved_frac(plan.placement, replan.placement),
         "moved_frac_nodrift": moved_frac(plan.placement, replan_nodrift.placement),

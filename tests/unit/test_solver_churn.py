@@ -188,3 +188,29 @@ def test_needless_moves_are_put_back() -> None:
     placed = {pairs[p] for p in np.flatnonzero(fixed.x > 0.5).tolist()}
     assert placed == {(0, 0), (0, 1), (1, 1)}
     assert fixed.objective >= best.objective
+
+
+FAMILY_FIELDS = {
+    "family",
+    "served_vs_best_greedy",
+    "gap_closed",
+    "gap_closed_lp",
+    "moved_frac_nodrift",
+    "shift_gap_recovered",
+    "shift_moved_frac",
+    "repeat_moved_frac",
+}
+
+
+def test_bench_prints_one_json_line_per_family(capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.solver import main
+
+    argv = ["--sizes", "none", "--families", "many_small,popular_large", "--family-size", "30x4"]
+    assert main([*argv, "--reference-milp-s", "1"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [r["family"] for r in rows] == ["many_small", "popular_large"]
+    for row in rows:
+        assert set(row) >= FAMILY_FIELDS
+        assert (row["models"], row["gpus"]) == (30, 4)
+        assert row["served_vs_best_greedy"] >= 1.0 - 1e-6
+        assert 0.0 <= row["shift_moved_frac"] <= 2.0
