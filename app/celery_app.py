@@ -13,6 +13,7 @@ from celery import Celery
 
 from app.broker.layout import PRIORITY_LEVELS, PRIORITY_SEP, SYSTEM_QUEUE
 from app.settings import Settings
+from app.signing import backend_url
 
 
 def transport_options(settings: Settings) -> dict[str, Any]:
@@ -33,7 +34,8 @@ def transport_options(settings: Settings) -> dict[str, Any]:
 
 def create_app(settings: Settings | None = None) -> Celery:
     settings = settings or Settings.from_env()
-    app = Celery("maas", broker=settings.redis_url, backend=settings.redis_url, set_as_current=False)
+    # Results go through SignedRedisBackend: signed when stored and checked when read under MAAS_SIGNING_KEY.
+    app = Celery("maas", broker=settings.redis_url, backend=backend_url(settings.redis_url), set_as_current=False)
     app.conf.update(
         # JSON only: pickle lets a message run code on the worker.
         task_serializer="json",

@@ -7,6 +7,7 @@ run them.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -14,15 +15,18 @@ import redis
 from celery import Celery, Task
 from celery.exceptions import Ignore, Reject
 
+from app import logs, signing
 from app.broker import dlq, holdings, ledger
 from app.broker.layout import model_queue
 from app.control import Control
-from app.errors import MaasError, NotLoaded
+from app.errors import ForgedMessage, MaasError, NotLoaded
 from app.signature import rows_of
 from workers import batching, lifecycle
 from workers.cache import Loaded
 from workers.context import WorkerContext, current
 from workers.telemetry import device_class
+
+log = logging.getLogger("maas.worker")
 
 
 def infer(
@@ -125,12 +129,43 @@ def _dedup(client: redis.Redis, task_id: str, ref: str | None, request: InferArg
     return found
 
 
-def _submitted_at(task: Task) -> float | None:
-    """The producer's submission time, from the message's headers (Celery puts custom headers on the request)."""
-    value = getattr(task.request, "maas_submitted_at", None)
+def _header(task: Task, name: str) -> Any:
+    """A custom header of the running task's message (Celery puts custom headers on the request)."""
+    value = getattr(task.request, name, None)
     if value is None and isinstance(task.request.headers, dict):
-        value = task.request.headers.get("maas_submitted_at")
+        value = task.request.headers.get(name)
+    return value
+
+
+def _submitted_at(task: Task) -> float | None:
+    """The producer's submission time, from the message's headers."""
+    value = _header(task, "maas_submitted_at")
     return float(value) if isinstance(value, int | float) else None
+
+
+def _check_signed(task: Task) -> None:
+    """Refuse a control message not signed with the fleet key: nothing is loaded, drained or unloaded."""
+    ctx = current()
+    try:
+        signing.check_control(
+            ctx.settings.signing_key,
+            task.name,
+            task.request.id,
+            task.request.args,
+            task.request.kwargs,
+            _header(task, signing.FIELD),
+        )
+    except ForgedMessage as exc:
+        logs.event(
+            log,
+            "forged_message",
+            logging.ERROR,
+            worker=ctx.worker_name,
+            task=task.name,
+            task_id=task.request.id,
+            reason=exc.message,
+        )
+        raise
 
 
 def register(app: Celery) -> None:
@@ -164,12 +199,14 @@ def register(app: Celery) -> None:
 
         return run_chunk(app, job_id, index, lambda *a: infer(app, *a))
 
-    @app.task(name="maas.load", throws=(MaasError,))
-    def load_task(replica_id: int) -> dict[str, Any]:
+    @app.task(name="maas.load", throws=(MaasError,), bind=True)
+    def load_task(task: Task, replica_id: int) -> dict[str, Any]:
+        _check_signed(task)
         return lifecycle.load(current(), replica_id)
 
-    @app.task(name="maas.drain")
-    def drain_task(replica_id: int, unload_task_id: str | None = None) -> dict[str, Any]:
+    @app.task(name="maas.drain", throws=(ForgedMessage,), bind=True)
+    def drain_task(task: Task, replica_id: int, unload_task_id: str | None = None) -> dict[str, Any]:
+        _check_signed(task)
         ctx = current()
         info, then_unload = lifecycle.drain(ctx, replica_id)
         if then_unload:
@@ -178,8 +215,9 @@ def register(app: Celery) -> None:
             Control(app).send_unload(replica_id, ctx.worker_name, task_id=unload_task_id)
         return info
 
-    @app.task(name="maas.unload")
-    def unload_task(replica_id: int) -> dict[str, Any]:
+    @app.task(name="maas.unload", throws=(ForgedMessage,), bind=True)
+    def unload_task(task: Task, replica_id: int) -> dict[str, Any]:
+        _check_signed(task)
         return lifecycle.unload(current(), replica_id)
 
     @app.task(name="maas.ping")
