@@ -369,19 +369,80 @@ def cmd_dlq_list(args: argparse.Namespace, settings: Settings) -> int:
 
     found = dlq.entries(sync_client(settings.redis_url), limit=args.limit)
     table = render(
-        ["AT", "TASK", "QUEUE", "REASON"],
+        ["AT", "ID", "QUEUE", "DELIVERIES", "REASON"],
         [
             [
                 dt.datetime.fromtimestamp(e["at"], dt.UTC).strftime("%Y-%m-%d %H:%M:%S"),
-                e["task_id"],
+                dlq.entry_id(e),
                 e["queue"],
-                e["reason"],
+                e.get("deliveries") or "-",
+                e["reason"][:100],
             ]
             for e in found
         ],
     )
     _print(args, found, table if found else "no dead letters")
     return 0
+
+
+#: How much of a dead letter's body `maas dlq show` prints (the entry keeps up to dlq.MAX_BODY_CHARS).
+DLQ_PREVIEW_CHARS = 1024
+
+
+def cmd_dlq_show(args: argparse.Namespace, settings: Settings) -> int:
+    import datetime as dt
+
+    from app.broker import dlq
+    from app.broker.clients import sync_client
+
+    found = dlq.find(sync_client(settings.redis_url), args.id)
+    if found is None:
+        raise MaasError(f"no dead letter {args.id!r} (see `maas dlq list`)")
+    entry = found[1]
+    body = entry.get("body") if entry.get("malformed") else json.dumps(entry.get("request"), default=str)
+    preview = (body or "")[:DLQ_PREVIEW_CHARS]
+    more = len(body or "") - len(preview) + max(0, int(entry.get("bytes") or 0) - len(body or ""))
+    lines = [
+        f"id          {dlq.entry_id(entry)}",
+        f"task        {entry.get('task_id') or '- (none readable)'}",
+        f"queue       {entry['queue']}",
+        f"reason      {entry['reason']}",
+        f"deliveries  {entry.get('deliveries') or '-'}",
+        f"at          {dt.datetime.fromtimestamp(entry['at'], dt.UTC).isoformat()}",
+        f"malformed   {'yes: cannot be replayed' if entry.get('malformed') else 'no'}",
+        f"body        {preview}" + (f" ... ({more} more characters)" if more > 0 else ""),
+    ]
+    _print(args, entry, "\n".join(lines))
+    return 0
+
+
+def cmd_dlq_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from app.broker import dlq
+
+    if bool(args.id) == bool(args.all):
+        raise MaasError("give one dead letter's ID, or --all")
+    client = _client(settings)
+    if args.all:
+        targets = dlq.stored(client.redis)
+    else:
+        found = dlq.find(client.redis, args.id)
+        if found is None:
+            raise MaasError(f"no dead letter {args.id!r} (see `maas dlq list`)")
+        targets = [found]
+    replayed, refused = 0, 0
+    for raw, entry in targets:
+        ident = dlq.entry_id(entry)
+        try:
+            handle = client.replay(entry)
+        except MaasError as exc:
+            refused += 1
+            print(f"{ident}: refused: {exc}", file=sys.stderr)
+            continue
+        dlq.remove(client.redis, raw)
+        replayed += 1
+        print(f"{ident}: replayed to {entry['queue']} as task {handle.id}")
+    print(f"replayed {replayed}, refused {refused}")
+    return 1 if refused else 0
 
 
 def cmd_dlq_purge(args: argparse.Namespace, settings: Settings) -> int:
@@ -724,13 +785,27 @@ def build_parser() -> argparse.ArgumentParser:
         "dlq",
         help="dead letters: requests no worker could serve, with the reason",
         description="A request whose model no worker on its queue holds is requeued a bounded number of times, "
-        "then answered NOT_LOADED and kept here.",
+        "then answered NOT_LOADED and kept here. A message in a model queue that cannot be read at all (no id to "
+        "answer under) is kept here too, marked malformed.",
     )
     dsub = dlqp.add_subparsers(dest="dlq_command", required=True, metavar="COMMAND")
     dlist = dsub.add_parser("list", help="the newest dead letters, newest first")
     dlist.add_argument("--limit", type=int, default=50, help="how many (default 50)")
     dlist.add_argument("--json", action="store_true", help="each entry whole, with what the ledger held of it")
     dlist.set_defaults(func=cmd_dlq_list)
+    dshow = dsub.add_parser("show", help="one dead letter whole: reason, queue, deliveries, when, its body")
+    dshow.add_argument("id", help="the entry's id (a task id, or dl-... for a malformed message)")
+    dshow.add_argument("--json", action="store_true")
+    dshow.set_defaults(func=cmd_dlq_show)
+    dreplay = dsub.add_parser(
+        "replay",
+        help="admit dead letters' requests again under their own ids (malformed ones are refused)",
+        description="Each request goes through the same checks as a new one (model, signature, queue limit); "
+        "a replayed entry leaves the list, a refused one stays, with the reason printed.",
+    )
+    dreplay.add_argument("id", nargs="?", help="the entry's id")
+    dreplay.add_argument("--all", action="store_true", help="every dead letter")
+    dreplay.set_defaults(func=cmd_dlq_replay)
     dpurge = dsub.add_parser("purge", help="drop every dead letter")
     dpurge.set_defaults(func=cmd_dlq_purge)
 
@@ -782,7 +857,7 @@ def build_parser() -> argparse.ArgumentParser:
     flower = sub.add_parser("flower", help="run the Flower web UI against the fleet's broker")
     flower.add_argument("--local", action="store_true", help="no authentication; binds to 127.0.0.1 only")
     flower.add_argument("--port", type=int, help="default MAAS_FLOWER_PORT (5555)")
-    flower.add_argument("--address", default="0.0.0.0", help="bind address (ignored with --local)")
+    flower.add_argument("--address", default="127.0.0.1", help="bind address (default 127.0.0.1; ignored with --local)")
     flower.set_defaults(func=cmd_flower)
 
     db = sub.add_parser("db", help="database schema")

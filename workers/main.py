@@ -87,6 +87,10 @@ def run(
     context.CURRENT = context.WorkerContext(settings, worker_name, device, device_id)
 
     app = create_app(settings)
+    # What kombu or Celery cannot read is dead-lettered instead of stopping the worker or vanishing.
+    app.conf.worker_consumer = "workers.poison:Consumer"
+    if settings.redis_url.startswith(("redis://", "rediss://")):
+        app.conf.broker_transport = "workers.poison:Transport"
     from workers.tasks import register
 
     register(app)

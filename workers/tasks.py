@@ -7,6 +7,7 @@ run them.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from typing import Any
@@ -19,7 +20,7 @@ from app import logs, signing
 from app.broker import dlq, holdings, ledger
 from app.broker.layout import model_queue
 from app.control import Control
-from app.errors import ForgedMessage, MaasError, NotLoaded
+from app.errors import ForgedMessage, MaasError, MalformedMessage, NotLoaded
 from app.signature import rows_of
 from workers import batching, lifecycle
 from workers.cache import Loaded
@@ -51,6 +52,7 @@ def infer(
             _give_back(ctx, model, delivery)
         raise NotLoaded(f"{model}:{version} is not loaded; this replica serves versions {ctx.cache.versions_of(model)}")
     primary = batching.Member(None, model, version, inputs, deadline_at, submitted_at=submitted_at)
+    primary.size = batching.request_bytes(inputs)
     return _run_batch(app, ctx, loaded, primary)
 
 
@@ -64,12 +66,13 @@ def _give_back(ctx: WorkerContext, model: str, delivery: tuple[str, str] | None)
     """
     if delivery is not None:
         task_id, queue = delivery
-        if dlq.count_delivery(ctx.redis, task_id) > dlq.MAX_DELIVERIES:
+        deliveries = dlq.count_delivery(ctx.redis, task_id)
+        if deliveries > dlq.MAX_DELIVERIES:
             reason = (
                 f"no worker consuming {queue} holds {model!r}: delivered {dlq.MAX_DELIVERIES} times, "
                 f"last to {ctx.worker_name}"
             )
-            dlq.record(ctx.redis, task_id, queue, reason)
+            dlq.record(ctx.redis, task_id, queue, reason, deliveries=deliveries)
             raise NotLoaded(reason)
     raise Reject(f"{model} is not held by {ctx.worker_name}", requeue=True)
 
@@ -79,7 +82,8 @@ def _run_batch(app: Celery, ctx: WorkerContext, loaded: Loaded, primary: batchin
     if loaded.max_batch_size > 1:
         queue = model_queue(loaded.model)
         members += batching.gather(ctx.redis, queue, loaded.max_batch_size - 1, loaded.max_queue_delay_s)
-    service_s = batching.execute(members, loaded, ctx.worker_name)
+    limits = batching.Limits(ctx.settings.max_request_bytes, ctx.settings.max_result_bytes)
+    service_s = batching.execute(members, loaded, ctx.worker_name, limits)
     batching.report_failures(members, ctx.worker_name)
     batching.publish(app, members)
     _count(ctx, loaded, members, service_s)
@@ -168,19 +172,37 @@ def _check_signed(task: Task) -> None:
         raise
 
 
+def _infer_shape(
+    model: Any, version: Any, inputs: Any, deadline_at: Any = None, ref: Any = None, dedup: Any = False
+) -> None:
+    """The arguments an infer message carries (bound, never called: the argument check of ``maas.infer``)."""
+
+
+_INFER_SIGNATURE = inspect.signature(_infer_shape)
+
+
+def _infer_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+    """(model, version, inputs, deadline_at, ref, dedup) of an infer message; MalformedMessage if it has others."""
+    try:
+        bound = _INFER_SIGNATURE.bind(*args, **kwargs)
+    except TypeError as exc:
+        raise MalformedMessage(f"an infer message's arguments do not fit [model, version, inputs]: {exc}") from None
+    bound.apply_defaults()
+    model, version, inputs, deadline_at, ref, dedup = bound.arguments.values()
+    batching.check_infer_args(model, version, inputs, deadline_at)
+    if ref is not None and not isinstance(ref, str):
+        raise MalformedMessage("an infer message's ref must be a task id")
+    return model, version, inputs, deadline_at, ref, bool(dedup)
+
+
 def register(app: Celery) -> None:
     """Define every serving-worker task on ``app``."""
 
-    @app.task(name="maas.infer", throws=(MaasError,), bind=True)
-    def infer_task(
-        task: Task,
-        model: str,
-        version: int | None,
-        inputs: list[dict[str, Any]] | None,
-        deadline_at: float | None = None,
-        ref: str | None = None,
-        dedup: bool = False,
-    ) -> dict[str, Any]:
+    # typing=False and *args: a message with the wrong arguments is answered MALFORMED_MESSAGE (a typed error the
+    # client knows), not with Python's TypeError.
+    @app.task(name="maas.infer", throws=(MaasError,), bind=True, typing=False)
+    def infer_task(task: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        model, version, inputs, deadline_at, ref, dedup = _infer_args(args, kwargs)
         ctx = current()
         # Recorded while it runs, so that if this worker dies the request goes back to the queue at once
         # (app.broker.holdings) rather than after the visibility timeout.
