@@ -91,6 +91,7 @@ def run(
     app.conf.worker_consumer = "workers.poison:Consumer"
     if settings.redis_url.startswith(("redis://", "rediss://")):
         app.conf.broker_transport = "workers.poison:Transport"
+    context.CURRENT.app = app
     from workers.tasks import register
 
     register(app)

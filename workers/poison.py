@@ -13,6 +13,7 @@ Two places see a message before any task does:
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 from typing import Any
@@ -41,7 +42,10 @@ def _dead_letter(queue: str, reason: str, raw: Any) -> None:
 
 
 def kombu_shape_error(item: Any) -> str | None:
-    """Why ``item`` (a popped list entry, parsed) is not a message kombu can take; None when it is one."""
+    """Why ``item`` (a popped list entry, parsed) is not a Celery message kombu can take; None when it is one.
+
+    Checked here rather than left to kombu and Celery: past this point, an exception from a malformed message
+    escapes the consumer with the message recorded as unacknowledged, to be delivered again and again."""
     if not isinstance(item, dict):
         return f"not a JSON object but {type(item).__name__}"
     properties = item.get("properties")
@@ -49,11 +53,47 @@ def kombu_shape_error(item: Any) -> str | None:
         return "no properties.delivery_tag"
     if not isinstance(properties.get("delivery_info", {}), dict):
         return "properties.delivery_info is not an object"
-    if not isinstance(item.get("headers", {}), dict):
+    headers = item.get("headers")
+    if not isinstance(headers, dict):
         return "headers is not an object"
-    if not isinstance(item.get("body", ""), str):
+    if not isinstance(headers.get("id"), str) or not isinstance(headers.get("task"), str):
+        return "no task name or no id in the headers"
+    body = item.get("body", "")
+    if not isinstance(body, str):
         return "body is not a string"
+    if properties.get("body_encoding") == "base64":
+        try:
+            decoded = base64.b64decode(body, validate=True)
+        except ValueError:
+            return "body is not base64"
+    else:
+        decoded = body.encode()
+    try:
+        payload = json.loads(decoded)
+    except ValueError:
+        return "body is not JSON"
+    if not (isinstance(payload, list) and len(payload) == 3 and isinstance(payload[0], list)):
+        return "body is not [args, kwargs, options]"
+    if not isinstance(payload[1], dict) or not isinstance(payload[2], dict | None):
+        return "body is not [args, kwargs, options]"
     return None
+
+
+def _id_in(item: Any) -> str | None:
+    headers = item.get("headers") if isinstance(item, dict) else None
+    task_id = headers.get("id") if isinstance(headers, dict) else None
+    return task_id if isinstance(task_id, str) else None
+
+
+def _answer(task_id: str | None, reason: str) -> None:
+    """Store MALFORMED_MESSAGE under a readable id, so whoever sent it is not left waiting."""
+    ctx = context.current()
+    if task_id is None or ctx.app is None:
+        return
+    try:
+        ctx.app.backend.mark_as_failure(task_id, MalformedMessage(reason))
+    except Exception as exc:
+        logs.event(log, "answer_failed", logging.ERROR, task_id=task_id, reason=reason, exc_info=exc)
 
 
 class Channel(kombu_redis.Channel):
@@ -81,12 +121,11 @@ class Channel(kombu_redis.Channel):
             else:
                 problem = kombu_shape_error(item)
             if problem is not None:
-                _dead_letter(queue, f"not a kombu message: {problem}", raw)
+                reason = f"not a Celery message: {problem}"
+                _dead_letter(queue, reason, raw)
+                _answer(_id_in(item), reason)
                 return True
-            try:
-                self.connection._deliver(item, queue)
-            except (ValueError, TypeError, KeyError, AttributeError) as exc:
-                _dead_letter(queue, f"kombu could not read the message: {type(exc).__name__}: {exc}", raw)
+            self.connection._deliver(item, queue)
             return True
         finally:
             self._in_poll = None  # type: ignore[assignment]
@@ -106,17 +145,6 @@ def _queue_of(message: Any) -> str:
     return str(info.get("routing_key") or "?")
 
 
-def _answer_if_possible(app: Any, message: Any, reason: str) -> None:
-    """A message that has an id gets its error under it, so its client is not left waiting."""
-    headers = getattr(message, "headers", None)
-    task_id = headers.get("id") if isinstance(headers, dict) else None
-    if isinstance(task_id, str):
-        try:
-            app.backend.mark_as_failure(task_id, MalformedMessage(reason))
-        except Exception as exc:
-            logs.event(log, "answer_failed", logging.ERROR, task_id=task_id, reason=reason, exc_info=exc)
-
-
 def _raw_of(message: Any) -> Any:
     raw = getattr(message, "_raw", None)
     return raw if raw is not None else {"headers": getattr(message, "headers", None), "body": repr(message.body)}
@@ -128,7 +156,7 @@ class Consumer(CeleryConsumer):
     def on_decode_error(self, message: Any, exc: Exception) -> None:
         reason = f"the body cannot be decoded: {type(exc).__name__}: {exc}"
         _dead_letter(_queue_of(message), reason, _raw_of(message))
-        _answer_if_possible(self.app, message, reason)
+        _answer(_id_in({"headers": message.headers}), reason)
         super().on_decode_error(message, exc)
 
     def on_unknown_message(self, body: Any, message: Any) -> None:
@@ -138,7 +166,7 @@ class Consumer(CeleryConsumer):
     def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
         reason = f"not a valid task message: {type(exc).__name__}: {exc}"
         _dead_letter(_queue_of(message), reason, _raw_of(message))
-        _answer_if_possible(self.app, message, reason)
+        _answer(_id_in({"headers": message.headers}), reason)
         super().on_invalid_task(body, message, exc)
 
     def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:

@@ -195,6 +195,16 @@ def _infer_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...
     return model, version, inputs, deadline_at, ref, bool(dedup)
 
 
+def _control_args(task: str, args: tuple[Any, ...], kwargs: dict[str, Any], count: int) -> tuple[Any, ...]:
+    """A control order's arguments: a replica id (an integer), then for a drain the unload's task id or null."""
+    if kwargs or len(args) not in (count, 1) or not isinstance(args[0], int) or isinstance(args[0], bool):
+        raise MalformedMessage(f"{task} takes a replica id (and, for a drain, an unload task id); got {args!r:.80}")
+    padded = (*args, None) if len(args) < count else args
+    if count == 2 and padded[1] is not None and not isinstance(padded[1], str):
+        raise MalformedMessage(f"{task}: the unload task id must be a string or null")
+    return padded
+
+
 def register(app: Celery) -> None:
     """Define every serving-worker task on ``app``."""
 
@@ -221,14 +231,18 @@ def register(app: Celery) -> None:
 
         return run_chunk(app, job_id, index, lambda *a: infer(app, *a))
 
-    @app.task(name="maas.load", throws=(MaasError,), bind=True)
-    def load_task(task: Task, replica_id: int) -> dict[str, Any]:
+    # Control orders: the signature is checked before anything else, and arguments of the wrong shape are
+    # MALFORMED_MESSAGE (typing=False, *args), not Python's TypeError.
+    @app.task(name="maas.load", throws=(MaasError,), bind=True, typing=False)
+    def load_task(task: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
         _check_signed(task)
+        (replica_id,) = _control_args(task.name, args, kwargs, 1)
         return lifecycle.load(current(), replica_id)
 
-    @app.task(name="maas.drain", throws=(ForgedMessage,), bind=True)
-    def drain_task(task: Task, replica_id: int, unload_task_id: str | None = None) -> dict[str, Any]:
+    @app.task(name="maas.drain", throws=(MaasError,), bind=True, typing=False)
+    def drain_task(task: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
         _check_signed(task)
+        replica_id, unload_task_id = _control_args(task.name, args, kwargs, 2)
         ctx = current()
         info, then_unload = lifecycle.drain(ctx, replica_id)
         if then_unload:
@@ -237,9 +251,10 @@ def register(app: Celery) -> None:
             Control(app).send_unload(replica_id, ctx.worker_name, task_id=unload_task_id)
         return info
 
-    @app.task(name="maas.unload", throws=(ForgedMessage,), bind=True)
-    def unload_task(task: Task, replica_id: int) -> dict[str, Any]:
+    @app.task(name="maas.unload", throws=(MaasError,), bind=True, typing=False)
+    def unload_task(task: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
         _check_signed(task)
+        (replica_id,) = _control_args(task.name, args, kwargs, 1)
         return lifecycle.unload(current(), replica_id)
 
     @app.task(name="maas.ping")
