@@ -152,11 +152,12 @@ class Client:
         ``deadline_s`` after submission is never executed and ends with DEADLINE_EXCEEDED.
         """
         resolved = self._resolve(ref)
-        tensors = (
-            [encode_tensor(name, np.asarray(a)) for name, a in inputs.items()]
-            if isinstance(inputs, Mapping)
-            else [dict(t) for t in inputs]
-        )
+        if isinstance(inputs, Mapping):
+            tensors = [encode_tensor(name, np.asarray(a)) for name, a in inputs.items()]
+        elif isinstance(inputs, Sequence) and all(isinstance(t, Mapping) for t in inputs):
+            tensors = [dict(t) for t in inputs]
+        else:
+            raise InvalidInput("inputs must be arrays by name, or a list of OIP tensor objects")
         validate_inputs(resolved.inputs, tensors)
         return self._send(self._order(resolved, tensors, priority, request_class, deadline_s), timeout_s)
 
@@ -219,7 +220,7 @@ class Client:
     ) -> InferOrder:
         if request_class not in REQUEST_CLASSES:
             raise UnknownPolicy(f"request class {request_class!r} is not one of {', '.join(REQUEST_CLASSES)}")
-        if deadline_s is not None and not deadline_s > 0:
+        if deadline_s is not None and not (isinstance(deadline_s, int | float) and deadline_s > 0):
             raise InvalidInput(f"deadline_s={deadline_s!r} must be a positive number of seconds")
         decision = self.scheduler.decide(
             resolved.model,
@@ -323,7 +324,7 @@ class Client:
     def _priority(self, priority: int | None) -> int:
         if priority is None:
             return self.settings.default_priority
-        if not isinstance(priority, int) or not 0 <= priority <= 9:
+        if not isinstance(priority, int) or isinstance(priority, bool) or not 0 <= priority <= 9:
             raise InvalidPriority(f"priority {priority!r} must be an integer from 0 (highest) to 9 (lowest)")
         return priority
 

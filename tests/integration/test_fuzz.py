@@ -230,7 +230,7 @@ def test_malformed_raw_messages_mixed_with_traffic_never_stop_the_fleet(client, 
             assert got.tolist() == [1.0 + i] * 4
 
     survives()
-    assert len(answered) + len(dead) >= 500
+    assert len(answered) + len(dead) >= 500 and len(answered) >= 100 and len(dead) >= 100
 
     def typed(task_id: str) -> bool:
         result = client.app.AsyncResult(task_id)
@@ -240,6 +240,8 @@ def test_malformed_raw_messages_mixed_with_traffic_never_stop_the_fleet(client, 
     wait_for(lambda: len(dlq.stored(client.redis)) >= len(dead), 120, "a dead letter for every one without")
     letters = [e for _, e in dlq.stored(client.redis) if e["malformed"]]
     assert len(letters) >= len(dead)
+    codes = {client.app.AsyncResult(i).result.code for i in answered}
+    assert {"MALFORMED_MESSAGE", "FORGED_MESSAGE", "INVALID_INPUT"} <= codes, codes
     assert worker.alive()
     (replica,) = [r for r in client.replicas() if r["model"] == "add"]
     assert replica["state"] == "READY"  # no unsigned order unloaded it
