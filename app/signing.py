@@ -33,7 +33,8 @@ log = logging.getLogger("maas.signing")
 #: Header of a signed control message, and the trailing field of a signed result.
 FIELD = "maas_sig"
 
-_RESULT_SIG = re.compile(r',"' + FIELD + r'":"([0-9a-f]{64})"\}$')
+_RESULT_SIG = re.compile(r',"' + FIELD + r'":"([0-9a-f]{64})"\}')
+_RESULT_SIG_CHARS = len(f',"{FIELD}":"') + 64 + 2  # the signed tail's fixed length
 _warned = False
 
 
@@ -88,10 +89,10 @@ def sign_result(key: str, payload: str) -> str:
 
 def verify_result(key: str, payload: str) -> str:
     """The result's JSON text without its signature; raise ForgedMessage if the signature is missing or wrong."""
-    found = _RESULT_SIG.search(payload)
+    found = _RESULT_SIG.fullmatch(payload[-_RESULT_SIG_CHARS:])  # the tail only: a result can be megabytes
     if found is None:
         raise ForgedMessage("the stored result carries no signature; refused")
-    body = payload[: found.start()] + "}"
+    body = payload[:-_RESULT_SIG_CHARS] + "}"
     if not hmac.compare_digest(digest(key, body.encode()), found.group(1)):
         raise ForgedMessage("the stored result's signature does not match the fleet key; refused")
     return body
@@ -123,6 +124,16 @@ class SignedRedisBackend(RedisBackend):
             logs.event(log, "forged_result", logging.ERROR, task_id=task_id, reason=exc.message)
             return {"status": "FAILURE", "result": exc, "traceback": None, "children": [], "task_id": task_id}
         return super().decode_result(body)
+
+    def _get_task_meta_for(self, task_id: str) -> Any:
+        # A result read by id must be that task's: a genuine result copied under another id is refused.
+        meta = super()._get_task_meta_for(task_id)
+        found = meta.get("task_id") if isinstance(meta, dict) else None
+        if self._key() and found is not None and found != task_id:
+            error = ForgedMessage(f"the result stored under {task_id} is task {found}'s; refused")
+            logs.event(log, "forged_result", logging.ERROR, task_id=task_id, reason=error.message)
+            return {"status": "FAILURE", "result": error, "traceback": None, "children": [], "task_id": task_id}
+        return meta
 
 
 def _task_id_in(raw: str) -> str | None:

@@ -85,3 +85,11 @@ def test_a_forged_result_is_refused(settings, client, register, tmp_path):
     client.app.backend.mark_as_done(genuine.id, {"ok": True})
     assert genuine.wait(timeout_s=30) == {"ok": True}
     assert b'"maas_sig":' in client.redis.get(result_key(genuine.id))
+
+    # A genuine result copied under another request's id is refused: it names the task it belongs to.
+    copied = client.infer("add", {"x": X})
+    client.redis.set(result_key(copied.id), client.redis.get(result_key(genuine.id)))
+    from app.client import Client
+
+    with pytest.raises(errors.ForgedMessage, match="is task"):
+        Client(settings).app.AsyncResult(copied.id).get(timeout=30, disable_sync_subtasks=False)

@@ -79,15 +79,25 @@ def test_flower_binds_loopback_unless_told():
         ({"properties": {}}, "delivery_tag"),
         ({"properties": {"delivery_tag": "t", "delivery_info": []}}, "delivery_info"),
         ({"properties": {"delivery_tag": "t"}, "headers": "x"}, "headers"),
-        ({"properties": {"delivery_tag": "t"}, "body": 3}, "body"),
+        ({"properties": {"delivery_tag": "t"}, "headers": {"id": "i"}}, "no task name"),
+        ({"properties": {"delivery_tag": "t"}, "headers": {"id": "i", "task": "t"}, "body": 3}, "body is not a string"),
+        ({"properties": {"delivery_tag": "t"}, "headers": {"id": "i", "task": "t"}, "body": "{"}, "not JSON"),
+        (
+            {"properties": {"delivery_tag": "t", "body_encoding": "base64"}, "headers": {"id": "i", "task": "t"}},
+            "not JSON",
+        ),
+        ({"properties": {"delivery_tag": "t"}, "headers": {"id": "i", "task": "t"}, "body": "[1]"}, "[args, kwargs"),
     ],
 )
 def test_popped_items_kombu_cannot_take_are_named(item, problem):
     assert problem in (poison.kombu_shape_error(item) or "")
 
 
-def test_a_well_formed_kombu_item_passes():
-    assert poison.kombu_shape_error({"properties": {"delivery_tag": "t"}, "headers": {}, "body": ""}) is None
+def test_a_celery_message_passes():
+    from app.broker.layout import celery_message
+
+    message = celery_message("maas.infer", "id-1", ["m", None, []], {}, {}, "m.m", 5)
+    assert poison.kombu_shape_error(json.loads(message)) is None
 
 
 @pytest.mark.parametrize(
