@@ -175,3 +175,23 @@ def test_unknown_task_names_and_wrong_arguments_get_typed_errors(client, fleet, 
         with pytest.raises(errors.MalformedMessage):
             sent.get(timeout=90, disable_sync_subtasks=False)
     still_serves(client)
+
+
+def test_a_request_whose_admission_reply_was_lost_is_taken_back(client, register, tmp_path, monkeypatch):
+    import redis as redis_lib
+
+    from app import client as client_module
+
+    register("add", add_one(tmp_path / "add.onnx"))
+    real_admit = scripts.admit
+
+    def admitted_then_lost(redis_client, admission):
+        real_admit(redis_client, admission)  # the script ran on the real Redis ...
+        raise redis_lib.ConnectionError("connection reset while reading the reply")  # ... and its reply was lost
+
+    monkeypatch.setattr(client_module.scripts, "admit", admitted_then_lost)
+    with pytest.raises(errors.BrokerUnavailable, match="not sent"):
+        client.infer("add", {"x": X})
+    # Nothing is left to run later: not in a queue, not in the ledger for a resend.
+    assert all(client.redis.llen(key) == 0 for key in priority_lists(model_queue("add")))
+    assert client.redis.hlen(LEDGER_BODY) == 0
