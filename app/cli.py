@@ -13,7 +13,7 @@ from app.errors import ArtifactMissing, ConfigError, MaasError
 from app.job_states import JobState
 from app.lifecycle import DeviceStatus, ReplicaState
 from app.policies import Policy, RequestClass
-from app.settings import Settings, parse_size_bytes
+from app.settings import Settings, format_size_bytes, parse_size_bytes
 from app.table import gib, mib, render
 
 if TYPE_CHECKING:
@@ -125,9 +125,10 @@ def cmd_model_set(args: argparse.Namespace, settings: Settings) -> int:
 
     _client(settings)
     changes: dict[str, Any] = {}
-    for key in ("policy", "max_queue", "min_replicas", "max_replicas", "max_batch_size", "max_queue_delay_ms"):
+    keys = ("policy", "max_queue", "min_replicas", "max_replicas", "max_batch_size", "max_queue_delay_ms")
+    for key in (*keys, "max_request_bytes", "max_result_bytes"):
         if getattr(args, key) is not None:
-            changes[key] = getattr(args, key)
+            changes[key] = getattr(args, key) or None  # a size of 0 goes back to the fleet's setting
     if args.keep_warm is not None:
         changes["keep_warm"] = args.keep_warm == "on"
     if args.pin is not None:
@@ -139,7 +140,9 @@ def cmd_model_set(args: argparse.Namespace, settings: Settings) -> int:
         print(
             f"{model.name}: policy={model.policy or settings.policy} max_queue={model.max_queue or settings.max_queue} "
             f"keep_warm={model.keep_warm} replicas={model.min_replicas}..{model.max_replicas or '-'} "
-            f"pinned={model.pinned or '-'}"
+            f"pinned={model.pinned or '-'} "
+            f"max_request={format_size_bytes(model.max_request_bytes or settings.max_request_bytes)} "
+            f"max_result={format_size_bytes(model.max_result_bytes or settings.max_result_bytes)}"
         )
     return 0
 
@@ -722,6 +725,12 @@ def build_parser() -> argparse.ArgumentParser:
     mset.add_argument("--pin", help="comma-separated worker names the model must be on ('' to clear)")
     mset.add_argument("--max-batch-size", type=int, help="dynamic batching: requests per runtime call (next load)")
     mset.add_argument("--max-queue-delay-ms", type=float, help="dynamic batching: wait this long for a batch to fill")
+    mset.add_argument(
+        "--max-request-bytes", type=_size, help="largest request, e.g. 16MiB (0: the fleet's MAAS_MAX_REQUEST_BYTES)"
+    )
+    mset.add_argument(
+        "--max-result-bytes", type=_size, help="largest result stored, e.g. 16MiB (0: MAAS_MAX_RESULT_BYTES)"
+    )
     mset.set_defaults(func=cmd_model_set)
 
     job = sub.add_parser("job", help="chunked batch jobs (SRTF overtakes at chunk boundaries)")

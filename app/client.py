@@ -247,10 +247,11 @@ class Client:
     def _send(self, order: InferOrder, timeout_s: float | None) -> Handle:
         admission = order.admission
         size = len(admission.message or b"")
-        if size > self.settings.max_request_bytes:
+        limit = self.scheduler.facts(order.model).max_request_bytes
+        if size > limit:
             raise RequestTooLarge(
-                f"the request is {size} bytes, over the fleet's limit of {self.settings.max_request_bytes} "
-                "(MAAS_MAX_REQUEST_BYTES); nothing was sent"
+                f"the request is {size} bytes, over {order.model!r}'s limit of {limit} "
+                "(MAAS_MAX_REQUEST_BYTES, or `maas model set --max-request-bytes`); nothing was sent"
             )
         # Subscribe to the result first, as send_task does, so an answer that comes at once is not missed.
         self.app.backend.on_task_call(None, order.task_id)

@@ -167,6 +167,8 @@ _CONFIGURABLE = {
     "pinned": lambda v: isinstance(v, list) and all(isinstance(w, str) for w in v),
     "max_batch_size": lambda v: isinstance(v, int) and 1 <= v <= 1024,
     "max_queue_delay_ms": lambda v: isinstance(v, int | float) and 0 <= v <= 10_000,
+    "max_request_bytes": lambda v: v is None or (isinstance(v, int) and v >= 1),
+    "max_result_bytes": lambda v: v is None or (isinstance(v, int) and v >= 1),
 }
 
 

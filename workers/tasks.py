@@ -82,7 +82,10 @@ def _run_batch(app: Celery, ctx: WorkerContext, loaded: Loaded, primary: batchin
     if loaded.max_batch_size > 1:
         queue = model_queue(loaded.model)
         members += batching.gather(ctx.redis, queue, loaded.max_batch_size - 1, loaded.max_queue_delay_s)
-    limits = batching.Limits(ctx.settings.max_request_bytes, ctx.settings.max_result_bytes)
+    limits = batching.Limits(
+        loaded.max_request_bytes or ctx.settings.max_request_bytes,
+        loaded.max_result_bytes or ctx.settings.max_result_bytes,
+    )
     service_s = batching.execute(members, loaded, ctx.worker_name, limits)
     batching.report_failures(members, ctx.worker_name)
     batching.publish(app, members)

@@ -42,6 +42,9 @@ class Model(Base):
     # Dynamic batching, read when a replica loads: up to max_batch_size waiting requests run as one call.
     max_batch_size: Mapped[int] = mapped_column(Integer, default=1)
     max_queue_delay_ms: Mapped[float] = mapped_column(Float, default=0.0)
+    # Size limits in bytes; None: the fleet's MAAS_MAX_REQUEST_BYTES / MAAS_MAX_RESULT_BYTES.
+    max_request_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    max_result_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     versions: Mapped[list[ModelVersion]] = relationship(back_populates="model", order_by="ModelVersion.version")
 
 

@@ -195,3 +195,18 @@ def test_a_request_whose_admission_reply_was_lost_is_taken_back(client, register
     # Nothing is left to run later: not in a queue, not in the ledger for a resend.
     assert all(client.redis.llen(key) == 0 for key in priority_lists(model_queue("add")))
     assert client.redis.hlen(LEDGER_BODY) == 0
+
+
+def test_a_model_can_have_its_own_size_limits(env, client, register, configure, tmp_path, monkeypatch, capsys):
+    from app.cli import main
+
+    register("add", add_one(tmp_path / "add.onnx"))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert main(["model", "set", "add", "--max-request-bytes", "512", "--max-result-bytes", "1MiB"]) == 0
+    assert "max_request=512 max_result=1MiB" in capsys.readouterr().out
+    client.scheduler.invalidate("add")
+    with pytest.raises(errors.RequestTooLarge, match="'add''s limit of 512"):
+        client.infer("add", {"x": X})
+    configure("add", max_request_bytes=None)  # back to the fleet's 64 MiB
+    assert client.infer("add", {"x": X}).cancel() is True
