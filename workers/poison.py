@@ -58,6 +58,11 @@ def kombu_shape_error(item: Any) -> str | None:
         return "headers is not an object"
     if not isinstance(headers.get("id"), str) or not isinstance(headers.get("task"), str):
         return "no task name or no id in the headers"
+    return _body_error(item, properties)
+
+
+def _body_error(item: dict[str, Any], properties: dict[str, Any]) -> str | None:
+    """Why a JSON message's body is not Celery's [args, kwargs, options]; None when it is, or not JSON at all."""
     body = item.get("body", "")
     if not isinstance(body, str):
         return "body is not a string"
@@ -68,6 +73,8 @@ def kombu_shape_error(item: Any) -> str | None:
             return "body is not base64"
     else:
         decoded = body.encode()
+    if item.get("content-type") != "application/json":
+        return None  # Celery refuses any other content type itself (pickle: "untrusted content"), unread
     try:
         payload = json.loads(decoded)
     except ValueError:

@@ -162,7 +162,8 @@ def raw_messages(draw: st.DrawFn) -> tuple[str | None, str, bytes]:
     task_id = str(uuid.uuid4())
     queue = draw(st.sampled_from(["model", "model", "model", "control"]))
     target = model_queue("add") if queue == "model" else control_queue("w0@test")
-    kind = draw(st.sampled_from(["bytes", "json", "envelope", "no-id", "body", "args", "task", "control"]))
+    kinds = ["bytes", "json", "envelope", "no-id", "body", "content", "args", "task", "control"]
+    kind = draw(st.sampled_from(kinds))
     if kind == "bytes":
         return None, target, draw(st.binary(min_size=1, max_size=40)).replace(b"{", b"(")
     if kind == "json":
@@ -183,6 +184,9 @@ def raw_messages(draw: st.DrawFn) -> tuple[str | None, str, bytes]:
         return None, target, json.dumps(good).encode()
     if kind == "body":  # the id is readable, the body is not
         good["body"] = draw(st.sampled_from(["!!!", base64.b64encode(b"not json").decode(), ""])) or "e30="
+        return task_id, target, json.dumps(good).encode()
+    if kind == "content":  # a content type the fleet does not accept (pickle, YAML...), refused unread
+        good["content-type"] = draw(st.sampled_from(["application/x-python-serialize", "application/x-yaml", "x"]))
         return task_id, target, json.dumps(good).encode()
     if kind == "args":
         args = draw(

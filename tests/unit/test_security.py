@@ -15,6 +15,7 @@ from workers import batching, poison
 from workers.tasks import _infer_args
 
 KEY = "k" * 32
+JSON_TYPE = {"content-type": "application/json"}
 
 
 def test_signing_key_is_validated_and_never_shown(tmp_path):
@@ -81,12 +82,22 @@ def test_flower_binds_loopback_unless_told():
         ({"properties": {"delivery_tag": "t"}, "headers": "x"}, "headers"),
         ({"properties": {"delivery_tag": "t"}, "headers": {"id": "i"}}, "no task name"),
         ({"properties": {"delivery_tag": "t"}, "headers": {"id": "i", "task": "t"}, "body": 3}, "body is not a string"),
-        ({"properties": {"delivery_tag": "t"}, "headers": {"id": "i", "task": "t"}, "body": "{"}, "not JSON"),
         (
-            {"properties": {"delivery_tag": "t", "body_encoding": "base64"}, "headers": {"id": "i", "task": "t"}},
+            {"properties": {"delivery_tag": "t"}, "headers": {"id": "i", "task": "t"}, "body": "{", **JSON_TYPE},
             "not JSON",
         ),
-        ({"properties": {"delivery_tag": "t"}, "headers": {"id": "i", "task": "t"}, "body": "[1]"}, "[args, kwargs"),
+        (
+            {
+                "properties": {"delivery_tag": "t", "body_encoding": "base64"},
+                "headers": {"id": "i", "task": "t"},
+                **JSON_TYPE,
+            },
+            "not JSON",
+        ),
+        (
+            {"properties": {"delivery_tag": "t"}, "headers": {"id": "i", "task": "t"}, "body": "[1]", **JSON_TYPE},
+            "[args, kwargs",
+        ),
     ],
 )
 def test_popped_items_kombu_cannot_take_are_named(item, problem):
