@@ -19,7 +19,7 @@ from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult
 from sqlalchemy import select
 
-from app import registry
+from app import registry, signing
 from app.admission import INFER_TASK, InferOrder, infer_order
 from app.broker import clients, dlq, scripts
 from app.celery_app import create_app
@@ -119,6 +119,8 @@ class Resolved:
 class Client:
     def __init__(self, settings: Settings | None = None, app: Celery | None = None) -> None:
         self.settings = settings or Settings.from_env()
+        if not self.settings.signing_key:
+            signing.warn_unsigned("client")  # once per process: results it reads are not checked
         self.app = app or create_app(self.settings)
         self._refs: dict[str, Resolved] = {}
         self._redis = clients.sync_client(self.settings.redis_url)
