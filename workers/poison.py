@@ -20,6 +20,7 @@ from typing import Any
 
 from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu.transport import redis as kombu_redis
+from kombu.utils import json as kombu_json
 
 from app import logs
 from app.broker import dlq
@@ -122,7 +123,7 @@ class Channel(kombu_redis.Channel):
             self._queue_cycle.rotate(queue)
             problem: str | None
             try:
-                item = json.loads(raw)
+                item = kombu_json.loads(raw.decode() if isinstance(raw, bytes) else raw)
             except ValueError as exc:
                 item, problem = None, f"not JSON: {exc}"
             else:
