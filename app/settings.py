@@ -331,7 +331,8 @@ class Settings:
             try:
                 values[f.name] = parse(raw)
             except (ValueError, TypeError) as exc:
-                raise ConfigError(f"{var}={raw!r} is invalid: {exc}") from exc
+                shown = f.metadata["mask"](raw)  # a secret is not repeated in the error, even a wrong one
+                raise ConfigError(f"{var}={shown!r} is invalid: {exc}") from exc
         settings = cls(**values)
         if settings.max_queue < 1:
             raise ConfigError(f"MAAS_MAX_QUEUE={settings.max_queue} is invalid: must be at least 1")
@@ -353,7 +354,9 @@ class Settings:
                 f"MAAS_HEARTBEAT_S={self.heartbeat_s:g}"
             )
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://", "redis+socket://")):
-            raise ConfigError(f"REDIS_URL={self.redis_url!r} is invalid: use redis://, rediss:// or redis+socket://")
+            raise ConfigError(
+                f"REDIS_URL={mask_url(self.redis_url)!r} is invalid: use redis://, rediss:// or redis+socket://"
+            )
 
     @property
     def sqlalchemy_url(self) -> str:

@@ -19,8 +19,12 @@ JSON_TYPE = {"content-type": "application/json"}
 
 
 def test_signing_key_is_validated_and_never_shown(tmp_path):
-    with pytest.raises(errors.ConfigError, match="MAAS_SIGNING_KEY.*at least 32"):
-        Settings.from_env({"MAAS_HOME": str(tmp_path), "MAAS_SIGNING_KEY": "short"})
+    with pytest.raises(errors.ConfigError, match="MAAS_SIGNING_KEY.*at least 32") as caught:
+        Settings.from_env({"MAAS_HOME": str(tmp_path), "MAAS_SIGNING_KEY": "short-secret"})
+    assert "short-secret" not in str(caught.value)  # not even a wrong key is repeated
+    with pytest.raises(errors.ConfigError) as caught:
+        Settings.from_env({"MAAS_HOME": str(tmp_path), "REDIS_URL": "http://:pw@h/0"})
+    assert ":pw@" not in str(caught.value)
     env = {"MAAS_HOME": str(tmp_path), "MAAS_SIGNING_KEY": KEY, "REDIS_URL": "redis://:pw@h:6379/0"}
     shown = {v.name: v.current for v in describe(env)}
     assert shown["MAAS_SIGNING_KEY"] == "***" and KEY not in json.dumps(shown)
