@@ -29,7 +29,7 @@ from harness.servers import Proc, free_port, start_redis, wait_for
 
 if TYPE_CHECKING:
     from app.client import Client
-    from app.settings import Settings, mask_url
+    from app.settings import Settings
 
 REQUESTS_TIMEOUT_S = 120
 
@@ -121,7 +121,7 @@ def burst(client, x_test: np.ndarray) -> tuple[np.ndarray, dict]:
 def run(workdir: Path) -> int:
     from app.client import Client
     from app.db.migrate import ensure_current
-    from app.settings import Settings
+    from app.settings import Settings, mask_url
 
     step("Starting Redis")
     redis_server = start_redis(workdir / "redis")
