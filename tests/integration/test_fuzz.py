@@ -132,6 +132,8 @@ def test_bad_requests_through_the_cli_get_one_typed_line(env, register, tmp_path
     for name, value in env.items():
         monkeypatch.setenv(name, value)
 
+    calls: list[object] = []
+
     @settings(FUZZ, max_examples=60)
     @given(bad_requests().filter(lambda r: "deadline_s" not in r and "request_class" not in r))
     def refused(request: dict[str, Any]) -> None:
@@ -143,12 +145,14 @@ def test_bad_requests_through_the_cli_get_one_typed_line(env, register, tmp_path
         except SystemExit as exc:  # argparse refuses the option itself, with usage on stderr
             code = exc.code
         err = capsys.readouterr().err
+        calls.append(code)
         assert code in (1, 2), (argv, err)
         if code == 1:
             line = err.strip().splitlines()[-1]
             assert line.startswith("error: ") and line.split(":")[1].strip() in errors.BY_CODE, (argv, line)
 
     refused()
+    assert len(calls) >= 60 and 1 in calls
 
 
 # --- malformed raw messages, straight into the queues ---------------------------------------------------------------
