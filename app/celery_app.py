@@ -7,12 +7,16 @@ once, from :class:`~app.settings.Settings`. Why each option is what it is: docs/
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 from celery import Celery
 
 from app.broker.layout import PRIORITY_LEVELS, PRIORITY_SEP, SYSTEM_QUEUE
+from app.errors import ConfigError
 from app.settings import Settings
+from app.signing import backend_url
 
 
 def transport_options(settings: Settings) -> dict[str, Any]:
@@ -33,7 +37,8 @@ def transport_options(settings: Settings) -> dict[str, Any]:
 
 def create_app(settings: Settings | None = None) -> Celery:
     settings = settings or Settings.from_env()
-    app = Celery("maas", broker=settings.redis_url, backend=settings.redis_url, set_as_current=False)
+    # Results go through SignedRedisBackend: signed when stored and checked when read under MAAS_SIGNING_KEY.
+    app = Celery("maas", broker=settings.redis_url, backend=backend_url(settings.redis_url), set_as_current=False)
     app.conf.update(
         # JSON only: pickle lets a message run code on the worker.
         task_serializer="json",
@@ -62,8 +67,31 @@ def create_app(settings: Settings | None = None) -> Celery:
         beat_schedule_filename=str(settings.home / "beat-schedule"),
         timezone="UTC",
     )
+    ssl_options = broker_ssl(settings.redis_url)
+    if ssl_options is not None:
+        app.conf.broker_use_ssl = ssl_options
     app.maas_settings = settings  # type: ignore[attr-defined]
     return app
+
+
+_CERT_REQS = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "none": ssl.CERT_NONE}
+
+
+def broker_ssl(redis_url: str) -> dict[str, Any] | None:
+    """kombu's TLS options from a ``rediss://`` URL's query (the parameters Celery's result backend reads there):
+    ``ssl_cert_reqs`` (required, optional, none), ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``.
+    None for a plain ``redis://`` URL."""
+    parts = urlsplit(redis_url)
+    if parts.scheme != "rediss":
+        return None
+    query = dict(parse_qsl(parts.query))
+    options: dict[str, Any] = {"ssl_cert_reqs": _CERT_REQS.get(query.get("ssl_cert_reqs", "required").lower())}
+    if options["ssl_cert_reqs"] is None:
+        raise ConfigError(f"REDIS_URL: ssl_cert_reqs={query['ssl_cert_reqs']!r} is not required, optional or none")
+    for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
+        if query.get(name):
+            options[name] = query[name]
+    return options
 
 
 def settings_of(app: Celery) -> Settings:

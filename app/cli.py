@@ -13,7 +13,7 @@ from app.errors import ArtifactMissing, ConfigError, MaasError
 from app.job_states import JobState
 from app.lifecycle import DeviceStatus, ReplicaState
 from app.policies import Policy, RequestClass
-from app.settings import Settings, parse_size_bytes
+from app.settings import Settings, format_size_bytes, parse_size_bytes
 from app.table import gib, mib, render
 
 if TYPE_CHECKING:
@@ -135,9 +135,10 @@ def cmd_model_set(args: argparse.Namespace, settings: Settings) -> int:
 
     _client(settings)
     changes: dict[str, Any] = {}
-    for key in ("policy", "max_queue", "min_replicas", "max_replicas", "max_batch_size", "max_queue_delay_ms"):
+    keys = ("policy", "max_queue", "min_replicas", "max_replicas", "max_batch_size", "max_queue_delay_ms")
+    for key in (*keys, "max_request_bytes", "max_result_bytes"):
         if getattr(args, key) is not None:
-            changes[key] = getattr(args, key)
+            changes[key] = getattr(args, key) or None  # a size of 0 goes back to the fleet's setting
     if args.keep_warm is not None:
         changes["keep_warm"] = args.keep_warm == "on"
     if args.pin is not None:
@@ -151,7 +152,9 @@ def cmd_model_set(args: argparse.Namespace, settings: Settings) -> int:
         print(
             f"{model.name}: policy={model.policy or settings.policy} max_queue={model.max_queue or settings.max_queue} "
             f"keep_warm={model.keep_warm} replicas={model.min_replicas}..{model.max_replicas or '-'} "
-            f"pinned={model.pinned or '-'} p99_ms={model.p99_ms if model.p99_ms is not None else '-'}"
+            f"pinned={model.pinned or '-'} p99_ms={model.p99_ms if model.p99_ms is not None else '-'} "
+            f"max_request={format_size_bytes(model.max_request_bytes or settings.max_request_bytes)} "
+            f"max_result={format_size_bytes(model.max_result_bytes or settings.max_result_bytes)}"
         )
     return 0
 
@@ -381,19 +384,80 @@ def cmd_dlq_list(args: argparse.Namespace, settings: Settings) -> int:
 
     found = dlq.entries(sync_client(settings.redis_url), limit=args.limit)
     table = render(
-        ["AT", "TASK", "QUEUE", "REASON"],
+        ["AT", "ID", "QUEUE", "DELIVERIES", "REASON"],
         [
             [
                 dt.datetime.fromtimestamp(e["at"], dt.UTC).strftime("%Y-%m-%d %H:%M:%S"),
-                e["task_id"],
+                dlq.entry_id(e),
                 e["queue"],
-                e["reason"],
+                e.get("deliveries") or "-",
+                e["reason"][:100],
             ]
             for e in found
         ],
     )
     _print(args, found, table if found else "no dead letters")
     return 0
+
+
+#: How much of a dead letter's body `maas dlq show` prints (the entry keeps up to dlq.MAX_BODY_CHARS).
+DLQ_PREVIEW_CHARS = 1024
+
+
+def cmd_dlq_show(args: argparse.Namespace, settings: Settings) -> int:
+    import datetime as dt
+
+    from app.broker import dlq
+    from app.broker.clients import sync_client
+
+    found = dlq.find(sync_client(settings.redis_url), args.id)
+    if found is None:
+        raise MaasError(f"no dead letter {args.id!r} (see `maas dlq list`)")
+    entry = found[1]
+    body = entry.get("body") if entry.get("malformed") else json.dumps(entry.get("request"), default=str)
+    preview = (body or "")[:DLQ_PREVIEW_CHARS]
+    more = len(body or "") - len(preview) + max(0, int(entry.get("bytes") or 0) - len(body or ""))
+    lines = [
+        f"id          {dlq.entry_id(entry)}",
+        f"task        {entry.get('task_id') or '- (none readable)'}",
+        f"queue       {entry['queue']}",
+        f"reason      {entry['reason']}",
+        f"deliveries  {entry.get('deliveries') or '-'}",
+        f"at          {dt.datetime.fromtimestamp(entry['at'], dt.UTC).isoformat()}",
+        f"malformed   {'yes: cannot be replayed' if entry.get('malformed') else 'no'}",
+        f"body        {preview}" + (f" ... ({more} more characters)" if more > 0 else ""),
+    ]
+    _print(args, entry, "\n".join(lines))
+    return 0
+
+
+def cmd_dlq_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from app.broker import dlq
+
+    if bool(args.id) == bool(args.all):
+        raise MaasError("give one dead letter's ID, or --all")
+    client = _client(settings)
+    if args.all:
+        targets = dlq.stored(client.redis)
+    else:
+        found = dlq.find(client.redis, args.id)
+        if found is None:
+            raise MaasError(f"no dead letter {args.id!r} (see `maas dlq list`)")
+        targets = [found]
+    replayed, refused = 0, 0
+    for raw, entry in targets:
+        ident = dlq.entry_id(entry)
+        try:
+            handle = client.replay(entry)
+        except MaasError as exc:
+            refused += 1
+            print(f"{ident}: refused: {exc}", file=sys.stderr)
+            continue
+        dlq.remove(client.redis, raw)
+        replayed += 1
+        print(f"{ident}: replayed to {entry['queue']} as task {handle.id}")
+    print(f"replayed {replayed}, refused {refused}")
+    return 1 if refused else 0
 
 
 def cmd_dlq_purge(args: argparse.Namespace, settings: Settings) -> int:
@@ -703,6 +767,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MS",
         help="latency objective: keep the model off device classes whose service time exceeds MS ('off' clears)",
     )
+    mset.add_argument(
+        "--max-request-bytes", type=_size, help="largest request, e.g. 16MiB (0: the fleet's MAAS_MAX_REQUEST_BYTES)"
+    )
+    mset.add_argument(
+        "--max-result-bytes", type=_size, help="largest result stored, e.g. 16MiB (0: MAAS_MAX_RESULT_BYTES)"
+    )
     mset.set_defaults(func=cmd_model_set)
 
     job = sub.add_parser("job", help="chunked batch jobs (SRTF overtakes at chunk boundaries)")
@@ -766,13 +836,27 @@ def build_parser() -> argparse.ArgumentParser:
         "dlq",
         help="dead letters: requests no worker could serve, with the reason",
         description="A request whose model no worker on its queue holds is requeued a bounded number of times, "
-        "then answered NOT_LOADED and kept here.",
+        "then answered NOT_LOADED and kept here. A message in a model queue that cannot be read at all (no id to "
+        "answer under) is kept here too, marked malformed.",
     )
     dsub = dlqp.add_subparsers(dest="dlq_command", required=True, metavar="COMMAND")
     dlist = dsub.add_parser("list", help="the newest dead letters, newest first")
     dlist.add_argument("--limit", type=int, default=50, help="how many (default 50)")
     dlist.add_argument("--json", action="store_true", help="each entry whole, with what the ledger held of it")
     dlist.set_defaults(func=cmd_dlq_list)
+    dshow = dsub.add_parser("show", help="one dead letter whole: reason, queue, deliveries, when, its body")
+    dshow.add_argument("id", help="the entry's id (a task id, or dl-... for a malformed message)")
+    dshow.add_argument("--json", action="store_true")
+    dshow.set_defaults(func=cmd_dlq_show)
+    dreplay = dsub.add_parser(
+        "replay",
+        help="admit dead letters' requests again under their own ids (malformed ones are refused)",
+        description="Each request goes through the same checks as a new one (model, signature, queue limit); "
+        "a replayed entry leaves the list, a refused one stays, with the reason printed.",
+    )
+    dreplay.add_argument("id", nargs="?", help="the entry's id")
+    dreplay.add_argument("--all", action="store_true", help="every dead letter")
+    dreplay.set_defaults(func=cmd_dlq_replay)
     dpurge = dsub.add_parser("purge", help="drop every dead letter")
     dpurge.set_defaults(func=cmd_dlq_purge)
 
@@ -824,7 +908,7 @@ def build_parser() -> argparse.ArgumentParser:
     flower = sub.add_parser("flower", help="run the Flower web UI against the fleet's broker")
     flower.add_argument("--local", action="store_true", help="no authentication; binds to 127.0.0.1 only")
     flower.add_argument("--port", type=int, help="default MAAS_FLOWER_PORT (5555)")
-    flower.add_argument("--address", default="0.0.0.0", help="bind address (ignored with --local)")
+    flower.add_argument("--address", default="127.0.0.1", help="bind address (default 127.0.0.1; ignored with --local)")
     flower.set_defaults(func=cmd_flower)
 
     db = sub.add_parser("db", help="database schema")

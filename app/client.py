@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,16 +19,26 @@ from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult
 from sqlalchemy import select
 
-from app import registry
-from app.admission import InferOrder, infer_order
-from app.broker import clients, scripts
+from app import registry, signing
+from app.admission import INFER_TASK, InferOrder, infer_order
+from app.broker import clients, dlq, scripts
 from app.celery_app import create_app
 from app.control import Control, StopOrder, device_views
 from app.db import devices as device_rows
 from app.db import replicas
 from app.db.schema import Device, ModelVersion, Replica, ReplicaEvent
 from app.db.session import session_scope
-from app.errors import BrokerUnavailable, InvalidInput, InvalidPriority, MaasError, RequestTimeout, UnknownPolicy
+from app.errors import (
+    BrokerUnavailable,
+    Cancelled,
+    InvalidInput,
+    InvalidPriority,
+    MaasError,
+    MalformedMessage,
+    RequestTimeout,
+    RequestTooLarge,
+    UnknownPolicy,
+)
 from app.jobs import Jobs, split
 from app.lifecycle import TERMINAL
 from app.placement import DeviceView
@@ -58,6 +68,7 @@ class Handle:
     timeout_s: float
     done_value: Any = None
     then: AsyncResult | None = field(default=None)  # a follow-up task the caller also waits for (unload)
+    withdraw: Callable[[], bool] | None = field(default=None, repr=False)  # infer: takes it back if still queued
 
     @property
     def id(self) -> str | None:
@@ -65,6 +76,12 @@ class Handle:
 
     def ready(self) -> bool:
         return self.result is None or self.result.ready()
+
+    def cancel(self) -> bool:
+        """Cancel a request no worker has taken yet: it leaves its queue and the ledger, never runs, and is answered
+        CANCELLED (so every waiter learns). Returns False when a worker already has it: it then runs to the end,
+        and its answer is stored as usual. (A timeout in ``wait`` only stops waiting; it cancels nothing.)"""
+        return self.withdraw() if self.withdraw is not None else False
 
     def wait(self, timeout_s: float | None = None) -> Any:
         if self.result is None:
@@ -102,6 +119,8 @@ class Resolved:
 class Client:
     def __init__(self, settings: Settings | None = None, app: Celery | None = None) -> None:
         self.settings = settings or Settings.from_env()
+        if not self.settings.signing_key:
+            signing.warn_unsigned("client")  # once per process: results it reads are not checked
         self.app = app or create_app(self.settings)
         self._refs: dict[str, Resolved] = {}
         self._redis = clients.sync_client(self.settings.redis_url)
@@ -135,13 +154,47 @@ class Client:
         ``deadline_s`` after submission is never executed and ends with DEADLINE_EXCEEDED.
         """
         resolved = self._resolve(ref)
-        tensors = (
-            [encode_tensor(name, np.asarray(a)) for name, a in inputs.items()]
-            if isinstance(inputs, Mapping)
-            else [dict(t) for t in inputs]
-        )
+        if isinstance(inputs, Mapping):
+            tensors = [encode_tensor(name, np.asarray(a)) for name, a in inputs.items()]
+        elif isinstance(inputs, Sequence) and all(isinstance(t, Mapping) for t in inputs):
+            tensors = [dict(t) for t in inputs]
+        else:
+            raise InvalidInput("inputs must be arrays by name, or a list of OIP tensor objects")
         validate_inputs(resolved.inputs, tensors)
         return self._send(self._order(resolved, tensors, priority, request_class, deadline_s), timeout_s)
+
+    def replay(self, entry: Mapping[str, Any], *, timeout_s: float | None = None) -> Handle:
+        """Admit a dead letter's request again, under its own task id, through the same checks as :meth:`infer`
+        (registry, signature, queue limit). Refuses, with MALFORMED_MESSAGE, an entry that holds no readable
+        request. The request's old answer (its dead-letter error) and delivery count are dropped first."""
+        ident = entry.get("id") or entry.get("task_id")
+        request = entry.get("request")
+        task_id = entry.get("task_id")
+        if entry.get("malformed") or not isinstance(request, dict) or not isinstance(task_id, str):
+            raise MalformedMessage(f"dead letter {ident} holds no readable request (malformed message); not replayed")
+        args = request.get("args")
+        if request.get("name") != INFER_TASK or not isinstance(args, list) or len(args) != 3:
+            raise MalformedMessage(f"dead letter {ident} is not an infer request; not replayed")
+        model, version, tensors = args
+        if not isinstance(model, str) or not isinstance(tensors, list):
+            raise MalformedMessage(f"dead letter {ident} has no model name or inputs; not replayed")
+        headers = request.get("headers")
+        if not isinstance(headers, dict):
+            headers = {}
+        resolved = self._resolve(model if version is None else f"{model}:{version}")
+        validate_inputs(resolved.inputs, tensors)
+        request_class = headers.get("maas_class", "interactive")
+        priority = request.get("priority")
+        order = self._order(
+            resolved,
+            tensors,
+            priority if isinstance(priority, int) else None,
+            request_class if request_class in REQUEST_CLASSES else "interactive",
+            None,
+            task_id=task_id,
+        )
+        dlq.forget_answer(self._redis, task_id)
+        return self._send(order, timeout_s)
 
     def prepare(
         self,
@@ -165,10 +218,11 @@ class Client:
         request_class: str,
         deadline_s: float | None,
         remaining_s: float | None = None,
+        task_id: str | None = None,
     ) -> InferOrder:
         if request_class not in REQUEST_CLASSES:
             raise UnknownPolicy(f"request class {request_class!r} is not one of {', '.join(REQUEST_CLASSES)}")
-        if deadline_s is not None and not deadline_s > 0:
+        if deadline_s is not None and not (isinstance(deadline_s, int | float) and deadline_s > 0):
             raise InvalidInput(f"deadline_s={deadline_s!r} must be a positive number of seconds")
         decision = self.scheduler.decide(
             resolved.model,
@@ -178,7 +232,7 @@ class Client:
             remaining_s=remaining_s,
         )
         return infer_order(
-            task_id=str(uuid.uuid4()),
+            task_id=task_id or str(uuid.uuid4()),
             model=resolved.model,
             send_version=resolved.send_version,
             tensors=tensors,
@@ -193,13 +247,54 @@ class Client:
         )
 
     def _send(self, order: InferOrder, timeout_s: float | None) -> Handle:
+        admission = order.admission
+        size = len(admission.message or b"")
+        limit = self.scheduler.facts(order.model).max_request_bytes
+        if size > limit:
+            raise RequestTooLarge(
+                f"the request is {size} bytes, over {order.model!r}'s limit of {limit} "
+                "(MAAS_MAX_REQUEST_BYTES, or `maas model set --max-request-bytes`); nothing was sent"
+            )
         # Subscribe to the result first, as send_task does, so an answer that comes at once is not missed.
         self.app.backend.on_task_call(None, order.task_id)
         # One atomic Redis call checks the queue's limit and, only when there is room, records the request in the
         # ledger (and the aging index), counts the arrival and queues the message: a refused request leaves nothing.
-        backlog = scripts.admit(self._redis, order.admission)
+        try:
+            backlog = scripts.admit(self._redis, admission)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            # The call may have run before the reply was lost: take back whatever it wrote, so the request never
+            # runs later (by a worker, or by the ledger's resend) for a caller who was told it failed.
+            self._take_back(order)
+            raise BrokerUnavailable(f"Redis failed while admitting {order.task_id}; not sent: {exc}") from exc
         self.scheduler.admit(order.model, backlog)
-        return Handle(AsyncResult(order.task_id, app=self.app), timeout_s or self.settings.infer_timeout_s)
+        return Handle(
+            AsyncResult(order.task_id, app=self.app),
+            timeout_s or self.settings.infer_timeout_s,
+            withdraw=lambda: self._cancel(order),
+        )
+
+    def _take_back(self, order: InferOrder) -> bool:
+        """Best effort after a failed admission: remove the message and the ledger's record if they were written."""
+        try:
+            removed = self._unqueue(order)
+            scripts.withdraw(self._redis, order.model, order.task_id, counted=removed)
+            return removed
+        except (redis.ConnectionError, redis.TimeoutError):
+            return False  # nothing written can be found now; the ledger's record ages out unanswered
+
+    def _unqueue(self, order: InferOrder) -> bool:
+        """Remove the request's message from its list; False when it is not there (taken, or never queued)."""
+        admission = order.admission
+        return bool(self._redis.lrem(admission.list_key, 1, admission.message or b""))  # type: ignore[arg-type]
+
+    def _cancel(self, order: InferOrder) -> bool:
+        if not self._unqueue(order):
+            return False  # a worker has it (or it was answered): it runs to the end, and the ledger keeps it
+        scripts.withdraw(self._redis, order.model, order.task_id)
+        self.app.backend.mark_as_failure(
+            order.task_id, Cancelled(f"request {order.task_id} was cancelled by its client before it ran")
+        )
+        return True
 
     def submit_job(
         self,
@@ -232,7 +327,7 @@ class Client:
     def _priority(self, priority: int | None) -> int:
         if priority is None:
             return self.settings.default_priority
-        if not isinstance(priority, int) or not 0 <= priority <= 9:
+        if not isinstance(priority, int) or isinstance(priority, bool) or not 0 <= priority <= 9:
             raise InvalidPriority(f"priority {priority!r} must be an integer from 0 (highest) to 9 (lowest)")
         return priority
 

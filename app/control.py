@@ -18,7 +18,7 @@ from celery import Celery
 from celery.result import AsyncResult
 from sqlalchemy.orm import Session
 
-from app import placement, registry
+from app import placement, registry, signing
 from app.broker.layout import CONTROL_PRIORITY, SYSTEM_QUEUE, control_queue, is_model_queue
 from app.celery_app import settings_of
 from app.db import devices as device_rows
@@ -149,8 +149,15 @@ class Control:
         self.app.send_task("maas.allocate", queue=SYSTEM_QUEUE, priority=CONTROL_PRIORITY)
 
     def _send(self, worker: str, task: str, args: list[Any], task_id: str | None = None) -> AsyncResult:
+        # Signed under the fleet key (app.signing), so a worker can tell its fleet's orders from forged ones.
+        task_id = task_id or str(uuid.uuid4())
+        headers: dict[str, Any] = {}
+        if self.settings.signing_key:
+            headers[signing.FIELD] = signing.control_signature(self.settings.signing_key, task, task_id, args, {})
+        else:
+            signing.warn_unsigned("producer")
         return self.app.send_task(
-            task, args=args, queue=control_queue(worker), priority=CONTROL_PRIORITY, task_id=task_id
+            task, args=args, queue=control_queue(worker), priority=CONTROL_PRIORITY, task_id=task_id, headers=headers
         )
 
     # --- consumers ------------------------------------------------------------------------------------------------

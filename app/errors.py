@@ -171,6 +171,24 @@ class RequestTooLarge(RequestError):
     code = "REQUEST_TOO_LARGE"
 
 
+class ResultTooLarge(MaasError):
+    """Raised in place of a result larger than the limit the fleet stores; the result itself is dropped."""
+
+    code = "RESULT_TOO_LARGE"
+
+
+class Cancelled(MaasError):
+    """Stored as the answer of a request its client cancelled before any worker took it; it never ran."""
+
+    code = "CANCELLED"
+
+
+class ForgedMessage(MaasError):
+    """Raised when a control message or a stored result lacks a valid signature under the fleet's signing key."""
+
+    code = "FORGED_MESSAGE"
+
+
 class Unauthorized(MaasError):
     """Raised when an HTTP request does not carry one of the gateway's API keys."""
 

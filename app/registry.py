@@ -168,6 +168,8 @@ _CONFIGURABLE = {
     "max_batch_size": lambda v: isinstance(v, int) and 1 <= v <= 1024,
     "max_queue_delay_ms": lambda v: isinstance(v, int | float) and 0 <= v <= 10_000,
     "p99_ms": lambda v: v is None or (isinstance(v, int | float) and not isinstance(v, bool) and 0 < v < 3.6e6),
+    "max_request_bytes": lambda v: v is None or (isinstance(v, int) and v >= 1),
+    "max_result_bytes": lambda v: v is None or (isinstance(v, int) and v >= 1),
 }
 
 

@@ -34,6 +34,7 @@ CACHE_S = 5.0
 class ModelFacts:
     policy: policies.Policy
     max_queue: int
+    max_request_bytes: int
     declared_s: float
     replicas: int
     device_classes: tuple[str, ...]
@@ -92,6 +93,7 @@ class Scheduler:
             fresh = ModelFacts(
                 policy=policies.parse_policy(row.policy or self.settings.policy),
                 max_queue=row.max_queue or self.settings.max_queue,
+                max_request_bytes=row.max_request_bytes or self.settings.max_request_bytes,
                 declared_s=(latest.service_ms if latest else 1.0) / 1000.0,
                 replicas=len(live),
                 device_classes=tuple(sorted(classes)),

@@ -111,6 +111,12 @@ def _api_keys(text: str) -> tuple[str, ...]:
     return keys
 
 
+def _signing_key(text: str) -> str:
+    if len(text) < 32:
+        raise ValueError("must be at least 32 characters (e.g. the output of `openssl rand -hex 32`)")
+    return text
+
+
 def _bool(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -154,13 +160,17 @@ def _plain(text: str) -> str:
     return text
 
 
-def _mask_url(text: str) -> str:
+def mask_url(text: str) -> str:
     """The URL with its password replaced by ``***``: ``maas config`` output ends up in tickets and chat."""
     parts = urlsplit(text)
     if parts.password is None:
         return text
     host = parts.netloc.rpartition("@")[2]
     return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
+def _mask_secret(text: str) -> str:
+    return "***" if text else ""
 
 
 def _mask_basic_auth(text: str) -> str:
@@ -194,9 +204,9 @@ def _is_set(name: str, raw: str | None) -> bool:
 class Settings:
     """The whole configuration of a fleet component; build it with :meth:`from_env`."""
 
-    redis_url: str = _env("REDIS_URL", str, "redis://localhost:6379/0", "Broker and result backend", mask=_mask_url)
+    redis_url: str = _env("REDIS_URL", str, "redis://localhost:6379/0", "Broker and result backend", mask=mask_url)
     database_url: str = _env(
-        "DATABASE_URL", str, "", "SQLAlchemy URL; empty means SQLite under MAAS_HOME", mask=_mask_url
+        "DATABASE_URL", str, "", "SQLAlchemy URL; empty means SQLite under MAAS_HOME", mask=mask_url
     )
     home: Path = _env(
         "MAAS_HOME",
@@ -314,7 +324,25 @@ class Settings:
         "MAAS_API_KEYS", _api_keys, (), "Comma-separated keys the gateway accepts (Authorization: Bearer KEY)"
     )
     max_request_bytes: int = _env(
-        "MAAS_MAX_REQUEST_BYTES", parse_size_bytes, 64 * 1024**2, "Largest request body the gateway reads (413 past it)"
+        "MAAS_MAX_REQUEST_BYTES",
+        parse_size_bytes,
+        64 * 1024**2,
+        "Largest request accepted (client, gateway body: 413, worker: REQUEST_TOO_LARGE)",
+        show=format_size_bytes,
+    )
+    max_result_bytes: int = _env(
+        "MAAS_MAX_RESULT_BYTES",
+        parse_size_bytes,
+        64 * 1024**2,
+        "Largest result a worker stores; a larger one is replaced by RESULT_TOO_LARGE",
+        show=format_size_bytes,
+    )
+    signing_key: str = _env(
+        "MAAS_SIGNING_KEY",
+        _signing_key,
+        "",
+        "HMAC key that signs control messages and results (32+ characters); empty: unsigned, with a warning",
+        mask=_mask_secret,
     )
 
     @classmethod
@@ -330,7 +358,8 @@ class Settings:
             try:
                 values[f.name] = parse(raw)
             except (ValueError, TypeError) as exc:
-                raise ConfigError(f"{var}={raw!r} is invalid: {exc}") from exc
+                shown = f.metadata["mask"](raw)  # a secret is not repeated in the error, even a wrong one
+                raise ConfigError(f"{var}={shown!r} is invalid: {exc}") from exc
         settings = cls(**values)
         if settings.max_queue < 1:
             raise ConfigError(f"MAAS_MAX_QUEUE={settings.max_queue} is invalid: must be at least 1")
@@ -352,7 +381,9 @@ class Settings:
                 f"MAAS_HEARTBEAT_S={self.heartbeat_s:g}"
             )
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://", "redis+socket://")):
-            raise ConfigError(f"REDIS_URL={self.redis_url!r} is invalid: use redis://, rediss:// or redis+socket://")
+            raise ConfigError(
+                f"REDIS_URL={mask_url(self.redis_url)!r} is invalid: use redis://, rediss:// or redis+socket://"
+            )
 
     @property
     def sqlalchemy_url(self) -> str:

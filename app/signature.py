@@ -64,8 +64,10 @@ class TensorSpec:
         return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
 
     def accepts_shape(self, shape: Sequence[int]) -> bool:
-        return len(shape) == len(self.shape) and all(
-            want in (-1, got) for want, got in zip(self.shape, shape, strict=True)
+        return (
+            len(shape) == len(self.shape)
+            and all(isinstance(got, int) and not isinstance(got, bool) and got >= 0 for got in shape)
+            and all(want in (-1, got) for want, got in zip(self.shape, shape, strict=True))
         )
 
 

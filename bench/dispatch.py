@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import secrets
 import statistics
 import tempfile
 import time
@@ -27,8 +28,10 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q))
 
 
-def run(rounds: int, block: int, burst: int) -> dict:
-    with BenchFleet() as fleet, tempfile.TemporaryDirectory() as tmp:
+def run(rounds: int, block: int, burst: int, signed: bool = True) -> dict:
+    # A fleet key signs control orders and every stored result (app.signing); --unsigned measures without one.
+    env = {"MAAS_SIGNING_KEY": secrets.token_hex(32)} if signed else {}
+    with BenchFleet(**env) as fleet, tempfile.TemporaryDirectory() as tmp:
         fleet.register("trivial", add_one(Path(tmp) / "trivial.onnx"))
         fleet.worker(0, "bench0@local")
         client, app = fleet.client, fleet.client.app
@@ -82,6 +85,7 @@ def run(rounds: int, block: int, burst: int) -> dict:
         "p50_ratio": round(p50 / bare_p50, 3),
         "per_s_ratio": round(per_s / bare_per_s, 3),
         "pool": "solo",
+        "signed_results": signed,
     }
 
 
@@ -90,8 +94,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10, help="interleaved latency rounds (default 10)")
     parser.add_argument("--block", type=int, default=50, help="sequential requests per path per round (default 50)")
     parser.add_argument("--burst", type=int, default=1000, help="requests in flight for throughput (default 1000)")
+    parser.add_argument("--unsigned", action="store_true", help="no MAAS_SIGNING_KEY: results stored unsigned")
     args = parser.parse_args()
-    print(json.dumps(run(args.rounds, args.block, args.burst)))
+    print(json.dumps(run(args.rounds, args.block, args.burst, signed=not args.unsigned)))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ with this process's asyncio Redis client. The answer arrives through :mod:`gatew
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -60,10 +61,18 @@ class Fleet:
     # --- admission ----------------------------------------------------------------------------------------------
     async def publish(self, order: InferOrder) -> Published:
         """Admit (queue limit, ledger, aging index) and queue the message, in the client's one atomic call."""
-        backlog = await scripts.admit_async(self.redis, order.admission)
-        self.client.scheduler.admit(order.model, backlog)
         assert order.admission.message is not None  # infer_order always builds it
-        return Published(order, order.admission.list_key, order.admission.message)
+        published = Published(order, order.admission.list_key, order.admission.message)
+        try:
+            backlog = await scripts.admit_async(self.redis, order.admission)
+        except (redis.ConnectionError, redis.TimeoutError):
+            # The call may have run before its reply was lost: take back what it may have written, so a request
+            # the caller is told failed never runs later (by a worker, or by the ledger's resend).
+            with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
+                await self.take_back(published, "admission failed on a Redis error")
+            raise
+        self.client.scheduler.admit(order.model, backlog)
+        return published
 
     async def take_back(self, published: Published, why: str) -> bool:
         """Remove a request nobody will read from its queue if no worker has taken it yet; True if it was there."""

@@ -17,8 +17,10 @@ from typing import Any
 import orjson
 import redis.asyncio
 
+from app import logs, signing
 from app.broker.keys import GATEWAY_IDLE_CHANNEL
 from app.broker.layout import RESULT_PREFIX, result_key, text
+from app.errors import ForgedMessage
 
 log = logging.getLogger("maas.gateway")
 
@@ -29,8 +31,9 @@ IDLE_CHANNEL = GATEWAY_IDLE_CHANNEL
 
 
 class ResultWaiter:
-    def __init__(self, client: redis.asyncio.Redis) -> None:
+    def __init__(self, client: redis.asyncio.Redis, signing_key: str = "") -> None:
         self.client = client
+        self.signing_key = signing_key  # results must carry its signature (app.signing); "" checks nothing
         self._pubsub = client.pubsub(ignore_subscribe_messages=True)
         self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -78,10 +81,17 @@ class ResultWaiter:
         if future is None or future.done():
             return
         try:
+            if self.signing_key:
+                raw = signing.verify_result(self.signing_key, raw.decode(errors="replace")).encode()
             meta = orjson.loads(raw)
+            if self.signing_key and meta.get("task_id") != task_id:
+                raise ForgedMessage(f"the result stored under {task_id} is another task's; refused")
         except orjson.JSONDecodeError:
             log.error("unreadable result", extra={"task_id": task_id})
             return
+        except ForgedMessage as exc:
+            logs.event(log, "forged_result", logging.ERROR, task_id=task_id, reason=exc.message)
+            meta = {"status": "FAILURE", "result": {"exc_type": "ForgedMessage", "exc_message": [exc.message]}}
         if meta.get("status") in ("SUCCESS", "FAILURE"):
             future.set_result(meta)
 

@@ -129,7 +129,7 @@ class Gateway:
     async def start(self) -> None:
         redis_client = clients.async_client(self.settings.redis_url)
         self.fleet = Fleet(self.client, redis_client)
-        self.waiter = ResultWaiter(redis_client)
+        self.waiter = ResultWaiter(redis_client, self.settings.signing_key)
         await self.waiter.start()
 
     async def stop(self) -> None:

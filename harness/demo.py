@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import secrets
 import shutil
 import sys
 import tempfile
@@ -120,7 +121,7 @@ def burst(client, x_test: np.ndarray) -> tuple[np.ndarray, dict]:
 def run(workdir: Path) -> int:
     from app.client import Client
     from app.db.migrate import ensure_current
-    from app.settings import Settings
+    from app.settings import Settings, mask_url
 
     step("Starting Redis")
     redis_server = start_redis(workdir / "redis")
@@ -129,11 +130,13 @@ def run(workdir: Path) -> int:
         "MAAS_HOME": str(workdir / "home"),
         "MAAS_LOG_FORMAT": "json",
         "MAAS_VIRTUAL_DEVICES": os.environ.get("MAAS_VIRTUAL_DEVICES", "2x4GiB"),
+        # The demo fleet's own signing key (control messages and results): generated, never reused.
+        "MAAS_SIGNING_KEY": secrets.token_hex(32),
     }
     if os.environ.get("DATABASE_URL"):
         env["DATABASE_URL"] = os.environ["DATABASE_URL"]
     settings = Settings.from_env({**os.environ, **env})
-    print(f"    broker {redis_server.url}, database {settings.sqlalchemy_url}")
+    print(f"    broker {mask_url(redis_server.url)}, database {mask_url(settings.sqlalchemy_url)}")
     workers: list[Proc] = []
     try:
         ensure_current(settings.sqlalchemy_url)

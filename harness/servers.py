@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -68,14 +69,20 @@ class Server:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def start_redis(workdir: Path | None = None) -> Server:
-    """A Redis as production wants it (noeviction), minus persistence, which throwaway data does not need."""
+def start_redis(workdir: Path | None = None, password: str | None = None) -> Server:
+    """A Redis as production wants it (noeviction, a password), minus persistence, which throwaway data does not
+    need. The password is generated unless given; it reaches redis-server in a config file, not its argv."""
     workdir = Path(workdir or tempfile.mkdtemp(prefix="maas-redis-"))
     workdir.mkdir(parents=True, exist_ok=True)
+    password = password or secrets.token_hex(16)
+    config = workdir / "redis.conf"
+    config.write_text(f"requirepass {password}\n")
+    config.chmod(0o600)
     port = free_port()
     proc = subprocess.Popen(
         [
             redis_binary(),
+            str(config),
             "--port",
             str(port),
             "--bind",
@@ -93,7 +100,7 @@ def start_redis(workdir: Path | None = None) -> Server:
         stderr=subprocess.STDOUT,
     )
     _wait_port(port, proc, "redis-server")
-    return Server(f"redis://127.0.0.1:{port}/0", proc, workdir)
+    return Server(f"redis://:{password}@127.0.0.1:{port}/0", proc, workdir)
 
 
 def postgres_bindir() -> Path | None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -67,6 +68,8 @@ def env(request: pytest.FixtureRequest, redis_url: str, postgres_url: str, tmp_p
         "MAAS_LOG_FORMAT": "json",
         # Off unless a test is about allocation: a queued request would otherwise ask for a replica by itself.
         "MAAS_ALLOCATION": "false",
+        # Every test fleet signs its control messages and results with a key of its own.
+        "MAAS_SIGNING_KEY": secrets.token_hex(32),
     }
 
 

@@ -13,6 +13,7 @@ model waits behind at most the one batch in progress.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -23,8 +24,8 @@ import redis
 from celery import Celery
 
 from app import logs
-from app.broker import layout, ledger, scripts
-from app.errors import DeadlineExceeded, MaasError, MalformedMessage, NotLoaded
+from app.broker import dlq, layout, ledger, scripts
+from app.errors import DeadlineExceeded, MaasError, MalformedMessage, NotLoaded, RequestTooLarge, ResultTooLarge
 from app.signature import answer, decode_tensor, rows_of, validate_inputs
 from workers.cache import Loaded
 
@@ -43,6 +44,7 @@ class Member:
     ref: str | None = None  # a promoted copy (aging): its body is in the request ledger
     dedup: bool = False  # may travel as several copies: run only if no copy answered yet
     submitted_at: float | None = None  # unix s, from the producer's header: the start of its queue time
+    size: int | None = None  # bytes of the request as it travelled (its message, or its inputs' JSON)
     result: dict[str, Any] | None = None
     error: MaasError | None = None
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
@@ -55,6 +57,10 @@ def decode_message(raw: bytes) -> Member:
         raise MalformedMessage(f"an infer message has args [model, version, inputs]; got {len(envelope.args)} args")
     model, version, inputs = envelope.args
     kwargs = envelope.kwargs
+    check_infer_args(model, version, inputs, kwargs.get("deadline_at"))
+    submitted_at = envelope.headers.get("maas_submitted_at")
+    if not _is_number(submitted_at) and submitted_at is not None:
+        raise MalformedMessage(f"header maas_submitted_at must be a unix time; got {submitted_at!r:.60}")
     return Member(
         envelope.task_id,
         model,
@@ -67,15 +73,35 @@ def decode_message(raw: bytes) -> Member:
     )
 
 
-def _judge(raw: bytes) -> Member | None:
-    """A taken message alone: a malformed one with an id gets its own error; one without an id is logged."""
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def check_infer_args(model: Any, version: Any, inputs: Any, deadline_at: Any) -> None:
+    """Raise MalformedMessage unless an infer message's arguments have the types producers send."""
+    if not isinstance(model, str):
+        raise MalformedMessage(f"an infer message's model must be a name; got {type(model).__name__}")
+    if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
+        raise MalformedMessage(f"an infer message's version must be an integer or null; got {version!r:.60}")
+    if inputs is not None and not (isinstance(inputs, list) and all(isinstance(t, dict) for t in inputs)):
+        raise MalformedMessage("an infer message's inputs must be a list of tensor objects")
+    if deadline_at is not None and not _is_number(deadline_at):
+        raise MalformedMessage(f"deadline_at must be a unix time; got {deadline_at!r:.60}")
+
+
+def _judge(client: redis.Redis, queue: str, raw: bytes) -> Member | None:
+    """A taken message alone: a malformed one with an id gets its own error; one without an id (nothing to answer
+    under) is dead-lettered with the reason, and is out of the queue for good."""
     try:
-        return decode_message(raw)
+        member = decode_message(raw)
+        member.size = len(raw)
+        return member
     except MalformedMessage as exc:
         task_id = layout.task_id_of(raw)
         if task_id is not None:
             return Member(task_id, "", None, None, None, error=exc)
-        logs.event(log, "message_dropped", logging.ERROR, reason=exc.message, head=raw[:200].decode(errors="replace"))
+        letter = dlq.record_malformed(client, queue, exc.message, raw)
+        logs.event(log, "message_dead_lettered", logging.ERROR, queue=queue, dead_letter=letter, reason=exc.message)
         return None
 
 
@@ -98,7 +124,7 @@ def _resolve_copies(client: redis.Redis, members: list[Member]) -> list[Member]:
 
 
 def take(client: redis.Redis, queue: str, count: int) -> list[Member]:
-    judged = [_judge(raw) for raw in scripts.take_batch(client, queue, count)]
+    judged = [_judge(client, queue, raw) for raw in scripts.take_batch(client, queue, count)]
     return _resolve_copies(client, [m for m in judged if m is not None])
 
 
@@ -112,9 +138,33 @@ def gather(client: redis.Redis, queue: str, want: int, delay_s: float) -> list[M
     return members
 
 
-def _admit(member: Member, loaded: Loaded, now: float) -> None:
+@dataclass(frozen=True)
+class Limits:
+    """The largest request a worker runs and the largest result it stores (MAAS_MAX_REQUEST_BYTES / _RESULT_)."""
+
+    request_bytes: int
+    result_bytes: int
+
+
+#: Unbounded, for callers that check elsewhere (benchmarks).
+NO_LIMITS = Limits(2**63, 2**63)
+#: No JSON spelling of an array element takes more than this many characters per byte (a float16's repr).
+_JSON_CHARS_PER_BYTE = 8
+
+
+def request_bytes(inputs: Any) -> int:
+    """The size of a request's inputs as JSON: what its message carried, near enough."""
+    return len(json.dumps(inputs, separators=(",", ":")))
+
+
+def _admit(member: Member, loaded: Loaded, now: float, limits: Limits = NO_LIMITS) -> None:
     """Check one member on its own; set its error if it cannot run."""
     try:
+        if member.size is not None and member.size > limits.request_bytes:
+            raise RequestTooLarge(
+                f"the request is {member.size} bytes, over the fleet's limit of {limits.request_bytes} "
+                "(MAAS_MAX_REQUEST_BYTES); not executed"
+            )
         if member.model != loaded.model or member.version not in (None, loaded.version):
             raise NotLoaded(f"{member.model}:{member.version} is not loaded; this replica serves {loaded.version}")
         if member.deadline_at is not None and now > member.deadline_at:
@@ -136,16 +186,41 @@ def _split(outputs: dict[str, np.ndarray], rows: list[int]) -> list[dict[str, np
     return [{n: a[bounds[i] : bounds[i + 1]] for n, a in outputs.items()} for i in range(len(rows))]
 
 
-def _answer(member: Member, loaded: Loaded, outputs: dict[str, np.ndarray], worker: str, service_s: float) -> None:
-    member.result = answer(loaded.model, loaded.version, outputs, member.inputs or (), worker, service_s)
+def _answer(
+    member: Member,
+    loaded: Loaded,
+    outputs: dict[str, np.ndarray],
+    worker: str,
+    service_s: float,
+    limits: Limits = NO_LIMITS,
+) -> None:
+    """Set the member's answer, or RESULT_TOO_LARGE in its place: a result over the limit is never stored."""
+    array_bytes = sum(int(np.asarray(a).nbytes) for a in outputs.values())
+    if array_bytes > limits.result_bytes:
+        member.error = _too_large(array_bytes, limits)
+        return
+    result = answer(loaded.model, loaded.version, outputs, member.inputs or (), worker, service_s)
+    if array_bytes * _JSON_CHARS_PER_BYTE + 4096 > limits.result_bytes:  # only then can its JSON be too large
+        size = len(json.dumps(result, separators=(",", ":")))
+        if size > limits.result_bytes:
+            member.error = _too_large(size, limits)
+            return
+    member.result = result
 
 
-def execute(members: list[Member], loaded: Loaded, worker: str) -> float:
+def _too_large(size: int, limits: Limits) -> ResultTooLarge:
+    return ResultTooLarge(
+        f"the result is {size} bytes, over the fleet's limit of {limits.result_bytes} (MAAS_MAX_RESULT_BYTES); "
+        "the model ran but its result was dropped"
+    )
+
+
+def execute(members: list[Member], loaded: Loaded, worker: str, limits: Limits = NO_LIMITS) -> float:
     """Run every admissible member, as one call when their inputs concatenate; returns the runtime's seconds."""
     now = time.time()
     for m in members:
         if m.error is None:
-            _admit(m, loaded, now)
+            _admit(m, loaded, now, limits)
     ready = [m for m in members if m.error is None]
     if not ready:
         return 0.0
@@ -169,12 +244,12 @@ def execute(members: list[Member], loaded: Loaded, worker: str) -> float:
         if parts is not None:
             service_s = time.perf_counter() - started
             for m, outputs in zip(ready, parts, strict=True):
-                _answer(m, loaded, outputs, worker, service_s)
+                _answer(m, loaded, outputs, worker, service_s, limits)
             return service_s
     for m in ready:
         t0 = time.perf_counter()
         try:
-            _answer(m, loaded, loaded.runtime.infer(m.arrays), worker, time.perf_counter() - t0)
+            _answer(m, loaded, loaded.runtime.infer(m.arrays), worker, time.perf_counter() - t0, limits)
         except MaasError as exc:
             m.error = exc
     return time.perf_counter() - started

@@ -18,6 +18,8 @@ class Loaded:
     footprint_bytes: int
     max_batch_size: int = 1  # dynamic batching: up to this many waiting requests per runtime call
     max_queue_delay_s: float = 0.0  # how long a batch may wait to fill
+    max_request_bytes: int | None = None  # the model's size limits when it loaded; None: the fleet's settings
+    max_result_bytes: int | None = None
 
 
 class ModelCache:

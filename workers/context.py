@@ -24,6 +24,7 @@ class WorkerContext:
     observations: Observations = field(default_factory=Observations)
     stats: RequestStats = field(default_factory=RequestStats)
     consumer: Any = None  # celery.worker.consumer.Consumer, captured by a bootstep once it starts
+    app: Any = None  # the worker's Celery app (for answering a message that never became a task)
     last_held: str | None = None  # the request recorded as held last (app.broker.holdings drops it with the next)
 
     @property

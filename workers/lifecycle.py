@@ -65,6 +65,8 @@ def _read(ctx: WorkerContext, replica_id: int) -> tuple[ReplicaState, dict[str, 
             "inputs": v.inputs,
             "max_batch_size": v.model.max_batch_size,
             "max_queue_delay_s": v.model.max_queue_delay_ms / 1000,
+            "max_request_bytes": v.model.max_request_bytes or ctx.settings.max_request_bytes,
+            "max_result_bytes": v.model.max_result_bytes or ctx.settings.max_result_bytes,
         }
         return ReplicaState(replica.state), replicas.summary(replica), spec
 
@@ -117,6 +119,8 @@ def _load_runtime(ctx: WorkerContext, replica_id: int, model: str, version: int,
         footprint,
         spec["max_batch_size"],
         spec["max_queue_delay_s"],
+        spec["max_request_bytes"],
+        spec["max_result_bytes"],
     )
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from celery import Celery, bootsteps, signals
 from celery.worker.consumer import Consumer
 
-from app import logs
+from app import logs, signing
 from app.broker import holdings
 from app.broker.clients import sync_client
 from app.broker.layout import SYSTEM_QUEUE, control_queue
@@ -63,6 +63,8 @@ def run(
 ) -> None:
     """Start the worker; ``extra_tasks`` registers more tasks (beat's, when this worker consumes the system queue)."""
     logs.configure(loglevel or settings.log_level, settings.log_format)
+    if not settings.signing_key:
+        signing.warn_unsigned("worker")  # at start, so the warning is in every worker's log
     found = device_discovery.discover(settings)
     device = device_discovery.pick(found, device_index)
     device_discovery.pin(device)
@@ -87,6 +89,11 @@ def run(
     context.CURRENT = context.WorkerContext(settings, worker_name, device, device_id)
 
     app = create_app(settings)
+    # What kombu or Celery cannot read is dead-lettered instead of stopping the worker or vanishing.
+    app.conf.worker_consumer = "workers.poison:Consumer"
+    if settings.redis_url.startswith(("redis://", "rediss://")):
+        app.conf.broker_transport = "workers.poison:Transport"
+    context.CURRENT.app = app
     from workers.tasks import register
 
     register(app)

@@ -7,6 +7,8 @@ run them.
 
 from __future__ import annotations
 
+import inspect
+import logging
 import time
 from typing import Any
 
@@ -14,15 +16,18 @@ import redis
 from celery import Celery, Task
 from celery.exceptions import Ignore, Reject
 
+from app import logs, signing
 from app.broker import dlq, holdings, ledger
 from app.broker.layout import model_queue
 from app.control import Control
-from app.errors import MaasError, NotLoaded
+from app.errors import ForgedMessage, MaasError, MalformedMessage, NotLoaded
 from app.signature import rows_of
 from workers import batching, lifecycle
 from workers.cache import Loaded
 from workers.context import WorkerContext, current
 from workers.telemetry import device_class
+
+log = logging.getLogger("maas.worker")
 
 
 def infer(
@@ -47,6 +52,7 @@ def infer(
             _give_back(ctx, model, delivery)
         raise NotLoaded(f"{model}:{version} is not loaded; this replica serves versions {ctx.cache.versions_of(model)}")
     primary = batching.Member(None, model, version, inputs, deadline_at, submitted_at=submitted_at)
+    primary.size = batching.request_bytes(inputs)
     return _run_batch(app, ctx, loaded, primary)
 
 
@@ -60,12 +66,13 @@ def _give_back(ctx: WorkerContext, model: str, delivery: tuple[str, str] | None)
     """
     if delivery is not None:
         task_id, queue = delivery
-        if dlq.count_delivery(ctx.redis, task_id) > dlq.MAX_DELIVERIES:
+        deliveries = dlq.count_delivery(ctx.redis, task_id)
+        if deliveries > dlq.MAX_DELIVERIES:
             reason = (
                 f"no worker consuming {queue} holds {model!r}: delivered {dlq.MAX_DELIVERIES} times, "
                 f"last to {ctx.worker_name}"
             )
-            dlq.record(ctx.redis, task_id, queue, reason)
+            dlq.record(ctx.redis, task_id, queue, reason, deliveries=deliveries)
             raise NotLoaded(reason)
     raise Reject(f"{model} is not held by {ctx.worker_name}", requeue=True)
 
@@ -75,7 +82,11 @@ def _run_batch(app: Celery, ctx: WorkerContext, loaded: Loaded, primary: batchin
     if loaded.max_batch_size > 1:
         queue = model_queue(loaded.model)
         members += batching.gather(ctx.redis, queue, loaded.max_batch_size - 1, loaded.max_queue_delay_s)
-    service_s = _emulate_device_speed(ctx, batching.execute(members, loaded, ctx.worker_name))
+    limits = batching.Limits(
+        loaded.max_request_bytes or ctx.settings.max_request_bytes,
+        loaded.max_result_bytes or ctx.settings.max_result_bytes,
+    )
+    service_s = _emulate_device_speed(ctx, batching.execute(members, loaded, ctx.worker_name, limits))
     batching.report_failures(members, ctx.worker_name)
     batching.publish(app, members)
     _count(ctx, loaded, members, service_s)
@@ -137,27 +148,86 @@ def _dedup(client: redis.Redis, task_id: str, ref: str | None, request: InferArg
     return found
 
 
-def _submitted_at(task: Task) -> float | None:
-    """The producer's submission time, from the message's headers (Celery puts custom headers on the request)."""
-    value = getattr(task.request, "maas_submitted_at", None)
+def _header(task: Task, name: str) -> Any:
+    """A custom header of the running task's message (Celery puts custom headers on the request)."""
+    value = getattr(task.request, name, None)
     if value is None and isinstance(task.request.headers, dict):
-        value = task.request.headers.get("maas_submitted_at")
+        value = task.request.headers.get(name)
+    return value
+
+
+def _submitted_at(task: Task) -> float | None:
+    """The producer's submission time, from the message's headers."""
+    value = _header(task, "maas_submitted_at")
     return float(value) if isinstance(value, int | float) else None
+
+
+def _check_signed(task: Task) -> None:
+    """Refuse a control message not signed with the fleet key: nothing is loaded, drained or unloaded."""
+    ctx = current()
+    try:
+        signing.check_control(
+            ctx.settings.signing_key,
+            task.name,
+            task.request.id,
+            task.request.args,
+            task.request.kwargs,
+            _header(task, signing.FIELD),
+        )
+    except ForgedMessage as exc:
+        logs.event(
+            log,
+            "forged_message",
+            logging.ERROR,
+            worker=ctx.worker_name,
+            task=task.name,
+            task_id=task.request.id,
+            reason=exc.message,
+        )
+        raise
+
+
+def _infer_shape(
+    model: Any, version: Any, inputs: Any, deadline_at: Any = None, ref: Any = None, dedup: Any = False
+) -> None:
+    """The arguments an infer message carries (bound, never called: the argument check of ``maas.infer``)."""
+
+
+_INFER_SIGNATURE = inspect.signature(_infer_shape)
+
+
+def _infer_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+    """(model, version, inputs, deadline_at, ref, dedup) of an infer message; MalformedMessage if it has others."""
+    try:
+        bound = _INFER_SIGNATURE.bind(*args, **kwargs)
+    except TypeError as exc:
+        raise MalformedMessage(f"an infer message's arguments do not fit [model, version, inputs]: {exc}") from None
+    bound.apply_defaults()
+    model, version, inputs, deadline_at, ref, dedup = bound.arguments.values()
+    batching.check_infer_args(model, version, inputs, deadline_at)
+    if ref is not None and not isinstance(ref, str):
+        raise MalformedMessage("an infer message's ref must be a task id")
+    return model, version, inputs, deadline_at, ref, bool(dedup)
+
+
+def _control_args(task: str, args: tuple[Any, ...], kwargs: dict[str, Any], count: int) -> tuple[Any, ...]:
+    """A control order's arguments: a replica id (an integer), then for a drain the unload's task id or null."""
+    if kwargs or len(args) not in (count, 1) or not isinstance(args[0], int) or isinstance(args[0], bool):
+        raise MalformedMessage(f"{task} takes a replica id (and, for a drain, an unload task id); got {args!r:.80}")
+    padded = (*args, None) if len(args) < count else args
+    if count == 2 and padded[1] is not None and not isinstance(padded[1], str):
+        raise MalformedMessage(f"{task}: the unload task id must be a string or null")
+    return padded
 
 
 def register(app: Celery) -> None:
     """Define every serving-worker task on ``app``."""
 
-    @app.task(name="maas.infer", throws=(MaasError,), bind=True)
-    def infer_task(
-        task: Task,
-        model: str,
-        version: int | None,
-        inputs: list[dict[str, Any]] | None,
-        deadline_at: float | None = None,
-        ref: str | None = None,
-        dedup: bool = False,
-    ) -> dict[str, Any]:
+    # typing=False and *args: a message with the wrong arguments is answered MALFORMED_MESSAGE (a typed error the
+    # client knows), not with Python's TypeError.
+    @app.task(name="maas.infer", throws=(MaasError,), bind=True, typing=False)
+    def infer_task(task: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        model, version, inputs, deadline_at, ref, dedup = _infer_args(args, kwargs)
         ctx = current()
         # Recorded while it runs, so that if this worker dies the request goes back to the queue at once
         # (app.broker.holdings) rather than after the visibility timeout.
@@ -176,12 +246,18 @@ def register(app: Celery) -> None:
 
         return run_chunk(app, job_id, index, lambda *a: infer(app, *a))
 
-    @app.task(name="maas.load", throws=(MaasError,))
-    def load_task(replica_id: int) -> dict[str, Any]:
+    # Control orders: the signature is checked before anything else, and arguments of the wrong shape are
+    # MALFORMED_MESSAGE (typing=False, *args), not Python's TypeError.
+    @app.task(name="maas.load", throws=(MaasError,), bind=True, typing=False)
+    def load_task(task: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        _check_signed(task)
+        (replica_id,) = _control_args(task.name, args, kwargs, 1)
         return lifecycle.load(current(), replica_id)
 
-    @app.task(name="maas.drain")
-    def drain_task(replica_id: int, unload_task_id: str | None = None) -> dict[str, Any]:
+    @app.task(name="maas.drain", throws=(MaasError,), bind=True, typing=False)
+    def drain_task(task: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        _check_signed(task)
+        replica_id, unload_task_id = _control_args(task.name, args, kwargs, 2)
         ctx = current()
         info, then_unload = lifecycle.drain(ctx, replica_id)
         if then_unload:
@@ -190,8 +266,10 @@ def register(app: Celery) -> None:
             Control(app).send_unload(replica_id, ctx.worker_name, task_id=unload_task_id)
         return info
 
-    @app.task(name="maas.unload")
-    def unload_task(replica_id: int) -> dict[str, Any]:
+    @app.task(name="maas.unload", throws=(MaasError,), bind=True, typing=False)
+    def unload_task(task: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        _check_signed(task)
+        (replica_id,) = _control_args(task.name, args, kwargs, 1)
         return lifecycle.unload(current(), replica_id)
 
     @app.task(name="maas.ping")

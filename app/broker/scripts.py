@@ -114,14 +114,18 @@ async def admit_async(client: redis.asyncio.Redis, admission: Admission) -> int:
     return admission.outcome(reply)
 
 
-def withdraw(client: redis.Redis, model: str, task_id: str) -> None:
-    """Take back what :func:`admit` recorded, for a request whose publish failed or that nobody will read."""
+def withdraw(client: redis.Redis, model: str, task_id: str, counted: bool = True) -> None:
+    """Take back what :func:`admit` recorded, for a request whose publish failed or that nobody will read.
+
+    ``counted``: whether the admission is known to have run (its arrival is uncounted then); a caller that does
+    not know (the reply was lost) passes False and the arrival count stays, one too high at worst."""
     pipe = client.pipeline(transaction=False)
     pipe.zrem(keys.LEDGER_SINCE, task_id)
     pipe.hdel(keys.LEDGER_BODY, task_id)
     pipe.zrem(keys.aging_index(model), task_id)
     pipe.hdel(keys.AGING_FACTS, task_id)
-    pipe.hincrby(keys.ARRIVALS, model, -1)
+    if counted:
+        pipe.hincrby(keys.ARRIVALS, model, -1)
     pipe.execute()
 
 

@@ -44,6 +44,9 @@ class Model(Base):
     max_queue_delay_ms: Mapped[float] = mapped_column(Float, default=0.0)
     # Latency objective: the allocator keeps the model off device classes whose service time exceeds it.
     p99_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Size limits in bytes; None: the fleet's MAAS_MAX_REQUEST_BYTES / MAAS_MAX_RESULT_BYTES.
+    max_request_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    max_result_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     versions: Mapped[list[ModelVersion]] = relationship(back_populates="model", order_by="ModelVersion.version")
 
 

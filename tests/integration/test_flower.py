@@ -51,11 +51,14 @@ def test_flower_requires_basic_auth_and_shows_workers_and_model_queues(client, f
     fleet.env["MAAS_FLOWER_BASIC_AUTH"] = "admin:s3cret"
     fleet._spawn("flower", ["flower", "--port", str(port), "--address", "127.0.0.1"])
     base = f"http://127.0.0.1:{port}"
-    wait_for(lambda: get(base + "/healthcheck")[0] == 200, 120, "flower to answer")
+    wait_for(lambda: get(base + "/healthcheck", auth="admin:s3cret")[0] == 200, 120, "flower to answer")
 
-    assert get(base + "/")[0] == 401
-    assert get(base + "/", auth="admin:wrong")[0] == 401
+    # Every page and API, the health check and Prometheus metrics included, needs the password.
+    for path in ("/", "/metrics", "/healthcheck", "/workers", "/tasks", "/broker", "/api/workers", "/api/tasks"):
+        assert get(base + path)[0] == 401, path
+        assert get(base + path, auth="admin:wrong")[0] == 401, path
     assert get(base + "/", auth="admin:s3cret")[0] == 200
+    assert get(base + "/metrics", auth="admin:s3cret")[0] == 200
 
     def workers():
         status, body = get(base + "/api/workers?refresh=1", auth="admin:s3cret")

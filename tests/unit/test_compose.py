@@ -48,6 +48,16 @@ def test_workers_reserve_their_own_gpu_and_flower_requires_auth():
     assert "--local" not in SERVICES["flower"]["command"]
 
 
+def test_redis_needs_a_password_every_service_carries_and_flower_stays_on_loopback():
+    command = SERVICES["redis"]["command"]
+    assert command[command.index("--requirepass") + 1].startswith("${REDIS_PASSWORD:?")
+    for name, svc in FLEET.items():
+        env = svc["environment"]
+        assert env["REDIS_URL"].startswith("redis://:${REDIS_PASSWORD"), name
+        assert env["MAAS_SIGNING_KEY"].startswith("${MAAS_SIGNING_KEY:?"), name
+    assert SERVICES["flower"]["ports"] == ["127.0.0.1:5555:5555"]
+
+
 def test_beats_tasks_run_on_the_controller_not_on_gpu_workers():
     # Without a controller nothing would run the solves and aging passes; with workers also taking them, a solve
     # would hold a GPU worker's one slot.
