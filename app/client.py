@@ -6,11 +6,12 @@ queue. The infer hot path does not touch the database: resolved references are c
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import redis
@@ -19,6 +20,7 @@ from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult
 from sqlalchemy import select
 
+from app import outage as outage_errors
 from app import registry
 from app.admission import InferOrder, infer_order
 from app.broker import clients, scripts
@@ -44,10 +46,17 @@ from app.signature import (
     validate_inputs,
 )
 
+log = logging.getLogger("maas.client")
+T = TypeVar("T")
+
 #: Request classes the policies know (interactive work goes ahead of batch work of the same size).
 REQUEST_CLASSES = ("interactive", "batch")
 #: How long a resolved reference (name -> version and signature) is reused before the registry is asked again.
 REF_CACHE_S = 5.0
+#: A reference used stale (database away) is logged at most once per this many seconds.
+STALE_WARN_S = 10.0
+#: A wait for a result is made of slices this long, so that an outage met in one is retried within the timeout.
+WAIT_SLICE_S = 5.0
 
 
 @dataclass
@@ -70,23 +79,42 @@ class Handle:
         if self.result is None:
             return self.done_value
         timeout = timeout_s or self.timeout_s
-        value = self._get(self.result, timeout)
+        deadline = time.monotonic() + timeout
+        value = self._get(self.result, deadline, timeout)
         if self.then is not None and value.get("state") not in [s.value for s in TERMINAL]:
-            value = self._get(self.then, timeout)
+            value = self._get(self.then, time.monotonic() + timeout, timeout)
         return value
 
     @staticmethod
-    def _get(result: AsyncResult, timeout_s: float) -> Any:
-        try:
-            return result.get(timeout=timeout_s, propagate=True, disable_sync_subtasks=False)
-        except CeleryTimeout as exc:
-            raise RequestTimeout(f"no answer to {result.id} within {timeout_s:g}s") from exc
-        except MaasError:
-            raise  # the worker's error, rebuilt by Celery from JSON
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise BrokerUnavailable(f"Redis did not answer while waiting for {result.id}: {exc}") from exc
-        except Exception as exc:
-            raise MaasError(f"{type(exc).__name__}: {exc}") from exc
+    def _get(result: AsyncResult, deadline: float, timeout_s: float) -> Any:
+        """The result, waiting at most until ``deadline`` even across a Redis restart.
+
+        Waits in slices: a slice that meets a broken connection is retried after a backoff (Celery's result consumer
+        reconnects and reads any result stored meanwhile), so a Redis that comes back before the deadline still
+        delivers the answer, and one that does not ends in BROKER_UNAVAILABLE at the deadline, not minutes later.
+        """
+        attempt, outage = 0, None
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                if outage is not None:
+                    raise BrokerUnavailable(
+                        f"no answer to {result.id} within {timeout_s:g}s: Redis did not answer "
+                        f"({type(outage).__name__}: {outage})"
+                    ) from outage
+                raise RequestTimeout(f"no answer to {result.id} within {timeout_s:g}s")
+            try:
+                return result.get(timeout=min(left, WAIT_SLICE_S), propagate=True, disable_sync_subtasks=False)
+            except CeleryTimeout:
+                outage = None  # Redis answered: the result is simply not there yet
+            except MaasError:
+                raise  # the worker's error, rebuilt by Celery from JSON
+            except outage_errors.BROKER_ERRORS as exc:
+                outage = exc
+                time.sleep(min(max(0.0, deadline - time.monotonic()), outage_errors.backoff(attempt)))
+                attempt += 1
+            except Exception as exc:
+                raise MaasError(f"{type(exc).__name__}: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -104,6 +132,7 @@ class Client:
         self.settings = settings or Settings.from_env()
         self.app = app or create_app(self.settings)
         self._refs: dict[str, Resolved] = {}
+        self._stale_warned: dict[str, float] = {}  # ref -> when its stale use was last logged
         self._redis = clients.sync_client(self.settings.redis_url)
         self.control = Control(self.app)
         self.scheduler = Scheduler(self.settings, self._redis, trigger=self.control.request_allocation)
@@ -194,10 +223,11 @@ class Client:
 
     def _send(self, order: InferOrder, timeout_s: float | None) -> Handle:
         # Subscribe to the result first, as send_task does, so an answer that comes at once is not missed.
-        self.app.backend.on_task_call(None, order.task_id)
+        self.retry(lambda: self.app.backend.on_task_call(None, order.task_id), "subscribing to the result")
         # One atomic Redis call checks the queue's limit and, only when there is room, records the request in the
         # ledger (and the aging index), counts the arrival and queues the message: a refused request leaves nothing.
-        backlog = scripts.admit(self._redis, order.admission)
+        # Retrying it is safe: the script writes nothing for a task id it already admitted.
+        backlog = self.retry(lambda: scripts.admit(self._redis, order.admission), "queueing the request")
         self.scheduler.admit(order.model, backlog)
         return Handle(AsyncResult(order.task_id, app=self.app), timeout_s or self.settings.infer_timeout_s)
 
@@ -236,19 +266,42 @@ class Client:
             raise InvalidPriority(f"priority {priority!r} must be an integer from 0 (highest) to 9 (lowest)")
         return priority
 
+    def retry(self, fn: Callable[[], T], what: str) -> T:
+        """``fn()`` with this client's bounded retry of Redis and database outages (app.outage)."""
+        return outage_errors.retrying(fn, what, attempts=self.settings.retry_attempts, max_s=self.settings.retry_max_s)
+
     def resolve(self, ref: str) -> Resolved:
         """The version ``ref`` names and its signature (cached for a few seconds: the hot path)."""
         return self._resolve(ref)
 
     def _resolve(self, ref: str) -> Resolved:
+        """The cached reference while fresh; else the registry's answer. Stale-if-error: while the database does
+        not answer, a reference resolved before is used as it was (a never-seen one is DATABASE_UNAVAILABLE after
+        the bounded retry), so submissions go on through a database outage."""
         cached = self._refs.get(ref)
         if cached is not None and cached.expires_at > time.monotonic():
             return cached
         parsed = registry.parse_ref(ref)
+        try:
+            resolved = self._lookup(parsed)
+        except outage_errors.DATABASE_ERRORS as exc:
+            if cached is not None:
+                if time.monotonic() - self._stale_warned.get(ref, -STALE_WARN_S) >= STALE_WARN_S:
+                    self._stale_warned[ref] = time.monotonic()
+                    log.warning(
+                        "database unavailable; using the cached reference",
+                        extra={"ref": ref, "error": type(exc).__name__},
+                    )
+                return cached
+            resolved = self.retry(lambda: self._lookup(parsed), f"resolving {ref!r}")
+        self._refs[ref] = resolved
+        return resolved
+
+    def _lookup(self, parsed: registry.Ref) -> Resolved:
         with session_scope(self._url) as session:
             version = registry.resolve(session, parsed)
             explicit = parsed.version is not None or parsed.alias is not None
-            resolved = Resolved(
+            return Resolved(
                 parsed.model,
                 version.version,
                 version.version if explicit else None,
@@ -256,8 +309,6 @@ class Client:
                 parse_signature(version.outputs),
                 time.monotonic() + REF_CACHE_S,
             )
-        self._refs[ref] = resolved
-        return resolved
 
     # --- lifecycle ----------------------------------------------------------------------------------------------
     def load(self, ref: str, *, worker: str | None = None, device: int | None = None) -> Handle:

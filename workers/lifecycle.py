@@ -8,9 +8,10 @@ Every operation is idempotent: a redelivered or repeated message finds the state
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-from app import logs
+from app import logs, outage
 from app.artifacts import LocalArtifactStore
 from app.broker.layout import model_queue
 from app.db import replicas
@@ -25,17 +26,32 @@ from workers.footprint import used_bytes
 
 log = logging.getLogger("maas.worker")
 S = ReplicaState
+T = TypeVar("T")
 #: Characters of an unexpected exception's message kept in the replica's reason; the log holds the traceback.
 REASON_CHARS = 1000
 
 
+def _with_database(ctx: WorkerContext, fn: Callable[[], T], what: str) -> T:
+    """``fn()``, retried with backoff while the database is away, for up to ``MAAS_WORKER_DB_RETRY_S``.
+
+    A worker keeps serving what it holds through a database outage; the lifecycle records it writes meanwhile wait
+    for the database (this task holds the solo pool meanwhile) rather than being dropped. Past the limit the error
+    is DATABASE_UNAVAILABLE.
+    """
+    limit_s = ctx.settings.worker_db_retry_s
+    return outage.retrying(fn, what, attempts=max(2, int(limit_s / 2) + 8), max_s=limit_s)
+
+
 def _move(ctx: WorkerContext, replica_id: int, dst: ReplicaState, reason: str = "", **updates: Any) -> dict:
-    with session_scope(ctx.settings.sqlalchemy_url) as session:
-        replica = replicas.get(session, replica_id, lock=True)
-        src = replicas.transition(session, replica, dst, reason)
-        for key, value in updates.items():
-            setattr(replica, key, value)
-        info = replicas.summary(replica)
+    def write() -> tuple[ReplicaState, dict]:
+        with session_scope(ctx.settings.sqlalchemy_url) as session:
+            replica = replicas.get(session, replica_id, lock=True)
+            src = replicas.transition(session, replica, dst, reason)
+            for key, value in updates.items():
+                setattr(replica, key, value)
+            return src, replicas.summary(replica)
+
+    src, info = _with_database(ctx, write, f"recording replica {replica_id} {dst.value}")
     level = logging.WARNING if dst is S.FAILED else logging.INFO
     logs.event(
         log,
@@ -53,6 +69,10 @@ def _move(ctx: WorkerContext, replica_id: int, dst: ReplicaState, reason: str = 
 
 
 def _read(ctx: WorkerContext, replica_id: int) -> tuple[ReplicaState, dict[str, Any], dict[str, Any]]:
+    return _with_database(ctx, lambda: _read_once(ctx, replica_id), f"reading replica {replica_id}")
+
+
+def _read_once(ctx: WorkerContext, replica_id: int) -> tuple[ReplicaState, dict[str, Any], dict[str, Any]]:
     with session_scope(ctx.settings.sqlalchemy_url) as session:
         replica = replicas.get(session, replica_id)
         if replica.device_id != ctx.device_id:
