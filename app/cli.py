@@ -22,10 +22,16 @@ if TYPE_CHECKING:
 
 
 def _client(settings: Settings) -> Client:
+    from app import outage
     from app.client import Client  # imported late: keeps `maas --help` fast
     from app.db.migrate import ensure_current
 
-    ensure_current(settings.sqlalchemy_url)
+    outage.retrying(
+        lambda: ensure_current(settings.sqlalchemy_url),
+        "checking the database schema",
+        attempts=settings.retry_attempts,
+        max_s=settings.retry_max_s,
+    )
     return Client(settings)
 
 

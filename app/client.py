@@ -313,30 +313,42 @@ class Client:
     # --- lifecycle ----------------------------------------------------------------------------------------------
     def load(self, ref: str, *, worker: str | None = None, device: int | None = None) -> Handle:
         """Place a replica of ``ref`` (on a named worker or device, else the one with most free memory) and load it."""
-        order = self.control.load(ref, worker=worker, device=device)
+        with outage_errors.typed_errors(f"loading {ref!r}"):  # not retried: the load may already have been sent
+            order = self.control.load(ref, worker=worker, device=device)
         if order.sent is None:
             return Handle(None, 0, done_value=order.summary)
         return Handle(order.sent, self.settings.load_timeout_s)
 
     def stop(self, ref: str, *, worker: str | None = None) -> list[Handle]:
         """Drain and unload the live replicas of ``ref`` (all of them, or the one on ``worker``)."""
-        return [self._stop_handle(order) for order in self.control.stop(ref, worker=worker)]
+        with outage_errors.typed_errors(f"stopping {ref!r}"):  # not retried: a drain may already have been sent
+            orders = self.control.stop(ref, worker=worker)
+        return [self._stop_handle(order) for order in orders]
 
     def _stop_handle(self, order: StopOrder) -> Handle:
         return Handle(order.drain, self.settings.load_timeout_s, then=order.unload)
 
     # --- views ----------------------------------------------------------------------------------------------------
     def replicas(self, include_terminal: bool = False) -> list[dict[str, Any]]:
-        with session_scope(self._url) as session:
-            return [replicas.summary(r) for r in replicas.all_with_devices(session, include_terminal)]
+        def read() -> list[dict[str, Any]]:
+            with session_scope(self._url) as session:
+                return [replicas.summary(r) for r in replicas.all_with_devices(session, include_terminal)]
+
+        return self.retry(read, "reading the replicas")
 
     def devices(self) -> list[dict[str, Any]]:
-        with session_scope(self._url) as session:
-            views = {v.worker_name: v for v in device_views(session, self.settings.heartbeat_timeout_s)}
-            return [_device(d, views[d.worker_name]) for d in device_rows.all_devices(session)]
+        def read() -> list[dict[str, Any]]:
+            with session_scope(self._url) as session:
+                views = {v.worker_name: v for v in device_views(session, self.settings.heartbeat_timeout_s)}
+                return [_device(d, views[d.worker_name]) for d in device_rows.all_devices(session)]
+
+        return self.retry(read, "reading the devices")
 
     def history(self, model: str) -> list[dict[str, Any]]:
         """Every lifecycle transition of every replica of ``model``, oldest first."""
+        return self.retry(lambda: self._history(model), f"reading the history of {model!r}")
+
+    def _history(self, model: str) -> list[dict[str, Any]]:
         with session_scope(self._url) as session:
             m = registry.get_model(session, model)
             rows = session.execute(

@@ -9,9 +9,11 @@ must be safe to repeat: the admission script is (it writes nothing for a task id
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 import redis
@@ -70,3 +72,32 @@ def retrying(fn: Callable[[], T], what: str, *, attempts: int, max_s: float) -> 
                 raise error from exc
             log.info("retrying after an outage error", extra={"what": what, "attempt": attempt, "error": repr(exc)})
             time.sleep(wait_s)
+
+
+async def retrying_async(fn: Callable[[], Awaitable[T]], what: str, *, attempts: int, max_s: float) -> T:
+    """:func:`retrying` for asyncio code (the gateway): the waits do not hold the event loop."""
+    deadline = time.monotonic() + max_s
+    attempt = 0
+    while True:
+        try:
+            return await fn()
+        except BROKER_ERRORS as exc:
+            attempt += 1
+            wait_s = backoff(attempt - 1)
+            if attempt >= attempts or time.monotonic() + wait_s > deadline:
+                raise BrokerUnavailable(
+                    f"Redis did not answer while {what}: {type(exc).__name__}: {_short(exc)}"
+                ) from exc
+            await asyncio.sleep(wait_s)
+
+
+@contextmanager
+def typed_errors(what: str) -> Iterator[None]:
+    """Raise a driver's outage error met inside as its typed error, without retrying (for calls that are not
+    safe to repeat, such as a load that may already have been sent)."""
+    try:
+        yield
+    except (*BROKER_ERRORS, *DATABASE_ERRORS) as exc:
+        error = typed(exc, what)
+        assert error is not None
+        raise error from exc

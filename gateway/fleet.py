@@ -17,7 +17,7 @@ from typing import Any
 import redis.asyncio
 from sqlalchemy import select
 
-from app import logs, registry
+from app import logs, outage, registry
 from app.admission import InferOrder
 from app.broker import layout, scripts, stats
 from app.client import Client
@@ -60,7 +60,13 @@ class Fleet:
     # --- admission ----------------------------------------------------------------------------------------------
     async def publish(self, order: InferOrder) -> Published:
         """Admit (queue limit, ledger, aging index) and queue the message, in the client's one atomic call."""
-        backlog = await scripts.admit_async(self.redis, order.admission)
+        # Retried through a short Redis outage (the script writes nothing for a task id it already admitted).
+        backlog = await outage.retrying_async(
+            lambda: scripts.admit_async(self.redis, order.admission),
+            "queueing the request",
+            attempts=self.settings.retry_attempts,
+            max_s=self.settings.retry_max_s,
+        )
         self.client.scheduler.admit(order.model, backlog)
         assert order.admission.message is not None  # infer_order always builds it
         return Published(order, order.admission.list_key, order.admission.message)
