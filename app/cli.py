@@ -292,6 +292,9 @@ def cmd_infer(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    import time
+
+    from app.broker import heartbeats
     from app.broker.clients import sync_client
     from app.broker.demand import read_rates
     from app.broker.layout import model_queue
@@ -363,7 +366,14 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         ["MODEL", "POLICY", "WAITING", "LIMIT", "ARRIVALS/S", "EST MS (1 ROW)", "EST MS (32 ROWS)", "LEARNED ON"],
         model_rows,
     )
-    _print(args, value, f"{dev_table}\n\n{rep_table}\n\n{m_table}")
+    beats = heartbeats.read(redis_client)
+    value["heartbeats"] = {name: {"at": at, "age_s": time.time() - at} for name, at in beats.items()}
+    beat_table = render(
+        ["COMPONENT", "LAST HEARTBEAT"],
+        [[name, heartbeats.describe(at, settings.heartbeat_timeout_s)] for name, at in sorted(beats.items())]
+        or [["beat", "never seen"]],
+    )
+    _print(args, value, f"{dev_table}\n\n{rep_table}\n\n{m_table}\n\n{beat_table}")
     return 0
 
 

@@ -19,6 +19,7 @@ import socket
 from celery import signals
 
 from app import logs
+from app.broker import heartbeats
 from app.broker.layout import SYSTEM_QUEUE
 from app.celery_app import create_app, solo_worker_argv
 from app.db.migrate import ensure_current
@@ -37,6 +38,7 @@ def run(settings: Settings, loglevel: str | None = None) -> None:
 
     @signals.worker_ready.connect(weak=False)
     def _ready(**_kw: object) -> None:
+        heartbeats.Stamper(settings.redis_url, name, settings.heartbeat_s).start()
         logs.event(log, "controller_ready", worker=name, queue=SYSTEM_QUEUE)
 
     app.worker_main(solo_worker_argv(name, [SYSTEM_QUEUE], loglevel or settings.log_level))
