@@ -411,26 +411,51 @@ def redis_kill(r: Rig) -> Outcome:
 
 def postgres_stop(r: Rig, outage_s: float = POSTGRES_OUTAGE_S) -> Outcome:
     """Stop PostgreSQL (a fast shutdown) for ``outage_s`` under traffic, then start it again: requests go on from
-    cached references, workers keep serving and are not reaped, and the database is usable again after."""
-    from bench.models import add_one
+    cached references, workers keep serving and are not reaped, a load caught mid-way records READY once the
+    database is back, a model never resolved before is DATABASE_UNAVAILABLE, and the database is usable after."""
+    from app.errors import MaasError
+    from bench.models import add_one, wide_mlp
 
     r.register("small", add_one(r.workdir / "small.onnx"))
+    r.register("unseen", add_one(r.workdir / "unseen.onnx"))
+    r.register("big", wide_mlp(r.workdir / "big.onnx", in_width=16, hidden=2048, layers=8, out_width=8))
     r.fleet()
     _serve_on_both(r, "small")
     rate = 5.0
     traffic = Traffic(r.client, "small", _rows(4, 1), count=int(rate * (outage_s + 15)), rate=rate)
     traffic.start()
     wait_for(lambda: len(traffic.sent) >= 10, 60, "traffic to be under way")
+    load = r.client.load("big", worker="w1@chaos")
+    wait_for(
+        lambda: any(x["model"] == "big" and x["state"] == "LOADING" for x in r.client.replicas()),
+        60,
+        "w1 to be loading big",
+        interval_s=0.01,
+    )
     r.pg.kill(signal.SIGINT)
     fault_at = time.monotonic()
+    try:
+        r.client.infer("unseen", {"x": np.zeros((1, 4), dtype=np.float32)})
+        unseen = "accepted"
+    except MaasError as exc:
+        unseen = exc.code
+    unseen_s = time.monotonic() - fault_at
     wait_for(lambda: time.monotonic() - fault_at >= outage_s, outage_s + 10, "the outage", interval_s=0.2)
     r.pg.restart()
     back_at = time.monotonic()
     wait_for(_readable(r), 60, "the database to answer the client again", interval_s=0.2)
     db_back_s = time.monotonic() - back_at
     outcome = settle("postgres_stop", traffic, r.monitor, fault_at, wait_s=90)
-    states = {x["worker"]: x["state"] for x in r.client.replicas(include_terminal=True)}
-    outcome.extra = {"outage_s": outage_s, "db_back_s": round(db_back_s, 2), "replicas_after": states}
+    loaded = load.wait(timeout_s=120)
+    states = {f"{x['model']}@{x['worker']}": x["state"] for x in r.client.replicas(include_terminal=True)}
+    outcome.extra = {
+        "outage_s": outage_s,
+        "db_back_s": round(db_back_s, 2),
+        "unseen_model": unseen,
+        "unseen_answered_in_s": round(unseen_s, 2),
+        "load_across_outage": loaded["state"],
+        "replicas_after": states,
+    }
     return outcome
 
 

@@ -72,6 +72,11 @@ def test_a_60s_database_outage_does_not_stop_serving(tmp_path):
     assert outcome.answered == outcome.sent, outcome.line()
     assert set(outcome.extra["replicas_after"].values()) == {"READY"}, outcome.line()
     assert outcome.extra["db_back_s"] < 30
+    # A load caught mid-way wrote its READY once the database was back (retried, not dropped).
+    assert outcome.extra["load_across_outage"] == "READY"
+    # A model no cache had seen is refused typed, after the bounded retry (MAAS_RETRY_MAX_S, 10 s), not a hang.
+    assert outcome.extra["unseen_model"] == "DATABASE_UNAVAILABLE"
+    assert outcome.extra["unseen_answered_in_s"] < 20
 
 
 def test_beat_and_the_controller_killed_and_restarted(tmp_path):
