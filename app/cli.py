@@ -32,7 +32,9 @@ def _client(settings: Settings) -> Client:
         attempts=settings.retry_attempts,
         max_s=settings.retry_max_s,
     )
-    return Client(settings)
+    from app.client import current_user
+
+    return Client(settings, requester=f"user {current_user()} via cli")
 
 
 def _print(args: argparse.Namespace, value: Any, table: str) -> None:
@@ -411,9 +413,18 @@ def cmd_dlq_purge(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_history(args: argparse.Namespace, settings: Settings) -> int:
     events = _client(settings).history(args.model)
     table = render(
-        ["AT", "REPLICA", "VERSION", "WORKER", "FROM", "TO", "REASON"],
+        ["AT", "REPLICA", "VERSION", "WORKER", "FROM", "TO", "BY", "REASON"],
         [
-            [e["at"][:23], e["replica"], e["version"], e["worker"], e["from"] or "-", e["to"], e["reason"][:60]]
+            [
+                e["at"][:23],
+                e["replica"],
+                e["version"],
+                e["worker"],
+                e["from"] or "-",
+                e["to"],
+                e["by"] or "-",
+                e["reason"][:60],
+            ]
             for e in events
         ],
     )

@@ -6,6 +6,7 @@ queue. The infer hot path does not touch the database: resolved references are c
 
 from __future__ import annotations
 
+import getpass
 import logging
 import time
 import uuid
@@ -128,11 +129,13 @@ class Resolved:
 
 
 class Client:
-    def __init__(self, settings: Settings | None = None, app: Celery | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, app: Celery | None = None, requester: str = "") -> None:
         self.settings = settings or Settings.from_env()
         self.app = app or create_app(self.settings)
         self._refs: dict[str, Resolved] = {}
         self._stale_warned: dict[str, float] = {}  # ref -> when its stale use was last logged
+        #: Who this client's loads and stops are recorded as asked by (``maas history`` shows it).
+        self.requester = requester or f"user {current_user()} via client"
         self._redis = clients.sync_client(self.settings.redis_url)
         self.control = Control(self.app)
         self.scheduler = Scheduler(self.settings, self._redis, trigger=self.control.request_allocation)
@@ -314,7 +317,7 @@ class Client:
     def load(self, ref: str, *, worker: str | None = None, device: int | None = None) -> Handle:
         """Place a replica of ``ref`` (on a named worker or device, else the one with most free memory) and load it."""
         with outage_errors.typed_errors(f"loading {ref!r}"):  # not retried: the load may already have been sent
-            order = self.control.load(ref, worker=worker, device=device)
+            order = self.control.load(ref, worker=worker, device=device, requested_by=self.requester)
         if order.sent is None:
             return Handle(None, 0, done_value=order.summary)
         return Handle(order.sent, self.settings.load_timeout_s)
@@ -322,7 +325,7 @@ class Client:
     def stop(self, ref: str, *, worker: str | None = None) -> list[Handle]:
         """Drain and unload the live replicas of ``ref`` (all of them, or the one on ``worker``)."""
         with outage_errors.typed_errors(f"stopping {ref!r}"):  # not retried: a drain may already have been sent
-            orders = self.control.stop(ref, worker=worker)
+            orders = self.control.stop(ref, worker=worker, requested_by=self.requester)
         return [self._stop_handle(order) for order in orders]
 
     def _stop_handle(self, order: StopOrder) -> Handle:
@@ -368,9 +371,17 @@ class Client:
                     "from": e.from_state,
                     "to": e.to_state,
                     "reason": e.reason,
+                    "by": e.requested_by,
                 }
                 for e, r, v, d in rows
             ]
+
+
+def current_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
 
 
 def outputs_as_arrays(answer: Mapping[str, Any]) -> dict[str, np.ndarray]:

@@ -78,7 +78,15 @@ class Control:
         self.settings = settings_of(app)
 
     # --- lifecycle orders ---------------------------------------------------------------------------------------
-    def load(self, ref: str, *, worker: str | None = None, device: int | None = None, reason: str = "") -> LoadOrder:
+    def load(
+        self,
+        ref: str,
+        *,
+        worker: str | None = None,
+        device: int | None = None,
+        reason: str = "",
+        requested_by: str = "",
+    ) -> LoadOrder:
         """Place a replica of ``ref`` (on a named worker or device, else the one with most free memory), load it.
 
         A replica already live there is reused: READY is returned as is, one still loading is sent the load again
@@ -96,7 +104,9 @@ class Control:
                 )
                 dev = device_rows.by_worker(session, target.worker_name)
                 assert dev is not None  # choose_device only returns registered devices
-                existing = replicas.create(session, version.id, dev.id, reason=reason or f"load {version.ref}")
+                existing = replicas.create(
+                    session, version.id, dev.id, reason=reason or f"load {version.ref}", requested_by=requested_by
+                )
             replica_id, worker_name = existing.id, existing.device.worker_name
         return LoadOrder(replica_id, worker_name, self.send_load(replica_id, worker_name))
 
@@ -117,7 +127,7 @@ class Control:
                 return found
         return None
 
-    def stop(self, ref: str, *, worker: str | None = None) -> list[StopOrder]:
+    def stop(self, ref: str, *, worker: str | None = None, requested_by: str = "") -> list[StopOrder]:
         """Drain and unload the live replicas of ``ref`` (all of them, or the one on ``worker``)."""
         parsed = registry.parse_ref(ref)
         with session_scope(self.settings.sqlalchemy_url) as session:
@@ -152,6 +162,9 @@ class Control:
                     f"{model.name}: {' and '.join(why)}, so the allocator would load it again; not stopped. "
                     f"Run `maas model set {model.name} {flags}` first"
                 )
+            for r in live:
+                if any(r.id == replica_id for replica_id, _ in targets):
+                    r.requested_by = requested_by  # the worker's DRAINING..STOPPED events are this stop's
         return [self.send_stop(replica_id, worker_name) for replica_id, worker_name in targets]
 
     # --- the messages ---------------------------------------------------------------------------------------------

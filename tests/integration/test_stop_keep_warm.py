@@ -13,7 +13,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_stopping_a_keep_warm_model_is_refused_until_keep_warm_is_off(
-    env, client, fleet, register, configure, stop_model, tmp_path, monkeypatch, capsys
+    env, client, fleet, register, configure, tmp_path, monkeypatch, capsys
 ):
     register("add", add_one(tmp_path / "add.onnx"))
     fleet.worker(0, "w0@test")
@@ -34,5 +34,14 @@ def test_stopping_a_keep_warm_model_is_refused_until_keep_warm_is_off(
         client.stop("add")
 
     configure("add", min_replicas=0)
-    stop_model("add")
+    assert cli.main(["stop", "add"]) == 0
     assert client.replicas() == []
+
+    # Every lifecycle event records who asked: the load came from this client, the stop from the command line.
+    by = {e["to"]: e["by"] for e in client.history("add")}
+    assert by["PENDING"] == by["READY"] == client.requester and client.requester.endswith("via client")
+    assert by["DRAINING"] == by["STOPPED"] and by["STOPPED"].startswith("user ") and by["STOPPED"].endswith("via cli")
+    capsys.readouterr()
+    assert cli.main(["history", "add"]) == 0
+    table = capsys.readouterr().out
+    assert " BY " in table.splitlines()[0] and "via cli" in table
