@@ -85,6 +85,8 @@ def _read_once(ctx: WorkerContext, replica_id: int) -> tuple[ReplicaState, dict[
             "inputs": v.inputs,
             "max_batch_size": v.model.max_batch_size,
             "max_queue_delay_s": v.model.max_queue_delay_ms / 1000,
+            "size_bytes": v.size_bytes,
+            "mem_bytes": v.mem_bytes,
         }
         return ReplicaState(replica.state), replicas.summary(replica), spec
 
@@ -127,7 +129,22 @@ def _load_runtime(ctx: WorkerContext, replica_id: int, model: str, version: int,
     runtime = runtimes.create(spec["runtime"])
     before = used_bytes(ctx.device.kind, ctx.device.index)
     runtime.load(path, use_gpu=ctx.device.kind == "gpu")
-    footprint = max(0, used_bytes(ctx.device.kind, ctx.device.index) - before)
+    measured = used_bytes(ctx.device.kind, ctx.device.index) - before
+    footprint = plausible_footprint(measured, spec["size_bytes"], spec["mem_bytes"])
+    if footprint != measured:
+        logs.event(
+            log,
+            "footprint_implausible",
+            logging.WARNING,
+            replica=replica_id,
+            model=model,
+            version=version,
+            worker=ctx.worker_name,
+            measured_bytes=measured,
+            artifact_bytes=spec["size_bytes"],
+            recorded_bytes=footprint,
+            reason="measured less than the artifact's size (memory the process held already, or freed meanwhile)",
+        )
     return Loaded(
         replica_id,
         model,
@@ -138,6 +155,15 @@ def _load_runtime(ctx: WorkerContext, replica_id: int, model: str, version: int,
         spec["max_batch_size"],
         spec["max_queue_delay_s"],
     )
+
+
+def plausible_footprint(measured: int, size_bytes: int, declared_bytes: int) -> int:
+    """The footprint to record: the measured one, unless it is below the artifact's own size, which no runtime can
+    hold a model in (ONNX Runtime already loaded in the process, or another replica's release in between, makes the
+    difference read 0 MiB). Then the declared footprint (at least the artifact's size) is recorded instead."""
+    if measured >= size_bytes:
+        return measured
+    return max(declared_bytes, size_bytes)
 
 
 def _load_failed(ctx: WorkerContext, replica_id: int, model: str, version: int, exc: Exception) -> MaasError:
