@@ -31,6 +31,9 @@ log = logging.getLogger("maas.controller")
 
 def run(settings: Settings, loglevel: str | None = None) -> None:
     logs.configure(loglevel or settings.log_level, settings.log_format)
+    # Every task here is beat's periodic work (an aging pass every second): its "received" and "succeeded" lines
+    # only show at DEBUG. What the tasks do that matters (a reap, a resend, a move) is logged by the tasks.
+    logs.quiet(loglevel or settings.log_level, "celery.worker.strategy", "celery.app.trace")
     ensure_current(settings.sqlalchemy_url)
     name = settings.worker_name or f"controller@{socket.gethostname()}"
     app = create_app(settings)

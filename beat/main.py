@@ -39,6 +39,9 @@ def schedule(settings: Settings) -> dict[str, dict[str, object]]:
 
 def run(settings: Settings, loglevel: str | None = None) -> None:
     logs.configure(loglevel or settings.log_level, settings.log_format)
+    # Beat sends a task every aging period (a second by default): one INFO line each would be most of an idle
+    # fleet's logs. They show at DEBUG.
+    logs.quiet(loglevel or settings.log_level, "celery.beat")
     settings.home.mkdir(parents=True, exist_ok=True)
     app = create_app(settings)
     app.conf.beat_schedule = schedule(settings)
