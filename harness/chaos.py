@@ -366,7 +366,7 @@ def worker_mid_load(r: Rig) -> Outcome:
     traffic = Traffic(r.client, "small", _rows(4, 1), count=150, rate=10.0)
     traffic.start()
     wait_for(lambda: len(traffic.sent) >= 20, 60, "traffic to be under way")
-    load = r.client.load("big", worker="w0@chaos")
+    r.client.load("big", worker="w0@chaos")  # never answered: its worker dies; the restart loads it again
 
     def loading() -> bool:
         return any(x["model"] == "big" and x["state"] == "LOADING" for x in r.client.replicas())
@@ -384,7 +384,7 @@ def worker_mid_load(r: Rig) -> Outcome:
     reload_s = time.monotonic() - fault_at
     outcome = settle("worker_mid_load", traffic, r.monitor, fault_at, wait_s=120)
     states = sorted(x["state"] for x in reps)  # type: ignore[union-attr]
-    outcome.extra = {"reload_s": round(reload_s, 2), "big_replicas": states, "load_handle_id": load.id}
+    outcome.extra = {"reload_s": round(reload_s, 2), "big_replicas": states}
     return outcome
 
 
@@ -395,7 +395,7 @@ def redis_kill(r: Rig) -> Outcome:
     r.register("small", add_one(r.workdir / "small.onnx"))
     r.fleet()
     _serve_on_both(r, "small")
-    traffic = Traffic(r.client, "small", _rows(4, 1), count=200, rate=10.0)
+    traffic = Traffic(r.client, "small", _rows(4, 1), count=150, rate=10.0)
     traffic.start()
     wait_for(lambda: len(traffic.sent) >= 40, 60, "traffic to be under way")
     r.redis.kill(signal.SIGKILL)
@@ -422,7 +422,7 @@ def postgres_stop(r: Rig, outage_s: float = POSTGRES_OUTAGE_S) -> Outcome:
     r.fleet()
     _serve_on_both(r, "small")
     rate = 5.0
-    traffic = Traffic(r.client, "small", _rows(4, 1), count=int(rate * (outage_s + 15)), rate=rate)
+    traffic = Traffic(r.client, "small", _rows(4, 1), count=int(rate * (outage_s + 6)), rate=rate)
     traffic.start()
     wait_for(lambda: len(traffic.sent) >= 10, 60, "traffic to be under way")
     load = r.client.load("big", worker="w1@chaos")
@@ -481,7 +481,7 @@ def beat_controller_kill(r: Rig) -> Outcome:
     r.register("small", add_one(r.workdir / "small.onnx"))
     r.fleet()
     _serve_on_both(r, "small")
-    traffic = Traffic(r.client, "small", _rows(4, 1), count=150, rate=10.0)
+    traffic = Traffic(r.client, "small", _rows(4, 1), count=120, rate=10.0)
     traffic.start()
     wait_for(lambda: len(traffic.sent) >= 20, 60, "traffic to be under way")
     r.procs["beat"].kill()
