@@ -6,6 +6,7 @@ queue. The infer hot path does not touch the database: resolved references are c
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import logging
 import time
@@ -96,6 +97,11 @@ class Handle:
         """
         attempt, outage = 0, None
         while True:
+            if outage is not None:
+                # Celery's result consumer gives up reconnecting after a few tries and is left without a channel;
+                # subscribe again (each get() also reads a result stored meanwhile, so none is missed).
+                with contextlib.suppress(*outage_errors.BROKER_ERRORS):
+                    result.backend.result_consumer.consume_from(result.id)
             left = deadline - time.monotonic()
             if left <= 0:
                 if outage is not None:
@@ -110,12 +116,19 @@ class Handle:
                 outage = None  # Redis answered: the result is simply not there yet
             except MaasError:
                 raise  # the worker's error, rebuilt by Celery from JSON
-            except outage_errors.BROKER_ERRORS as exc:
-                outage = exc
+            except Exception as exc:
+                # A broken connection, or Celery's "retry limit exceeded" RuntimeError raised from one.
+                cause = exc if isinstance(exc, outage_errors.BROKER_ERRORS) else exc.__cause__
+                if not isinstance(cause, outage_errors.BROKER_ERRORS):
+                    raise MaasError(f"{type(exc).__name__}: {exc}") from exc
+                if outage is None:
+                    log.warning(
+                        "Redis did not answer while waiting; retrying until the timeout",
+                        extra={"task_id": result.id, "error": repr(cause)},
+                    )
+                outage = cause
                 time.sleep(min(max(0.0, deadline - time.monotonic()), outage_errors.backoff(attempt)))
                 attempt += 1
-            except Exception as exc:
-                raise MaasError(f"{type(exc).__name__}: {exc}") from exc
 
 
 @dataclass(frozen=True)

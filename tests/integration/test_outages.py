@@ -3,6 +3,7 @@ client; a Redis that stays away is BROKER_UNAVAILABLE by the caller's timeout, n
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 
@@ -46,6 +47,24 @@ def test_an_answer_stored_after_a_redis_restart_reaches_the_waiting_client(
     assert got == [{"answer": 42}]
 
 
+def test_a_wait_that_met_the_outage_gets_the_answer_once_redis_is_back(
+    client, settings, register, own_redis, tmp_path, caplog
+):
+    # The wait meets the outage (its slices fail, Celery's result consumer may give up reconnecting): once Redis
+    # is back it subscribes again and reads the answer stored meanwhile.
+    register("add", add_one(tmp_path / "add.onnx"))
+    handle = client.infer("add", {"x": X})
+    got: list[object] = []
+    waiter = threading.Thread(target=lambda: got.append(_outcome(handle, 60)), daemon=True)
+    own_redis.kill()
+    waiter.start()
+    wait_for(lambda: "Redis did not answer while waiting" in caplog.text, 30, "the wait to meet the outage")
+    own_redis.restart()
+    create_app(settings).backend.mark_as_done(handle.id, {"answer": 7})
+    wait_for(lambda: got, 60, "the waiting client to get the answer")
+    assert got == [{"answer": 7}]
+
+
 def test_a_redis_that_stays_away_is_broker_unavailable_within_the_timeout(client, register, own_redis, tmp_path):
     register("add", add_one(tmp_path / "add.onnx"))
     handle = client.infer("add", {"x": X})
@@ -67,3 +86,18 @@ def _outcome(handle, timeout_s: float) -> object:
         return handle.wait(timeout_s=timeout_s)
     except Exception as exc:  # what the test reports instead of an answer
         return exc
+
+
+def test_maas_status_shows_beat_and_controller_heartbeats_and_which_are_dead(env, client, monkeypatch, capsys):
+    from app import cli
+    from app.broker import heartbeats
+
+    heartbeats.stamp(client.redis, "beat", time.time() - 100)
+    heartbeats.stamp(client.redis, "ctl@test")
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert cli.main(["status"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
+    dead = re.search(r"dead for (\d+) s", lines["beat"])
+    assert dead is not None and 100 <= int(dead.group(1)) < 160, lines["beat"]
+    assert "alive" in lines["ctl@test"]

@@ -58,3 +58,10 @@ def test_errors_that_are_not_outages_pass_at_once():
 
 def test_backoff_doubles_up_to_its_cap():
     assert [outage.backoff(i) for i in range(6)] == [0.1, 0.2, 0.4, 0.8, 1.6, 2.0]
+
+
+def test_a_heartbeat_older_than_the_timeout_reads_dead_for_n_seconds():
+    from app.broker.heartbeats import describe
+
+    assert describe(1000.0, timeout_s=30, now=1002.4) == "alive (2 s ago)"
+    assert describe(1000.0, timeout_s=30, now=1045.0) == "dead for 45 s"
