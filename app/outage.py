@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
+import kombu.exceptions
 import redis
 import sqlalchemy.exc
 
@@ -27,8 +28,12 @@ T = TypeVar("T")
 #: The first wait between attempts; each next one doubles it.
 FIRST_WAIT_S = 0.1
 
-#: The driver errors that mean "the broker did not answer".
-BROKER_ERRORS: tuple[type[BaseException], ...] = (redis.ConnectionError, redis.TimeoutError)
+#: The driver errors that mean "the broker did not answer" (kombu's OperationalError: Celery's send_task gave up).
+BROKER_ERRORS: tuple[type[BaseException], ...] = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    kombu.exceptions.OperationalError,
+)
 #: The driver errors that mean "the database did not answer" (OperationalError: refused, reset, timed out).
 DATABASE_ERRORS: tuple[type[BaseException], ...] = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)
 

@@ -65,3 +65,10 @@ def test_a_heartbeat_older_than_the_timeout_reads_dead_for_n_seconds():
 
     assert describe(1000.0, timeout_s=30, now=1002.4) == "alive (2 s ago)"
     assert describe(1000.0, timeout_s=30, now=1045.0) == "dead for 45 s"
+
+
+def test_celery_giving_up_a_publish_is_a_broker_outage():
+    import kombu.exceptions
+
+    error = outage.typed(kombu.exceptions.OperationalError("Error 111 connecting"), "sending a load")
+    assert isinstance(error, BrokerUnavailable) and "sending a load" in error.message
