@@ -48,6 +48,17 @@ def reap(settings: Settings) -> list[str]:
                     reason=reason,
                 )
             lost.append(device.worker_name)
+    # Requests a worker took but died before recording (app.broker.holdings.give_back_orphans): every pass, since
+    # one taken just before its worker died is only old enough to be sure of a pass or two after the reap.
+    orphans = holdings.give_back_orphans(client, settings.heartbeat_timeout_s)
+    if orphans:
+        logs.event(
+            log,
+            "requests_given_back",
+            logging.WARNING,
+            task_ids=orphans,
+            reason="taken by a worker that died before it recorded them: requeued, not left to the visibility timeout",
+        )
     for worker in lost:
         given_back = holdings.give_back(client, worker)
         if given_back:
