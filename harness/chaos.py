@@ -282,10 +282,13 @@ class Rig:
             registry.configure(session, name, **changes)
         self.client.scheduler.invalidate(name)
 
-    def held_by(self, worker: str) -> bool:
-        from app.broker import keys
+    def running_on(self, worker: str) -> bool:
+        """Whether ``worker`` runs a request now: one it recorded holding (holdings.hold) and not yet answered (the
+        entry of the request it finished last stays until its next one)."""
+        from app.broker import keys, ledger
 
-        return bool(self.client.redis.hlen(keys.held_by(worker)))
+        held = self.client.redis.hkeys(keys.held_by(worker))
+        return any(not ledger.answered(self.client.redis, t.decode()) for t in held)
 
     def logs(self) -> str:
         return "\n".join(f"===== {p.name} =====\n{p.log()[-4000:]}" for p in self.procs.values())
@@ -332,7 +335,7 @@ def worker_mid_request(r: Rig) -> Outcome:
     _serve_on_both(r, "slow")
     traffic = Traffic(r.client, "slow", _rows(16, 600), count=40, rate=3.0)
     traffic.start()
-    wait_for(lambda: len(traffic.sent) >= 9 and r.held_by("w0@chaos"), 60, "w0 to run a request", interval_s=0.01)
+    wait_for(lambda: len(traffic.sent) >= 9 and r.running_on("w0@chaos"), 60, "w0 to run a request", interval_s=0.01)
     r.procs["w0@chaos"].kill()
     fault_at = time.monotonic()
     return settle("worker_mid_request", traffic, r.monitor, fault_at, wait_s=120)
@@ -348,7 +351,7 @@ def worker_mid_batch(r: Rig) -> Outcome:
     _serve_on_both(r, "batchy")
     traffic = Traffic(r.client, "batchy", _rows(64, 4), count=240, rate=30.0)
     traffic.start()
-    wait_for(lambda: len(traffic.sent) >= 60 and r.held_by("w0@chaos"), 60, "w0 to run a batch", interval_s=0.005)
+    wait_for(lambda: len(traffic.sent) >= 60 and r.running_on("w0@chaos"), 60, "w0 to run a batch", interval_s=0.005)
     r.procs["w0@chaos"].kill()
     fault_at = time.monotonic()
     return settle("worker_mid_batch", traffic, r.monitor, fault_at, wait_s=120)
