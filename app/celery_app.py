@@ -49,7 +49,18 @@ def create_app(settings: Settings | None = None) -> Celery:
         task_default_priority=settings.default_priority,
         task_default_queue=SYSTEM_QUEUE,
         broker_transport_options=transport_options(settings),
-        result_backend_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        result_backend_transport_options={
+            "visibility_timeout": settings.visibility_timeout_s,
+            # Reconnecting the result channel after Redis went away: a few quick tries, not Celery's 20; a client's
+            # wait retries in slices up to its own timeout (app.client.Handle), so nothing waits past it.
+            "retry_policy": {"max_retries": 3, "interval_start": 0, "interval_step": 0.5, "interval_max": 1},
+        },
+        # No wait on Redis is unbounded: connects give up after 5 s, replies after 30 s, idle sockets are checked.
+        redis_socket_connect_timeout=5,
+        redis_socket_timeout=30,
+        redis_socket_keepalive=True,
+        redis_backend_health_check_interval=30,
+        broker_connection_timeout=5,
         # Ack after the task returns, and give the message back if the worker dies mid-task: nothing accepted is
         # lost. Prefetch 1 so a worker never holds low-priority messages while high-priority ones wait.
         task_acks_late=True,

@@ -22,11 +22,19 @@ if TYPE_CHECKING:
 
 
 def _client(settings: Settings) -> Client:
+    from app import outage
     from app.client import Client  # imported late: keeps `maas --help` fast
     from app.db.migrate import ensure_current
 
-    ensure_current(settings.sqlalchemy_url)
-    return Client(settings)
+    outage.retrying(
+        lambda: ensure_current(settings.sqlalchemy_url),
+        "checking the database schema",
+        attempts=settings.retry_attempts,
+        max_s=settings.retry_max_s,
+    )
+    from app.client import current_user
+
+    return Client(settings, requester=f"user {current_user()} via cli")
 
 
 def _print(args: argparse.Namespace, value: Any, table: str) -> None:
@@ -301,6 +309,9 @@ def cmd_infer(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    import time
+
+    from app.broker import heartbeats
     from app.broker.clients import sync_client
     from app.broker.demand import read_rates
     from app.broker.layout import model_queue
@@ -372,7 +383,14 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         ["MODEL", "POLICY", "WAITING", "LIMIT", "ARRIVALS/S", "EST MS (1 ROW)", "EST MS (32 ROWS)", "LEARNED ON"],
         model_rows,
     )
-    _print(args, value, f"{dev_table}\n\n{rep_table}\n\n{m_table}")
+    beats = heartbeats.read(redis_client)
+    value["heartbeats"] = {name: {"at": at, "age_s": time.time() - at} for name, at in beats.items()}
+    beat_table = render(
+        ["COMPONENT", "LAST HEARTBEAT"],
+        [[name, heartbeats.describe(at, settings.heartbeat_timeout_s)] for name, at in sorted(beats.items())]
+        or [["beat", "never seen"]],
+    )
+    _print(args, value, f"{dev_table}\n\n{rep_table}\n\n{m_table}\n\n{beat_table}")
     return 0
 
 
@@ -471,9 +489,18 @@ def cmd_dlq_purge(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_history(args: argparse.Namespace, settings: Settings) -> int:
     events = _client(settings).history(args.model)
     table = render(
-        ["AT", "REPLICA", "VERSION", "WORKER", "FROM", "TO", "REASON"],
+        ["AT", "REPLICA", "VERSION", "WORKER", "FROM", "TO", "BY", "REASON"],
         [
-            [e["at"][:23], e["replica"], e["version"], e["worker"], e["from"] or "-", e["to"], e["reason"][:60]]
+            [
+                e["at"][:23],
+                e["replica"],
+                e["version"],
+                e["worker"],
+                e["from"] or "-",
+                e["to"],
+                e["by"] or "-",
+                e["reason"][:60],
+            ]
             for e in events
         ],
     )

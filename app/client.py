@@ -6,11 +6,14 @@ queue. The infer hot path does not touch the database: resolved references are c
 
 from __future__ import annotations
 
+import contextlib
+import getpass
+import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import redis
@@ -19,6 +22,7 @@ from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult
 from sqlalchemy import select
 
+from app import outage as outage_errors
 from app import registry, signing
 from app.admission import INFER_TASK, InferOrder, infer_order
 from app.broker import clients, dlq, scripts
@@ -54,10 +58,17 @@ from app.signature import (
     validate_inputs,
 )
 
+log = logging.getLogger("maas.client")
+T = TypeVar("T")
+
 #: Request classes the policies know (interactive work goes ahead of batch work of the same size).
 REQUEST_CLASSES = ("interactive", "batch")
 #: How long a resolved reference (name -> version and signature) is reused before the registry is asked again.
 REF_CACHE_S = 5.0
+#: A reference used stale (database away) is logged at most once per this many seconds.
+STALE_WARN_S = 10.0
+#: A wait for a result is made of slices this long, so that an outage met in one is retried within the timeout.
+WAIT_SLICE_S = 5.0
 
 
 @dataclass
@@ -87,23 +98,54 @@ class Handle:
         if self.result is None:
             return self.done_value
         timeout = timeout_s or self.timeout_s
-        value = self._get(self.result, timeout)
+        deadline = time.monotonic() + timeout
+        value = self._get(self.result, deadline, timeout)
         if self.then is not None and value.get("state") not in [s.value for s in TERMINAL]:
-            value = self._get(self.then, timeout)
+            value = self._get(self.then, time.monotonic() + timeout, timeout)
         return value
 
     @staticmethod
-    def _get(result: AsyncResult, timeout_s: float) -> Any:
-        try:
-            return result.get(timeout=timeout_s, propagate=True, disable_sync_subtasks=False)
-        except CeleryTimeout as exc:
-            raise RequestTimeout(f"no answer to {result.id} within {timeout_s:g}s") from exc
-        except MaasError:
-            raise  # the worker's error, rebuilt by Celery from JSON
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise BrokerUnavailable(f"Redis did not answer while waiting for {result.id}: {exc}") from exc
-        except Exception as exc:
-            raise MaasError(f"{type(exc).__name__}: {exc}") from exc
+    def _get(result: AsyncResult, deadline: float, timeout_s: float) -> Any:
+        """The result, waiting at most until ``deadline`` even across a Redis restart.
+
+        Waits in slices: a slice that meets a broken connection is retried after a backoff (Celery's result consumer
+        reconnects and reads any result stored meanwhile), so a Redis that comes back before the deadline still
+        delivers the answer, and one that does not ends in BROKER_UNAVAILABLE at the deadline, not minutes later.
+        """
+        attempt, outage = 0, None
+        while True:
+            if outage is not None:
+                # Celery's result consumer gives up reconnecting after a few tries and is left without a channel;
+                # subscribe again (each get() also reads a result stored meanwhile, so none is missed).
+                with contextlib.suppress(*outage_errors.BROKER_ERRORS):
+                    result.backend.result_consumer.consume_from(result.id)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                if outage is not None:
+                    raise BrokerUnavailable(
+                        f"no answer to {result.id} within {timeout_s:g}s: Redis did not answer "
+                        f"({type(outage).__name__}: {outage})"
+                    ) from outage
+                raise RequestTimeout(f"no answer to {result.id} within {timeout_s:g}s")
+            try:
+                return result.get(timeout=min(left, WAIT_SLICE_S), propagate=True, disable_sync_subtasks=False)
+            except CeleryTimeout:
+                outage = None  # Redis answered: the result is simply not there yet
+            except MaasError:
+                raise  # the worker's error, rebuilt by Celery from JSON
+            except Exception as exc:
+                # A broken connection, or Celery's "retry limit exceeded" RuntimeError raised from one.
+                cause = exc if isinstance(exc, outage_errors.BROKER_ERRORS) else exc.__cause__
+                if not isinstance(cause, outage_errors.BROKER_ERRORS):
+                    raise MaasError(f"{type(exc).__name__}: {exc}") from exc
+                if outage is None:
+                    log.warning(
+                        "Redis did not answer while waiting; retrying until the timeout",
+                        extra={"task_id": result.id, "error": repr(cause)},
+                    )
+                outage = cause
+                time.sleep(min(max(0.0, deadline - time.monotonic()), outage_errors.backoff(attempt)))
+                attempt += 1
 
 
 @dataclass(frozen=True)
@@ -117,12 +159,15 @@ class Resolved:
 
 
 class Client:
-    def __init__(self, settings: Settings | None = None, app: Celery | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, app: Celery | None = None, requester: str = "") -> None:
         self.settings = settings or Settings.from_env()
         if not self.settings.signing_key:
             signing.warn_unsigned("client")  # once per process: results it reads are not checked
         self.app = app or create_app(self.settings)
         self._refs: dict[str, Resolved] = {}
+        self._stale_warned: dict[str, float] = {}  # ref -> when its stale use was last logged
+        #: Who this client's loads and stops are recorded as asked by (``maas history`` shows it).
+        self.requester = requester or f"user {current_user()} via client"
         self._redis = clients.sync_client(self.settings.redis_url)
         self.control = Control(self.app)
         self.scheduler = Scheduler(self.settings, self._redis, trigger=self.control.request_allocation)
@@ -256,16 +301,17 @@ class Client:
                 "(MAAS_MAX_REQUEST_BYTES, or `maas model set --max-request-bytes`); nothing was sent"
             )
         # Subscribe to the result first, as send_task does, so an answer that comes at once is not missed.
-        self.app.backend.on_task_call(None, order.task_id)
+        self.retry(lambda: self.app.backend.on_task_call(None, order.task_id), "subscribing to the result")
         # One atomic Redis call checks the queue's limit and, only when there is room, records the request in the
         # ledger (and the aging index), counts the arrival and queues the message: a refused request leaves nothing.
         try:
-            backlog = scripts.admit(self._redis, admission)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            # The call may have run before the reply was lost: take back whatever it wrote, so the request never
-            # runs later (by a worker, or by the ledger's resend) for a caller who was told it failed.
+            # Retrying is safe: the script writes nothing for a task id it already admitted.
+            backlog = self.retry(lambda: scripts.admit(self._redis, admission), "queueing the request")
+        except BrokerUnavailable:
+            # The last try may have run before its reply was lost: take back whatever it wrote, so the request
+            # never runs later (by a worker, or by the ledger's resend) for a caller who was told it failed.
             self._take_back(order)
-            raise BrokerUnavailable(f"Redis failed while admitting {order.task_id}; not sent: {exc}") from exc
+            raise
         self.scheduler.admit(order.model, backlog)
         return Handle(
             AsyncResult(order.task_id, app=self.app),
@@ -331,19 +377,42 @@ class Client:
             raise InvalidPriority(f"priority {priority!r} must be an integer from 0 (highest) to 9 (lowest)")
         return priority
 
+    def retry(self, fn: Callable[[], T], what: str) -> T:
+        """``fn()`` with this client's bounded retry of Redis and database outages (app.outage)."""
+        return outage_errors.retrying(fn, what, attempts=self.settings.retry_attempts, max_s=self.settings.retry_max_s)
+
     def resolve(self, ref: str) -> Resolved:
         """The version ``ref`` names and its signature (cached for a few seconds: the hot path)."""
         return self._resolve(ref)
 
     def _resolve(self, ref: str) -> Resolved:
+        """The cached reference while fresh; else the registry's answer. Stale-if-error: while the database does
+        not answer, a reference resolved before is used as it was (a never-seen one is DATABASE_UNAVAILABLE after
+        the bounded retry), so submissions go on through a database outage."""
         cached = self._refs.get(ref)
         if cached is not None and cached.expires_at > time.monotonic():
             return cached
         parsed = registry.parse_ref(ref)
+        try:
+            resolved = self._lookup(parsed)
+        except outage_errors.DATABASE_ERRORS as exc:
+            if cached is not None:
+                if time.monotonic() - self._stale_warned.get(ref, -STALE_WARN_S) >= STALE_WARN_S:
+                    self._stale_warned[ref] = time.monotonic()
+                    log.warning(
+                        "database unavailable; using the cached reference",
+                        extra={"ref": ref, "error": type(exc).__name__},
+                    )
+                return cached
+            resolved = self.retry(lambda: self._lookup(parsed), f"resolving {ref!r}")
+        self._refs[ref] = resolved
+        return resolved
+
+    def _lookup(self, parsed: registry.Ref) -> Resolved:
         with session_scope(self._url) as session:
             version = registry.resolve(session, parsed)
             explicit = parsed.version is not None or parsed.alias is not None
-            resolved = Resolved(
+            return Resolved(
                 parsed.model,
                 version.version,
                 version.version if explicit else None,
@@ -351,36 +420,46 @@ class Client:
                 parse_signature(version.outputs),
                 time.monotonic() + REF_CACHE_S,
             )
-        self._refs[ref] = resolved
-        return resolved
 
     # --- lifecycle ----------------------------------------------------------------------------------------------
     def load(self, ref: str, *, worker: str | None = None, device: int | None = None) -> Handle:
         """Place a replica of ``ref`` (on a named worker or device, else the one with most free memory) and load it."""
-        order = self.control.load(ref, worker=worker, device=device)
+        with outage_errors.typed_errors(f"loading {ref!r}"):  # not retried: the load may already have been sent
+            order = self.control.load(ref, worker=worker, device=device, requested_by=self.requester)
         if order.sent is None:
             return Handle(None, 0, done_value=order.summary)
         return Handle(order.sent, self.settings.load_timeout_s)
 
     def stop(self, ref: str, *, worker: str | None = None) -> list[Handle]:
         """Drain and unload the live replicas of ``ref`` (all of them, or the one on ``worker``)."""
-        return [self._stop_handle(order) for order in self.control.stop(ref, worker=worker)]
+        with outage_errors.typed_errors(f"stopping {ref!r}"):  # not retried: a drain may already have been sent
+            orders = self.control.stop(ref, worker=worker, requested_by=self.requester)
+        return [self._stop_handle(order) for order in orders]
 
     def _stop_handle(self, order: StopOrder) -> Handle:
         return Handle(order.drain, self.settings.load_timeout_s, then=order.unload)
 
     # --- views ----------------------------------------------------------------------------------------------------
     def replicas(self, include_terminal: bool = False) -> list[dict[str, Any]]:
-        with session_scope(self._url) as session:
-            return [replicas.summary(r) for r in replicas.all_with_devices(session, include_terminal)]
+        def read() -> list[dict[str, Any]]:
+            with session_scope(self._url) as session:
+                return [replicas.summary(r) for r in replicas.all_with_devices(session, include_terminal)]
+
+        return self.retry(read, "reading the replicas")
 
     def devices(self) -> list[dict[str, Any]]:
-        with session_scope(self._url) as session:
-            views = {v.worker_name: v for v in device_views(session, self.settings.heartbeat_timeout_s)}
-            return [_device(d, views[d.worker_name]) for d in device_rows.all_devices(session)]
+        def read() -> list[dict[str, Any]]:
+            with session_scope(self._url) as session:
+                views = {v.worker_name: v for v in device_views(session, self.settings.heartbeat_timeout_s)}
+                return [_device(d, views[d.worker_name]) for d in device_rows.all_devices(session)]
+
+        return self.retry(read, "reading the devices")
 
     def history(self, model: str) -> list[dict[str, Any]]:
         """Every lifecycle transition of every replica of ``model``, oldest first."""
+        return self.retry(lambda: self._history(model), f"reading the history of {model!r}")
+
+    def _history(self, model: str) -> list[dict[str, Any]]:
         with session_scope(self._url) as session:
             m = registry.get_model(session, model)
             rows = session.execute(
@@ -400,9 +479,17 @@ class Client:
                     "from": e.from_state,
                     "to": e.to_state,
                     "reason": e.reason,
+                    "by": e.requested_by,
                 }
                 for e, r, v, d in rows
             ]
+
+
+def current_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
 
 
 def outputs_as_arrays(answer: Mapping[str, Any]) -> dict[str, np.ndarray]:

@@ -25,6 +25,7 @@ from app.db import devices as device_rows
 from app.db import replicas
 from app.db.schema import Replica
 from app.db.session import session_scope
+from app.errors import StopRefused
 from app.lifecycle import HOLDS_MEMORY, ReplicaState
 
 #: How long ``inspect`` waits for workers' replies before it counts the silent ones out.
@@ -77,7 +78,15 @@ class Control:
         self.settings = settings_of(app)
 
     # --- lifecycle orders ---------------------------------------------------------------------------------------
-    def load(self, ref: str, *, worker: str | None = None, device: int | None = None, reason: str = "") -> LoadOrder:
+    def load(
+        self,
+        ref: str,
+        *,
+        worker: str | None = None,
+        device: int | None = None,
+        reason: str = "",
+        requested_by: str = "",
+    ) -> LoadOrder:
         """Place a replica of ``ref`` (on a named worker or device, else the one with most free memory), load it.
 
         A replica already live there is reused: READY is returned as is, one still loading is sent the load again
@@ -95,7 +104,9 @@ class Control:
                 )
                 dev = device_rows.by_worker(session, target.worker_name)
                 assert dev is not None  # choose_device only returns registered devices
-                existing = replicas.create(session, version.id, dev.id, reason=reason or f"load {version.ref}")
+                existing = replicas.create(
+                    session, version.id, dev.id, reason=reason or f"load {version.ref}", requested_by=requested_by
+                )
             replica_id, worker_name = existing.id, existing.device.worker_name
         return LoadOrder(replica_id, worker_name, self.send_load(replica_id, worker_name))
 
@@ -116,19 +127,44 @@ class Control:
                 return found
         return None
 
-    def stop(self, ref: str, *, worker: str | None = None) -> list[StopOrder]:
+    def stop(self, ref: str, *, worker: str | None = None, requested_by: str = "") -> list[StopOrder]:
         """Drain and unload the live replicas of ``ref`` (all of them, or the one on ``worker``)."""
         parsed = registry.parse_ref(ref)
         with session_scope(self.settings.sqlalchemy_url) as session:
             model = registry.get_model(session, parsed.model)
             explicit = parsed.version is not None or parsed.alias is not None
             version_id = registry.resolve(session, parsed).id if explicit else None
+            live = replicas.live_for_model(session, model.id)
             targets = [
                 (r.id, r.device.worker_name)
-                for r in replicas.live_for_model(session, model.id)
+                for r in live
                 if (version_id is None or r.version_id == version_id)
                 and (worker is None or r.device.worker_name == worker)
             ]
+            floor = max(model.min_replicas, 1 if model.keep_warm else 0)
+            if targets and len(live) - len(targets) < floor:
+                # The allocator would load it again at its next run (keep-warm and min_replicas are a floor it
+                # restores): say so now instead of stopping what comes back a few seconds later.
+                why = [
+                    w
+                    for w, on in (
+                        ("keep-warm is on", model.keep_warm),
+                        (f"min_replicas is {model.min_replicas}", model.min_replicas > 0),
+                    )
+                    if on
+                ]
+                flags = " ".join(
+                    f
+                    for f, on in (("--keep-warm off", model.keep_warm), ("--min-replicas 0", model.min_replicas > 0))
+                    if on
+                )
+                raise StopRefused(
+                    f"{model.name}: {' and '.join(why)}, so the allocator would load it again; not stopped. "
+                    f"Run `maas model set {model.name} {flags}` first"
+                )
+            for r in live:
+                if any(r.id == replica_id for replica_id, _ in targets):
+                    r.requested_by = requested_by  # the worker's DRAINING..STOPPED events are this stop's
         return [self.send_stop(replica_id, worker_name) for replica_id, worker_name in targets]
 
     # --- the messages ---------------------------------------------------------------------------------------------

@@ -226,6 +226,13 @@ class IllegalTransition(MaasError):
     code = "ILLEGAL_TRANSITION"
 
 
+class StopRefused(MaasError):
+    """Raised when a stop would take a model below the replicas it must keep (keep-warm, min_replicas): the
+    allocator would only load it again."""
+
+    code = "STOP_REFUSED"
+
+
 class PlacementError(MaasError):
     """Raised when a replica cannot be placed."""
 

@@ -41,6 +41,15 @@ def configure(level: str = "INFO", fmt: str = "json") -> None:
     root.setLevel(level)
 
 
+def quiet(level: str, *loggers: str) -> None:
+    """Raise ``loggers`` to WARNING unless the process logs at DEBUG: for Celery's per-task INFO lines in processes
+    that run a task every second or so while the fleet is idle (beat's "Sending due task", the controller's
+    "Task received" and "succeeded"). Failures are WARNING or ERROR and still show."""
+    if level != "DEBUG":
+        for name in loggers:
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def event(
     logger: logging.Logger,
     name: str,

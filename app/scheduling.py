@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import redis
 from sqlalchemy import select
 
-from app import policies
+from app import outage, policies
 from app.broker import demand
 from app.broker.keys import ALLOCATION_TRIGGER
 from app.db import replicas as replica_rows
@@ -83,6 +83,18 @@ class Scheduler:
         cached = self._facts.get(model)
         if cached is not None and time.monotonic() - cached.read_at < CACHE_S:
             return cached
+        try:
+            fresh = self._read_facts(model)
+        except outage.DATABASE_ERRORS as exc:
+            if cached is not None:
+                return cached  # stale-if-error: the database is away, the last facts read still hold
+            error = outage.typed(exc, f"reading the serving settings of {model!r}")
+            assert error is not None
+            raise error from exc
+        self._facts[model] = fresh
+        return fresh
+
+    def _read_facts(self, model: str) -> ModelFacts:
         with session_scope(self.settings.sqlalchemy_url) as session:
             row = session.scalars(select(Model).where(Model.name == model)).one()
             latest = session.scalars(
@@ -99,7 +111,6 @@ class Scheduler:
                 device_classes=tuple(sorted(classes)),
                 read_at=time.monotonic(),
             )
-        self._facts[model] = fresh
         return fresh
 
     def _scale_from_zero(self, model: str) -> None:

@@ -87,6 +87,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be an integer >= 1")
+    return value
+
+
 def _priority(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 9:
@@ -322,6 +329,24 @@ class Settings:
     gateway_port: int = _env("MAAS_GATEWAY_PORT", int, 8000, "Port of `maas serve` (HTTP: OIP, metrics, fleet page)")
     api_keys: tuple[str, ...] = _env(
         "MAAS_API_KEYS", _api_keys, (), "Comma-separated keys the gateway accepts (Authorization: Bearer KEY)"
+    )
+    retry_attempts: int = _env(
+        "MAAS_RETRY_ATTEMPTS",
+        _positive_int,
+        6,
+        "Client, CLI and gateway: tries of a call that met a Redis or database outage before a typed error",
+    )
+    retry_max_s: float = _env(
+        "MAAS_RETRY_MAX_S",
+        _positive_float,
+        10.0,
+        "Client, CLI and gateway: longest a call retries an outage (backoff from 0.1 s, doubling) before failing",
+    )
+    worker_db_retry_s: float = _env(
+        "MAAS_WORKER_DB_RETRY_S",
+        _positive_float,
+        180.0,
+        "Workers: how long a lifecycle record is retried while the database is away before it is given up",
     )
     max_request_bytes: int = _env(
         "MAAS_MAX_REQUEST_BYTES",

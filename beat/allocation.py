@@ -233,7 +233,7 @@ def advance(control: Control, run_id: int) -> dict[str, Any]:
     for i in blocked:
         moves[i]["state"] = MoveState.FAILED
     for i in ready:
-        moves[i].update(_start(control, moves[i]))
+        moves[i].update(_start(control, moves[i], run_id))
     finished = all(m["state"] in (MoveState.DONE, MoveState.FAILED) for m in moves)
     with session_scope(settings.sqlalchemy_url) as session:
         run = _run(session, run_id)
@@ -244,17 +244,20 @@ def advance(control: Control, run_id: int) -> dict[str, Any]:
     return {"run": run_id, "started": len(ready), "finished": finished}
 
 
-def _start(control: Control, move: dict[str, Any]) -> dict[str, Any]:
+def _start(control: Control, move: dict[str, Any], run_id: int) -> dict[str, Any]:
     model, worker = move["model"], move["device"]
+    by = f"allocation run {run_id}"
     try:
         if move["kind"] == MoveKind.LOAD:
-            order = control.load(model, worker=worker, reason=f"allocation run: load on {worker}")
+            order = control.load(model, worker=worker, reason=f"allocation run: load on {worker}", requested_by=by)
             return {"state": MoveState.SENT if order.sent is not None else MoveState.DONE, "replica": order.replica_id}
         with session_scope(control.settings.sqlalchemy_url) as session:
             version = registry.resolve(session, model)
             device = device_rows.by_worker(session, worker)
             replica = replica_rows.find_live(session, version.id, device.id) if device else None
             replica_id = replica.id if replica else None
+            if replica is not None:
+                replica.requested_by = by
         if replica_id is None:
             return {"state": MoveState.DONE, "replica": None}  # already gone
         control.send_stop(replica_id, worker)

@@ -19,6 +19,7 @@ import socket
 from celery import signals
 
 from app import logs
+from app.broker import heartbeats
 from app.broker.layout import SYSTEM_QUEUE
 from app.celery_app import create_app, solo_worker_argv
 from app.db.migrate import ensure_current
@@ -30,6 +31,9 @@ log = logging.getLogger("maas.controller")
 
 def run(settings: Settings, loglevel: str | None = None) -> None:
     logs.configure(loglevel or settings.log_level, settings.log_format)
+    # Every task here is beat's periodic work (an aging pass every second): its "received" and "succeeded" lines
+    # only show at DEBUG. What the tasks do that matters (a reap, a resend, a move) is logged by the tasks.
+    logs.quiet(loglevel or settings.log_level, "celery.worker.strategy", "celery.app.trace")
     ensure_current(settings.sqlalchemy_url)
     name = settings.worker_name or f"controller@{socket.gethostname()}"
     app = create_app(settings)
@@ -37,6 +41,7 @@ def run(settings: Settings, loglevel: str | None = None) -> None:
 
     @signals.worker_ready.connect(weak=False)
     def _ready(**_kw: object) -> None:
+        heartbeats.Stamper(settings.redis_url, name, settings.heartbeat_s).start()
         logs.event(log, "controller_ready", worker=name, queue=SYSTEM_QUEUE)
 
     app.worker_main(solo_worker_argv(name, [SYSTEM_QUEUE], loglevel or settings.log_level))

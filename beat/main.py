@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from app import logs
+from app.broker import heartbeats
 from app.broker.layout import SYSTEM_QUEUE
 from app.celery_app import create_app
 from app.settings import Settings
@@ -38,7 +39,12 @@ def schedule(settings: Settings) -> dict[str, dict[str, object]]:
 
 def run(settings: Settings, loglevel: str | None = None) -> None:
     logs.configure(loglevel or settings.log_level, settings.log_format)
+    # Beat sends a task every aging period (a second by default): one INFO line each would be most of an idle
+    # fleet's logs. They show at DEBUG.
+    logs.quiet(loglevel or settings.log_level, "celery.beat")
     settings.home.mkdir(parents=True, exist_ok=True)
     app = create_app(settings)
     app.conf.beat_schedule = schedule(settings)
+    # `maas status` shows beat's last heartbeat ("dead for N s" once it stops).
+    heartbeats.Stamper(settings.redis_url, "beat", settings.heartbeat_s).start()
     app.start(["beat", "--loglevel", loglevel or settings.log_level])

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 
 from app import logs
-from app.broker import holdings
+from app.broker import holdings, keys
 from app.broker.clients import sync_client
 from app.db import devices, replicas
 from app.db.schema import utcnow
@@ -23,9 +23,14 @@ def reap(settings: Settings) -> list[str]:
     """Mark every online device whose heartbeat is older than the timeout as lost; return their worker names."""
     now = utcnow()
     lost = []
+    client = sync_client(settings.redis_url)
     with session_scope(settings.sqlalchemy_url) as session:
         for device in devices.all_devices(session):
             if device.status != DeviceStatus.ONLINE or devices.is_alive(device, settings.heartbeat_timeout_s, now):
+                continue
+            if client.exists(keys.alive(device.worker_name)):
+                # Its database heartbeats stopped but its Redis ones did not: the database was away (an outage
+                # the worker rode out), not the worker. Reaping it would fail replicas that serve.
                 continue
             silent_s = (now - devices.as_utc(device.heartbeat_at)).total_seconds()
             reason = f"worker lost: no heartbeat from {device.worker_name} for {silent_s:.0f}s"
@@ -43,7 +48,17 @@ def reap(settings: Settings) -> list[str]:
                     reason=reason,
                 )
             lost.append(device.worker_name)
-    client = sync_client(settings.redis_url)
+    # Requests a worker took but died before recording (app.broker.holdings.give_back_orphans): every pass, since
+    # one taken just before its worker died is only old enough to be sure of a pass or two after the reap.
+    orphans = holdings.give_back_orphans(client, settings.heartbeat_timeout_s)
+    if orphans:
+        logs.event(
+            log,
+            "requests_given_back",
+            logging.WARNING,
+            task_ids=orphans,
+            reason="taken by a worker that died before it recorded them: requeued, not left to the visibility timeout",
+        )
     for worker in lost:
         given_back = holdings.give_back(client, worker)
         if given_back:

@@ -18,14 +18,14 @@ from typing import Any
 import redis.asyncio
 from sqlalchemy import select
 
-from app import logs, registry
+from app import logs, outage, registry
 from app.admission import InferOrder
 from app.broker import layout, scripts, stats
 from app.client import Client
 from app.db import replicas as replica_rows
 from app.db.schema import Model, ModelVersion
 from app.db.session import session_scope
-from app.errors import UnknownModel
+from app.errors import BrokerUnavailable, UnknownModel
 from app.lifecycle import ReplicaState
 
 log = logging.getLogger("maas.gateway")
@@ -64,8 +64,14 @@ class Fleet:
         assert order.admission.message is not None  # infer_order always builds it
         published = Published(order, order.admission.list_key, order.admission.message)
         try:
-            backlog = await scripts.admit_async(self.redis, order.admission)
-        except (redis.ConnectionError, redis.TimeoutError):
+            # Retried through a short Redis outage (the script writes nothing for a task id it already admitted).
+            backlog = await outage.retrying_async(
+                lambda: scripts.admit_async(self.redis, order.admission),
+                "queueing the request",
+                attempts=self.settings.retry_attempts,
+                max_s=self.settings.retry_max_s,
+            )
+        except BrokerUnavailable:
             # The call may have run before its reply was lost: take back what it may have written, so a request
             # the caller is told failed never runs later (by a worker, or by the ledger's resend).
             with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):

@@ -119,7 +119,7 @@ class Gateway:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.client = Client(settings, create_app(settings))
+        self.client = Client(settings, create_app(settings), requester="user via gateway")
         # Repository loads and unloads wait up to MAAS_LOAD_TIMEOUT_S on a thread each: a pool of their own, so a
         # few slow loads can never take the threads that admit inference requests.
         self.lifecycle_waits = ThreadPoolExecutor(LIFECYCLE_WAITS, thread_name_prefix="maas-lifecycle")

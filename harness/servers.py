@@ -57,6 +57,30 @@ class Server:
     proc: subprocess.Popen
     workdir: Path
     extra: list[subprocess.Popen] = field(default_factory=list)
+    argv: list[str] = field(default_factory=list)  # how it was started: restart() runs it again
+    port: int = 0
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` to the server (SIGKILL: a crash; SIGINT to PostgreSQL: a fast shutdown) and wait for it.
+
+        PostgreSQL run as root sits under ``runuser``, which does not pass every signal on: the postmaster's pid
+        is read from its ``postmaster.pid`` and signalled itself."""
+        if self.proc.poll() is not None:
+            return
+        pidfile = self.workdir / "data" / "postmaster.pid"
+        if pidfile.exists():
+            os.kill(int(pidfile.read_text().split()[0]), sig)
+        else:
+            self.proc.send_signal(sig)
+        self.proc.wait(60)
+
+    def restart(self) -> None:
+        """Start the server again on the same port and data directory, once the previous process has exited."""
+        self.kill(signal.SIGTERM)
+        self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        _wait_port(self.port, self.proc, Path(self.argv[0]).name)
+        if self.url.startswith("postgresql"):
+            _wait_ready(self.url)
 
     def stop(self) -> None:
         for proc in [self.proc, *self.extra]:
@@ -69,9 +93,11 @@ class Server:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def start_redis(workdir: Path | None = None, password: str | None = None) -> Server:
-    """A Redis as production wants it (noeviction, a password), minus persistence, which throwaway data does not
-    need. The password is generated unless given; it reaches redis-server in a config file, not its argv."""
+def start_redis(workdir: Path | None = None, password: str | None = None, *, appendonly: bool = False) -> Server:
+    """A Redis as production wants it (noeviction, a password). Without ``appendonly`` no persistence, which
+    throwaway data does not need; with it, the append-only file as production runs it (``appendfsync everysec``),
+    so a Redis killed and restarted on the same directory comes back with what it had up to a second before. The
+    password is generated unless given; it reaches redis-server in a config file, not its argv."""
     workdir = Path(workdir or tempfile.mkdtemp(prefix="maas-redis-"))
     workdir.mkdir(parents=True, exist_ok=True)
     password = password or secrets.token_hex(16)
@@ -79,28 +105,27 @@ def start_redis(workdir: Path | None = None, password: str | None = None) -> Ser
     config.write_text(f"requirepass {password}\n")
     config.chmod(0o600)
     port = free_port()
-    proc = subprocess.Popen(
-        [
-            redis_binary(),
-            str(config),
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--maxmemory-policy",
-            "noeviction",
-            "--dir",
-            str(workdir),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-    )
+    argv = [
+        redis_binary(),
+        str(config),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "yes" if appendonly else "no",
+        "--appendfsync",
+        "everysec",
+        "--maxmemory-policy",
+        "noeviction",
+        "--dir",
+        str(workdir),
+    ]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     _wait_port(port, proc, "redis-server")
-    return Server(f"redis://:{password}@127.0.0.1:{port}/0", proc, workdir)
+    return Server(f"redis://:{password}@127.0.0.1:{port}/0", proc, workdir, argv=argv, port=port)
 
 
 def postgres_bindir() -> Path | None:
@@ -129,34 +154,31 @@ def start_postgres(workdir: Path | None = None) -> Server:
     )
     port = free_port()
     # Durability is irrelevant for a throwaway cluster; fsync off makes the tests' many small commits cheap.
-    proc = subprocess.Popen(
-        [
-            *as_user,
-            str(bindir / "postgres"),
-            "-D",
-            str(data),
-            "-p",
-            str(port),
-            "-k",
-            str(workdir),
-            "-c",
-            "listen_addresses=127.0.0.1",
-            "-c",
-            "fsync=off",
-            "-c",
-            "synchronous_commit=off",
-            "-c",
-            "full_page_writes=off",
-            "-c",
-            "max_connections=200",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-    )
+    argv = [
+        *as_user,
+        str(bindir / "postgres"),
+        "-D",
+        str(data),
+        "-p",
+        str(port),
+        "-k",
+        str(workdir),
+        "-c",
+        "listen_addresses=127.0.0.1",
+        "-c",
+        "fsync=off",
+        "-c",
+        "synchronous_commit=off",
+        "-c",
+        "full_page_writes=off",
+        "-c",
+        "max_connections=200",
+    ]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     _wait_port(port, proc, "postgres")
     url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
     _wait_ready(url)
-    return Server(url, proc, workdir)
+    return Server(url, proc, workdir, argv=argv, port=port)
 
 
 def _wait_ready(url: str, timeout_s: float = 30.0) -> None:

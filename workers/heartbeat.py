@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import psutil
 
-from app.broker import stats
+from app.broker import keys, stats
 from app.broker.clients import sync_client
 from app.broker.demand import push_observations
 from app.db import devices
@@ -33,13 +34,26 @@ class Heartbeat(threading.Thread):
         self._stop_event = threading.Event()
 
     def beat(self) -> None:
+        """Redis first, then the database, each on its own: an outage of one must not silence the other. The
+        Redis mark is what keeps the reaper from taking this worker for lost while the database is away."""
+        failed: list[BaseException] = []
+        try:
+            ttl_ms = int(self.ctx.settings.heartbeat_timeout_s * 1000)
+            self._redis.set(keys.alive(self.ctx.worker_name), "1", px=ttl_ms)
+            observed = self.ctx.observations.drain()
+            if observed:
+                push_observations(self._redis, observed)
+            self.ship_stats()
+        except Exception as exc:
+            failed.append(exc)
         values = telemetry.sample(self.ctx.device, self._process)
-        with session_scope(self.ctx.settings.sqlalchemy_url) as session:
-            devices.heartbeat(session, self.ctx.worker_name, values)
-        observed = self.ctx.observations.drain()
-        if observed:
-            push_observations(self._redis, observed)
-        self.ship_stats()
+        try:
+            with session_scope(self.ctx.settings.sqlalchemy_url) as session:
+                devices.heartbeat(session, self.ctx.worker_name, values)
+        except Exception as exc:
+            failed.append(exc)
+        if failed:
+            raise failed[0]
 
     def ship_stats(self) -> None:
         """Add the buffered request counts to Redis; on failure they stay buffered for the next period."""
@@ -51,11 +65,21 @@ class Heartbeat(threading.Thread):
             raise
 
     def run(self) -> None:
+        failing_since: float | None = None
         while not self._stop_event.wait(self.ctx.settings.heartbeat_s):
             try:
                 self.beat()
+                if failing_since is not None:
+                    log.warning(
+                        "heartbeat back",
+                        extra={"worker": self.ctx.worker_name, "failed_s": round(time.monotonic() - failing_since, 1)},
+                    )
+                    failing_since = None
             except Exception:  # a database or Redis blip must not kill the thread; the next beat retries
-                log.warning("heartbeat failed", exc_info=True, extra={"worker": self.ctx.worker_name})
+                # One traceback when an outage starts, not one every period while it lasts.
+                if failing_since is None:
+                    failing_since = time.monotonic()
+                    log.warning("heartbeat failed", exc_info=True, extra={"worker": self.ctx.worker_name})
 
     def stop(self) -> None:
         self._stop_event.set()

@@ -8,9 +8,10 @@ Every operation is idempotent: a redelivered or repeated message finds the state
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-from app import logs
+from app import logs, outage
 from app.artifacts import LocalArtifactStore
 from app.broker.layout import model_queue
 from app.db import replicas
@@ -25,17 +26,32 @@ from workers.footprint import used_bytes
 
 log = logging.getLogger("maas.worker")
 S = ReplicaState
+T = TypeVar("T")
 #: Characters of an unexpected exception's message kept in the replica's reason; the log holds the traceback.
 REASON_CHARS = 1000
 
 
+def _with_database(ctx: WorkerContext, fn: Callable[[], T], what: str) -> T:
+    """``fn()``, retried with backoff while the database is away, for up to ``MAAS_WORKER_DB_RETRY_S``.
+
+    A worker keeps serving what it holds through a database outage; the lifecycle records it writes meanwhile wait
+    for the database (this task holds the solo pool meanwhile) rather than being dropped. Past the limit the error
+    is DATABASE_UNAVAILABLE.
+    """
+    limit_s = ctx.settings.worker_db_retry_s
+    return outage.retrying(fn, what, attempts=max(2, int(limit_s / 2) + 8), max_s=limit_s)
+
+
 def _move(ctx: WorkerContext, replica_id: int, dst: ReplicaState, reason: str = "", **updates: Any) -> dict:
-    with session_scope(ctx.settings.sqlalchemy_url) as session:
-        replica = replicas.get(session, replica_id, lock=True)
-        src = replicas.transition(session, replica, dst, reason)
-        for key, value in updates.items():
-            setattr(replica, key, value)
-        info = replicas.summary(replica)
+    def write() -> tuple[ReplicaState, dict]:
+        with session_scope(ctx.settings.sqlalchemy_url) as session:
+            replica = replicas.get(session, replica_id, lock=True)
+            src = replicas.transition(session, replica, dst, reason)
+            for key, value in updates.items():
+                setattr(replica, key, value)
+            return src, replicas.summary(replica)
+
+    src, info = _with_database(ctx, write, f"recording replica {replica_id} {dst.value}")
     level = logging.WARNING if dst is S.FAILED else logging.INFO
     logs.event(
         log,
@@ -53,6 +69,10 @@ def _move(ctx: WorkerContext, replica_id: int, dst: ReplicaState, reason: str = 
 
 
 def _read(ctx: WorkerContext, replica_id: int) -> tuple[ReplicaState, dict[str, Any], dict[str, Any]]:
+    return _with_database(ctx, lambda: _read_once(ctx, replica_id), f"reading replica {replica_id}")
+
+
+def _read_once(ctx: WorkerContext, replica_id: int) -> tuple[ReplicaState, dict[str, Any], dict[str, Any]]:
     with session_scope(ctx.settings.sqlalchemy_url) as session:
         replica = replicas.get(session, replica_id)
         if replica.device_id != ctx.device_id:
@@ -67,6 +87,8 @@ def _read(ctx: WorkerContext, replica_id: int) -> tuple[ReplicaState, dict[str, 
             "max_queue_delay_s": v.model.max_queue_delay_ms / 1000,
             "max_request_bytes": v.model.max_request_bytes or ctx.settings.max_request_bytes,
             "max_result_bytes": v.model.max_result_bytes or ctx.settings.max_result_bytes,
+            "size_bytes": v.size_bytes,
+            "mem_bytes": v.mem_bytes,
         }
         return ReplicaState(replica.state), replicas.summary(replica), spec
 
@@ -109,7 +131,22 @@ def _load_runtime(ctx: WorkerContext, replica_id: int, model: str, version: int,
     runtime = runtimes.create(spec["runtime"])
     before = used_bytes(ctx.device.kind, ctx.device.index)
     runtime.load(path, use_gpu=ctx.device.kind == "gpu")
-    footprint = max(0, used_bytes(ctx.device.kind, ctx.device.index) - before)
+    measured = used_bytes(ctx.device.kind, ctx.device.index) - before
+    footprint = plausible_footprint(measured, spec["size_bytes"], spec["mem_bytes"])
+    if footprint != measured:
+        logs.event(
+            log,
+            "footprint_implausible",
+            logging.WARNING,
+            replica=replica_id,
+            model=model,
+            version=version,
+            worker=ctx.worker_name,
+            measured_bytes=measured,
+            artifact_bytes=spec["size_bytes"],
+            recorded_bytes=footprint,
+            reason="measured less than the artifact's size (memory the process held already, or freed meanwhile)",
+        )
     return Loaded(
         replica_id,
         model,
@@ -122,6 +159,15 @@ def _load_runtime(ctx: WorkerContext, replica_id: int, model: str, version: int,
         spec["max_request_bytes"],
         spec["max_result_bytes"],
     )
+
+
+def plausible_footprint(measured: int, size_bytes: int, declared_bytes: int) -> int:
+    """The footprint to record: the measured one, unless it is below the artifact's own size, which no runtime can
+    hold a model in (ONNX Runtime already loaded in the process, or another replica's release in between, makes the
+    difference read 0 MiB). Then the declared footprint (at least the artifact's size) is recorded instead."""
+    if measured >= size_bytes:
+        return measured
+    return max(declared_bytes, size_bytes)
 
 
 def _load_failed(ctx: WorkerContext, replica_id: int, model: str, version: int, exc: Exception) -> MaasError:

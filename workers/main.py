@@ -50,7 +50,9 @@ def _take_over_previous_life(settings: Settings, device_id: int, worker_name: st
         device = devices.by_worker(session, worker_name)
         assert device is not None  # registered just before
         for old in replicas.fail_all_on_device(session, device, reason):
-            fresh = replicas.create(session, old.version_id, device_id, reason=f"reload of replica {old.id}")
+            fresh = replicas.create(
+                session, old.version_id, device_id, reason=f"reload of replica {old.id}", requested_by="recovery"
+            )
             reload_ids.append(fresh.id)
     return reload_ids
 

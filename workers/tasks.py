@@ -220,6 +220,13 @@ def _control_args(task: str, args: tuple[Any, ...], kwargs: dict[str, Any], coun
     return padded
 
 
+def _redelivered(task: Task) -> bool:
+    """Whether this message was delivered before (kombu's restore, or holdings.give_back, marks it so)."""
+    info = task.request.delivery_info or {}
+    headers = task.request.headers if isinstance(task.request.headers, dict) else {}
+    return bool(info.get("redelivered") or headers.get("redelivered") or getattr(task.request, "redelivered", False))
+
+
 def register(app: Celery) -> None:
     """Define every serving-worker task on ``app``."""
 
@@ -233,6 +240,10 @@ def register(app: Celery) -> None:
         # (app.broker.holdings) rather than after the visibility timeout.
         holdings.hold(ctx.redis, ctx.worker_name, task.request.id, finished=ctx.last_held)
         ctx.last_held = task.request.id
+        if _redelivered(task) and ledger.answered(ctx.redis, task.request.id):
+            # Given back after its worker died between storing the answer and acknowledging the message: the
+            # caller has its answer, so it is not run (and answered) a second time.
+            raise Ignore()
         if dedup:
             model, version, inputs, deadline_at = _dedup(
                 ctx.redis, task.request.id, ref, (model, version, inputs, deadline_at)

@@ -68,3 +68,42 @@ def give_back(client: redis.Redis, worker: str) -> list[str]:
             restored.append(task_id)
     client.hdel(key, *held)
     return restored
+
+
+def give_back_orphans(client: redis.Redis, older_than_s: float, now: float | None = None) -> list[str]:
+    """Requeue infer requests that kombu delivered but no worker recorded holding, taken over ``older_than_s`` ago.
+
+    A worker records a request (:func:`hold`) when its task starts, a moment after kombu delivered the message and
+    put it in ``unacked``. A worker killed in between leaves a request nobody holds, which only the visibility
+    timeout would bring back. A live worker records what it takes within milliseconds, so an unheld infer message
+    taken longer ago than a heartbeat timeout belongs to a dead worker: it is requeued (atomically against an
+    acknowledgement, as :func:`give_back` does). Other tasks (loads, system tasks) are left alone. Returns the ids.
+    """
+    held: set[str] = set()
+    for key in client.scan_iter(match=held_by("*")):
+        held |= {text(k) for k in client.hkeys(key)}
+    cutoff = (time.time() if now is None else now) - older_than_s
+    restored = []
+    for tag, raw in client.hscan_iter(KOMBU_UNACKED):
+        task_id = task_id_of(raw)
+        if task_id is None or task_id in held or not _is_infer(raw):
+            continue
+        taken_at = client.zscore(KOMBU_UNACKED_INDEX, tag)
+        if taken_at is None or taken_at > cutoff:
+            continue
+        target = _redelivered(raw)
+        if target is None:
+            continue
+        list_key, message = target
+        keys = [KOMBU_UNACKED, KOMBU_UNACKED_INDEX, list_key]
+        if int(scripts.script(client, "restore")(keys=keys, args=[text(tag), message])):
+            restored.append(task_id)
+    return restored
+
+
+def _is_infer(raw: bytes | str) -> bool:
+    try:
+        message = json.loads(raw)[0]
+        return bool(message.get("headers", {}).get("task") == "maas.infer")
+    except (ValueError, TypeError, AttributeError, IndexError, KeyError):
+        return False

@@ -33,6 +33,10 @@ FLEET_COUNTERS = "maas:counters"
 
 _HELD = "maas:held:{worker}"  # hash: task id -> started at (unix s), for each request the worker is running
 
+_ALIVE = "maas:alive:{worker}"  # string with a TTL of the heartbeat timeout: the worker beat recently (via Redis)
+#: hash: component (beat, controller name) -> unix time of its last heartbeat, for `maas status`.
+COMPONENT_HEARTBEATS = "maas:heartbeats"
+
 #: list: dead letters, newest first (JSON: task id, queue, reason, at, the ledger's body).
 DEAD_LETTERS = "maas:dlq"
 _REDELIVERED = "maas:redelivered:{task_id}"  # string with a TTL: deliveries to workers that could not serve it
@@ -64,3 +68,7 @@ def redeliveries(task_id: str) -> str:
 
 def held_by(worker: str) -> str:
     return _HELD.format(worker=worker)
+
+
+def alive(worker: str) -> str:
+    return _ALIVE.format(worker=worker)

@@ -24,25 +24,52 @@ def get(session: Session, replica_id: int, *, lock: bool = False) -> Replica:
     return replica
 
 
-def create(session: Session, version_id: int, device_id: int, reason: str = "") -> Replica:
-    replica = Replica(version_id=version_id, device_id=device_id, state=ReplicaState.PENDING.value, reason=reason)
+def create(session: Session, version_id: int, device_id: int, reason: str = "", requested_by: str = "") -> Replica:
+    replica = Replica(
+        version_id=version_id,
+        device_id=device_id,
+        state=ReplicaState.PENDING.value,
+        reason=reason,
+        requested_by=requested_by,
+    )
     session.add(replica)
     session.flush()
     session.add(
-        ReplicaEvent(replica_id=replica.id, from_state=None, to_state=ReplicaState.PENDING.value, reason=reason)
+        ReplicaEvent(
+            replica_id=replica.id,
+            from_state=None,
+            to_state=ReplicaState.PENDING.value,
+            reason=reason,
+            requested_by=requested_by,
+        )
     )
     return replica
 
 
-def transition(session: Session, replica: Replica, dst: ReplicaState, reason: str = "") -> ReplicaState:
-    """Move ``replica`` to ``dst`` (raises IllegalTransition) and record the event; returns the old state."""
+def transition(
+    session: Session, replica: Replica, dst: ReplicaState, reason: str = "", requested_by: str | None = None
+) -> ReplicaState:
+    """Move ``replica`` to ``dst`` (raises IllegalTransition) and record the event; returns the old state.
+
+    The event is attributed to ``requested_by`` when given (which also becomes the replica's), else to whoever
+    asked for what the replica is doing (its ``requested_by``: a worker's transitions carry out someone's order)."""
+    if requested_by is not None:
+        replica.requested_by = requested_by
     src = ReplicaState(replica.state)
     check_transition(src, dst, replica=str(replica.id))
     replica.state = dst.value
     replica.updated_at = utcnow()
     if reason or dst is ReplicaState.FAILED:
         replica.reason = reason
-    session.add(ReplicaEvent(replica_id=replica.id, from_state=src.value, to_state=dst.value, reason=reason))
+    session.add(
+        ReplicaEvent(
+            replica_id=replica.id,
+            from_state=src.value,
+            to_state=dst.value,
+            reason=reason,
+            requested_by=replica.requested_by or "",
+        )
+    )
     return src
 
 
@@ -84,10 +111,10 @@ def all_with_devices(session: Session, include_terminal: bool = False) -> list[R
     return list(session.scalars(stmt))
 
 
-def fail_all_on_device(session: Session, device: Device, reason: str) -> list[Replica]:
+def fail_all_on_device(session: Session, device: Device, reason: str, requested_by: str = "recovery") -> list[Replica]:
     failed = live_on_device(session, device.id)
     for replica in failed:
-        transition(session, replica, ReplicaState.FAILED, reason)
+        transition(session, replica, ReplicaState.FAILED, reason, requested_by=requested_by)
     return failed
 
 

@@ -123,6 +123,8 @@ class Replica(Base):
     state: Mapped[str] = mapped_column(String(20), default=ReplicaState.PENDING.value, index=True)
     reason: Mapped[str] = mapped_column(Text, default="")
     footprint_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # measured at load
+    #: Who asked for what the replica is doing now (its load, or its stop): copied onto each event it makes.
+    requested_by: Mapped[str] = mapped_column(String(200), default="", server_default="")
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     version: Mapped[ModelVersion] = relationship()
@@ -139,6 +141,8 @@ class ReplicaEvent(Base):
     from_state: Mapped[str | None] = mapped_column(String(20), nullable=True)
     to_state: Mapped[str] = mapped_column(String(20))
     reason: Mapped[str] = mapped_column(Text, default="")
+    #: Who asked: "user NAME via cli", "user via gateway", "allocation run N", "recovery".
+    requested_by: Mapped[str] = mapped_column(String(200), default="", server_default="")
     at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     replica: Mapped[Replica] = relationship(back_populates="events")
 

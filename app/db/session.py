@@ -16,6 +16,8 @@ from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
+#: Seconds a PostgreSQL connect waits for the server before it fails.
+CONNECT_TIMEOUT_S = 5
 _ENGINES: dict[tuple[int, str], Engine] = {}
 
 
@@ -36,7 +38,19 @@ def get_engine(url: str) -> Engine:
             engine = create_engine(url, connect_args={"timeout": 15})
             event.listen(engine, "connect", _sqlite_pragmas)
         else:
-            engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+            # A connect gives up after CONNECT_TIMEOUT_S (a database that does not answer fails fast and typed, see
+            # app.outage); keepalives notice a peer that vanished without closing the connection.
+            engine = create_engine(
+                url,
+                pool_pre_ping=True,
+                pool_size=5,
+                max_overflow=5,
+                connect_args=(
+                    {"connect_timeout": CONNECT_TIMEOUT_S, "keepalives": 1, "keepalives_idle": 10}
+                    if url.startswith("postgresql")
+                    else {}
+                ),
+            )
         _ENGINES[key] = engine
     return engine
 

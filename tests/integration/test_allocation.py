@@ -83,6 +83,9 @@ def test_after_a_solve_every_model_is_where_the_plan_says_and_serving(settings, 
     # Device memory is respected, by declared figures where nothing was measured yet.
     for d in client.devices():
         assert d["used_bytes"] <= d["mem_bytes"]
+    # Each load the allocator made is recorded as asked by its run.
+    for name in MODELS:
+        assert {e["by"] for e in client.history(name)} <= {f"allocation run {n}" for n in range(1, run.id + 1)}
 
 
 def test_a_move_is_make_before_break_with_zero_failed_requests(client, placed, configure):

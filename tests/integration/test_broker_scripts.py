@@ -125,3 +125,14 @@ def test_take_batch_leaves_a_foreign_message_at_the_head_and_looks_at_later_leve
     assert taken == ["lowest"]
     assert r.lindex(lists[1], -1) == head
     assert r.llen(lists[1]) == 3
+
+
+def test_admitting_the_same_task_id_twice_queues_it_once(r: redis.Redis) -> None:
+    # A producer whose connection broke after the call ran retries it: the second call must write nothing.
+    body = {"name": "maas.infer", "queue": QUEUE, "priority": 4, "args": ["iris", None, []]}
+    admission = scripts.Admission(QUEUE, "iris", "again", 1000.0, body, 3, None, _infer_message("again"), 4)
+    first = scripts.admit(r, admission)
+    second = scripts.admit(r, admission)
+    assert (first, second) == (0, 1)  # the second sees the first's message waiting, and adds none
+    assert sum(r.llen(q) for q in priority_lists(QUEUE)) == 1
+    assert r.hget(keys.ARRIVALS, "iris") == b"1"

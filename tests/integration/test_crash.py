@@ -66,3 +66,7 @@ def test_a_restarted_worker_reloads_and_resubscribes_what_the_database_says_it_h
     reps = sorted(client.replicas(include_terminal=True), key=lambda r: r["replica"])
     assert [(r["replica"], r["state"]) for r in reps] == [(first["replica"], "FAILED"), (reps[1]["replica"], "READY")]
     assert reps[0]["reason"] == "worker restarted: its in-memory copy was lost"
+    by = [(e["replica"], e["to"], e["by"]) for e in client.history("add") if e["by"] == "recovery"]
+    assert by == [(reps[0]["replica"], "FAILED", "recovery"), (reps[1]["replica"], "PENDING", "recovery")] + [
+        (reps[1]["replica"], s, "recovery") for s in ("LOADING", "READY")
+    ]

@@ -50,3 +50,32 @@ def test_a_request_held_by_a_killed_worker_is_answered_by_another_replica_at_onc
     assert client.redis.hlen(keys.held_by("w0@test")) == 0
     assert client.redis.hlen(keys.held_by("w1@test")) <= 1  # the last request w1 ran: dropped with its next
     assert holdings.give_back(client.redis, "w0@test") == []  # given back once, not twice
+
+
+def test_an_orphan_request_taken_by_a_worker_that_died_before_recording_it_is_requeued(redis_url):
+    import json
+
+    import redis as redis_lib
+
+    from app.broker.layout import KOMBU_UNACKED, KOMBU_UNACKED_INDEX, priority_lists
+
+    client = redis_lib.Redis.from_url(redis_url)
+    client.flushall()
+    now = 10_000.0
+
+    def unacked(tag: str, task_id: str, task: str, taken_at: float) -> None:
+        message = {"body": "[]", "headers": {"task": task, "id": task_id}, "properties": {"priority": 3}}
+        client.hset(KOMBU_UNACKED, tag, json.dumps([message, "", "m.slow"]))
+        client.zadd(KOMBU_UNACKED_INDEX, {tag: taken_at})
+
+    unacked("t1", "orphan", "maas.infer", now - 100)  # its worker died between delivery and hold()
+    unacked("t2", "running", "maas.infer", now - 100)  # a live worker holds it
+    holdings.hold(client, "w1@test", "running")
+    unacked("t3", "young", "maas.infer", now - 1)  # just delivered: its worker is about to record it
+    unacked("t4", "a-load", "maas.load", now - 100)  # not a request: loads are left to their own recovery
+
+    assert holdings.give_back_orphans(client, older_than_s=30, now=now) == ["orphan"]
+    assert sorted(client.hkeys(KOMBU_UNACKED)) == [b"t2", b"t3", b"t4"]
+    requeued = json.loads(client.lindex(priority_lists("m.slow")[3], 0))
+    assert requeued["headers"]["id"] == "orphan" and requeued["headers"]["redelivered"] is True
+    assert holdings.give_back_orphans(client, older_than_s=30, now=now) == []  # once

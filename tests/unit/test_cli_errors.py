@@ -52,3 +52,18 @@ def test_a_size_that_is_not_one_is_a_usage_error(capsys):
         cli.build_parser().parse_args(["model", "register", "x", "y.onnx", "--mem", "lots"])
     assert usage.value.code == 2
     assert "not a size: 'lots'" in capsys.readouterr().err
+
+
+def test_an_unreachable_database_is_database_unavailable_after_a_bounded_retry(monkeypatch, capsys, tmp_path):
+    import time
+
+    monkeypatch.setenv("DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:1/nothing")
+    monkeypatch.setenv("MAAS_HOME", str(tmp_path))
+    monkeypatch.setenv("MAAS_RETRY_MAX_S", "1")
+    started = time.monotonic()
+    assert cli.main(["status"]) == 1
+    took_s = time.monotonic() - started
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: DATABASE_UNAVAILABLE: the database did not answer"), err
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+    assert took_s < 10, f"took {took_s:.1f}s"  # the retry's budget (1 s) and a connect or two, not minutes

@@ -176,3 +176,27 @@ def test_drain_then_unload_stops_the_replica_and_releases_the_runtime(worker, mo
     assert info["state"] == ReplicaState.DRAINING and unload_next
     assert lifecycle.unload(ctx, replica_id)["state"] == ReplicaState.STOPPED
     assert runtime.unloaded and ctx.cache.get("m", 1) is None
+
+
+def test_a_footprint_below_the_artifact_size_is_never_recorded():
+    from workers.lifecycle import plausible_footprint
+
+    mib = 1024**2
+    assert plausible_footprint(300 * mib, 100 * mib, 264 * mib) == 300 * mib  # measured and plausible: kept
+    assert plausible_footprint(100 * mib, 100 * mib, 264 * mib) == 100 * mib
+    # 0.0 MiB (ONNX Runtime already loaded) or negative (another model freed meanwhile): the declared figure
+    assert plausible_footprint(0, 100 * mib, 264 * mib) == 264 * mib
+    assert plausible_footprint(-5 * mib, 100 * mib, 264 * mib) == 264 * mib
+    # a declared figure below the artifact's size is not plausible either
+    assert plausible_footprint(0, 100 * mib, 10 * mib) == 100 * mib
+
+
+def test_a_load_that_measures_nothing_records_the_declared_footprint_and_says_why(worker, monkeypatch, caplog):
+    ctx, new_replica = worker
+    use_runtime(monkeypatch, FakeRuntime(None))
+    monkeypatch.setattr(lifecycle, "used_bytes", lambda kind, index: 1000)  # the same before and after: 0 bytes
+    with caplog.at_level(logging.WARNING, "maas.worker"):
+        info = lifecycle.load(ctx, new_replica())
+    assert info["footprint_bytes"] == len(b"weights")  # the artifact's size (declared 1 byte is below it)
+    logged = [r for r in caplog.records if getattr(r, "event", None) == "footprint_implausible"]
+    assert len(logged) == 1 and logged[0].measured_bytes == 0

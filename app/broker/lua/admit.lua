@@ -18,6 +18,9 @@
 local levels = tonumber(ARGV[1])
 local waiting = 0
 for i = 1, levels do waiting = waiting + redis.call('LLEN', KEYS[i]) end
+-- A producer that lost its connection retries the call: a task id already in the ledger was admitted by the first
+-- try, so nothing is written or queued twice.
+if redis.call('HEXISTS', KEYS[levels + 2], ARGV[3]) == 1 then return waiting end
 if waiting >= tonumber(ARGV[2]) then return -1 - waiting end
 redis.call('ZADD', KEYS[levels + 1], ARGV[4], ARGV[3])
 redis.call('HSET', KEYS[levels + 2], ARGV[3], ARGV[5])
