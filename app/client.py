@@ -239,6 +239,9 @@ class Client:
             task_id=task_id,
         )
         dlq.forget_answer(self._redis, task_id)
+        # The first admission's ledger record may still be there; admission ignores a task id it already holds (so
+        # a producer's retry is safe), which would drop the replay: take the old record back first.
+        scripts.withdraw(self._redis, order.model, task_id, counted=False)
         return self._send(order, timeout_s)
 
     def prepare(
@@ -307,11 +310,11 @@ class Client:
         try:
             # Retrying is safe: the script writes nothing for a task id it already admitted.
             backlog = self.retry(lambda: scripts.admit(self._redis, admission), "queueing the request")
-        except BrokerUnavailable:
+        except BrokerUnavailable as exc:
             # The last try may have run before its reply was lost: take back whatever it wrote, so the request
             # never runs later (by a worker, or by the ledger's resend) for a caller who was told it failed.
             self._take_back(order)
-            raise
+            raise BrokerUnavailable(f"{exc.message}; {order.task_id} was not sent") from exc
         self.scheduler.admit(order.model, backlog)
         return Handle(
             AsyncResult(order.task_id, app=self.app),
