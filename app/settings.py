@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import socket
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -240,6 +241,12 @@ class Settings:
         show=format_size_bytes,
     )
     worker_name: str = _env("MAAS_WORKER_NAME", str, "", "Worker node name; default gpu<N>@<host>")
+    host_name: str = _env(
+        "MAAS_HOST",
+        str,
+        "",
+        "Name of the machine this worker runs on: devices are grouped and spread by it; default the hostname",
+    )
     worker_system_tasks: bool = _env(
         "MAAS_WORKER_SYSTEM_TASKS",
         _bool,
@@ -344,6 +351,11 @@ class Settings:
     def sqlalchemy_url(self) -> str:
         """DATABASE_URL, or the embedded SQLite file under MAAS_HOME."""
         return self.database_url or f"sqlite:///{self.home / 'maas.db'}"
+
+    @property
+    def host(self) -> str:
+        """MAAS_HOST, else this machine's hostname."""
+        return self.host_name or socket.gethostname()
 
     @property
     def artifact_dir(self) -> Path:

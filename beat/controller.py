@@ -14,7 +14,6 @@ Several controllers may run: each task is taken by one of them, and the allocati
 from __future__ import annotations
 
 import logging
-import socket
 
 from celery import signals
 
@@ -31,7 +30,7 @@ log = logging.getLogger("maas.controller")
 def run(settings: Settings, loglevel: str | None = None) -> None:
     logs.configure(loglevel or settings.log_level, settings.log_format)
     ensure_current(settings.sqlalchemy_url)
-    name = settings.worker_name or f"controller@{socket.gethostname()}"
+    name = settings.worker_name or f"controller@{settings.host}"
     app = create_app(settings)
     register(app)
 

@@ -8,7 +8,6 @@ CUDA is initialised, which CUDA forbids).
 from __future__ import annotations
 
 import logging
-import socket
 from collections.abc import Callable
 
 from celery import Celery, bootsteps, signals
@@ -67,7 +66,7 @@ def run(
     device = device_discovery.pick(found, device_index)
     device_discovery.pin(device)
     context_bytes = open_cuda_context(device.index) if device.kind == "gpu" else None
-    host = socket.gethostname()
+    host = settings.host
     worker_name = settings.worker_name or f"gpu{device.index}@{host}"
     ensure_current(settings.sqlalchemy_url)
     with session_scope(settings.sqlalchemy_url) as session:
