@@ -31,9 +31,13 @@ def transport_options(settings: Settings) -> dict[str, Any]:
     }
 
 
+FIRST_RESULT_BACKEND = "app.broker.first_result:FirstResultBackend"
+
+
 def create_app(settings: Settings | None = None) -> Celery:
     settings = settings or Settings.from_env()
-    app = Celery("maas", broker=settings.redis_url, backend=settings.redis_url, set_as_current=False)
+    # Results go to the same Redis, through a backend that keeps a task's first answer (app.broker.first_result).
+    app = Celery("maas", broker=settings.redis_url, backend=FIRST_RESULT_BACKEND, set_as_current=False)
     app.conf.update(
         # JSON only: pickle lets a message run code on the worker.
         task_serializer="json",
