@@ -22,7 +22,7 @@ log = logging.getLogger("maas.beat")
 def reap(settings: Settings) -> list[str]:
     """Mark every online device whose heartbeat is older than the timeout as lost; return their worker names."""
     now = utcnow()
-    lost = []
+    lost: list[tuple[str, int]] = []
     with session_scope(settings.sqlalchemy_url) as session:
         for device in devices.all_devices(session):
             if device.status != DeviceStatus.ONLINE or devices.is_alive(device, settings.heartbeat_timeout_s, now):
@@ -30,6 +30,8 @@ def reap(settings: Settings) -> list[str]:
             silent_s = (now - devices.as_utc(device.heartbeat_at)).total_seconds()
             reason = f"worker lost: no heartbeat from {device.worker_name} for {silent_s:.0f}s"
             device.status = DeviceStatus.LOST
+            # A new epoch: the worker, if it is only cut off, can no longer heartbeat or move a replica as itself.
+            device.epoch = (device.epoch or 0) + 1
             for replica in replicas.fail_all_on_device(session, device, reason):
                 logs.event(
                     log,
@@ -42,9 +44,10 @@ def reap(settings: Settings) -> list[str]:
                     to_state="FAILED",
                     reason=reason,
                 )
-            lost.append(device.worker_name)
+            lost.append((device.worker_name, device.epoch))
     client = sync_client(settings.redis_url)
-    for worker in lost:
+    for worker, epoch in lost:
+        holdings.declare_lost(client, worker, epoch)
         given_back = holdings.give_back(client, worker)
         if given_back:
             logs.event(
@@ -55,4 +58,4 @@ def reap(settings: Settings) -> list[str]:
                 task_ids=given_back,
                 reason="their worker was lost: requeued now, not after the visibility timeout",
             )
-    return lost
+    return [worker for worker, _ in lost]

@@ -25,6 +25,7 @@ class WorkerContext:
     stats: RequestStats = field(default_factory=RequestStats)
     consumer: Any = None  # celery.worker.consumer.Consumer, captured by a bootstep once it starts
     last_held: str | None = None  # the request recorded as held last (app.broker.holdings drops it with the next)
+    epoch: int = 0  # this life's epoch, from the device row at registration (workers.fencing)
 
     @property
     def redis(self) -> redis.Redis:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 import psutil
 
@@ -25,17 +26,24 @@ log = logging.getLogger("maas.worker")
 class Heartbeat(threading.Thread):
     """Each period: stamp the device row with a heartbeat and telemetry, and ship buffered service times."""
 
-    def __init__(self, ctx: WorkerContext) -> None:
+    def __init__(self, ctx: WorkerContext, on_fenced: Callable[[str], None] | None = None) -> None:
         super().__init__(name="maas-heartbeat", daemon=True)
         self.ctx = ctx
+        self.on_fenced = on_fenced
+        self._fenced_epoch: int | None = None  # the epoch a reconcile was last asked for, so it is asked once
         self._redis = sync_client(ctx.settings.redis_url)
         self._process = psutil.Process()
         self._stop_event = threading.Event()
 
     def beat(self) -> None:
         values = telemetry.sample(self.ctx.device, self._process)
+        epoch = self.ctx.epoch
         with session_scope(self.ctx.settings.sqlalchemy_url) as session:
-            devices.heartbeat(session, self.ctx.worker_name, values)
+            current = devices.heartbeat(session, self.ctx.worker_name, values, epoch=epoch)
+        if not current and self._fenced_epoch != epoch and self.on_fenced is not None:
+            # Declared lost while this worker could not reach the fleet (workers.fencing).
+            self._fenced_epoch = epoch
+            self.on_fenced(f"heartbeat refused: the device row moved past epoch {epoch}")
         observed = self.ctx.observations.drain()
         if observed:
             push_observations(self._redis, observed)

@@ -70,7 +70,8 @@ def run(
     worker_name = settings.worker_name or f"gpu{device.index}@{host}"
     ensure_current(settings.sqlalchemy_url)
     with session_scope(settings.sqlalchemy_url) as session:
-        device_id = devices.register(session, worker_name, host, device).id
+        row = devices.register(session, worker_name, host, device)
+        device_id, epoch = row.id, row.epoch
     reload_ids = _take_over_previous_life(settings, device_id, worker_name)
     # What a previous life of this worker was running when it died goes back to its queues now.
     given_back = holdings.give_back(sync_client(settings.redis_url), worker_name)
@@ -83,7 +84,7 @@ def run(
             task_ids=given_back,
             reason="this worker restarted while running them",
         )
-    context.CURRENT = context.WorkerContext(settings, worker_name, device, device_id)
+    context.CURRENT = context.WorkerContext(settings, worker_name, device, device_id, epoch=epoch)
 
     app = create_app(settings)
     from workers.tasks import register
@@ -92,7 +93,7 @@ def run(
     if extra_tasks is not None:
         extra_tasks(app)
     app.steps["consumer"].add(_CaptureConsumer)
-    heartbeat = Heartbeat(context.CURRENT)
+    heartbeat = Heartbeat(context.CURRENT, on_fenced=lambda reason: Control(app).send_reconcile(worker_name, reason))
 
     @signals.worker_ready.connect(weak=False)
     def _ready(**_kw: object) -> None:

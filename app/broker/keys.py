@@ -31,6 +31,8 @@ _STATS = "maas:stats:{model}:{version}"  # hash: counter name -> value (see app.
 #: hash: counter name -> value for fleet-wide events (ledger resends).
 FLEET_COUNTERS = "maas:counters"
 
+#: string: the epoch a worker was declared lost at (the reaper's); a worker of an older epoch is fenced.
+_FENCE = "maas:fence:{worker}"
 _HELD = "maas:held:{worker}"  # hash: task id -> started at (unix s), for each request the worker is running
 
 #: list: dead letters, newest first (JSON: task id, queue, reason, at, the ledger's body).
@@ -64,3 +66,7 @@ def redeliveries(task_id: str) -> str:
 
 def held_by(worker: str) -> str:
     return _HELD.format(worker=worker)
+
+
+def fence(worker: str) -> str:
+    return _FENCE.format(worker=worker)
