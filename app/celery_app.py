@@ -28,16 +28,20 @@ def transport_options(settings: Settings) -> dict[str, Any]:
         # dead worker comes back soon after its timeout instead of up to 100 s later.
         "unacked_restore_interval": max(1, min(10, int(settings.visibility_timeout_s / 5))),
         "unacked_restore_throttle": 1,
+        # Sentinel: which primary to ask the Sentinels for (ignored by the plain Redis transport).
+        **({"master_name": settings.redis_sentinel_master} if settings.uses_sentinel else {}),
     }
 
 
 FIRST_RESULT_BACKEND = "app.broker.first_result:FirstResultBackend"
+FIRST_RESULT_SENTINEL_BACKEND = "app.broker.first_result:FirstResultSentinelBackend"
 
 
 def create_app(settings: Settings | None = None) -> Celery:
     settings = settings or Settings.from_env()
     # Results go to the same Redis, through a backend that keeps a task's first answer (app.broker.first_result).
-    app = Celery("maas", broker=settings.redis_url, backend=FIRST_RESULT_BACKEND, set_as_current=False)
+    backend = FIRST_RESULT_SENTINEL_BACKEND if settings.uses_sentinel else FIRST_RESULT_BACKEND
+    app = Celery("maas", broker=settings.redis_url, backend=backend, set_as_current=False)
     app.conf.update(
         # JSON only: pickle lets a message run code on the worker.
         task_serializer="json",
@@ -48,7 +52,10 @@ def create_app(settings: Settings | None = None) -> Celery:
         task_default_priority=settings.default_priority,
         task_default_queue=SYSTEM_QUEUE,
         broker_transport_options=transport_options(settings),
-        result_backend_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        result_backend_transport_options={
+            "visibility_timeout": settings.visibility_timeout_s,
+            **({"master_name": settings.redis_sentinel_master} if settings.uses_sentinel else {}),
+        },
         # Ack after the task returns, and give the message back if the worker dies mid-task: nothing accepted is
         # lost. Prefetch 1 so a worker never holds low-priority messages while high-priority ones wait.
         task_acks_late=True,

@@ -298,7 +298,7 @@ def cmd_infer(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    from app.broker.clients import sync_client
+    from app.broker.clients import for_settings
     from app.broker.demand import read_rates
     from app.broker.layout import model_queue
     from app.broker.queues import depths
@@ -306,7 +306,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     client = _client(settings)
     devices, reps = client.devices(), client.replicas()
     models = sorted({r["model"] for r in reps})
-    redis_client = sync_client(settings.redis_url)
+    redis_client = for_settings(settings)
     queue_depths = depths(redis_client, [model_queue(m) for m in models]) if models else {}
     hosts = _by_host(devices, reps)
     host_of = {d["worker"]: d["host"] for d in devices}
@@ -405,9 +405,9 @@ def cmd_dlq_list(args: argparse.Namespace, settings: Settings) -> int:
     import datetime as dt
 
     from app.broker import dlq
-    from app.broker.clients import sync_client
+    from app.broker.clients import for_settings
 
-    found = dlq.entries(sync_client(settings.redis_url), limit=args.limit)
+    found = dlq.entries(for_settings(settings), limit=args.limit)
     table = render(
         ["AT", "TASK", "QUEUE", "REASON"],
         [
@@ -426,9 +426,9 @@ def cmd_dlq_list(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_dlq_purge(args: argparse.Namespace, settings: Settings) -> int:
     from app.broker import dlq
-    from app.broker.clients import sync_client
+    from app.broker.clients import for_settings
 
-    print(f"dropped {dlq.purge(sync_client(settings.redis_url))} dead letters")
+    print(f"dropped {dlq.purge(for_settings(settings))} dead letters")
     return 0
 
 

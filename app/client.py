@@ -104,7 +104,7 @@ class Client:
         self.settings = settings or Settings.from_env()
         self.app = app or create_app(self.settings)
         self._refs: dict[str, Resolved] = {}
-        self._redis = clients.sync_client(self.settings.redis_url)
+        self._redis = clients.for_settings(self.settings)
         self.control = Control(self.app)
         self.scheduler = Scheduler(self.settings, self._redis, trigger=self.control.request_allocation)
         self.jobs = Jobs(self.settings, self.app, self._redis)
@@ -197,7 +197,7 @@ class Client:
         self.app.backend.on_task_call(None, order.task_id)
         # One atomic Redis call checks the queue's limit and, only when there is room, records the request in the
         # ledger (and the aging index), counts the arrival and queues the message: a refused request leaves nothing.
-        backlog = scripts.admit(self._redis, order.admission)
+        backlog = scripts.admit(self._redis, order.admission, self.settings)
         self.scheduler.admit(order.model, backlog)
         return Handle(AsyncResult(order.task_id, app=self.app), timeout_s or self.settings.infer_timeout_s)
 

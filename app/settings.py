@@ -157,6 +157,11 @@ def _mask_url(text: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
+def _mask_sentinel_urls(text: str) -> str:
+    """:func:`_mask_url` on each URL of a ``;``-separated Sentinel list."""
+    return ";".join(_mask_url(part) for part in text.split(";"))
+
+
 def _mask_basic_auth(text: str) -> str:
     return ",".join(f"{pair.partition(':')[0]}:***" for pair in filter(None, text.split(",")))
 
@@ -188,7 +193,29 @@ def _is_set(name: str, raw: str | None) -> bool:
 class Settings:
     """The whole configuration of a fleet component; build it with :meth:`from_env`."""
 
-    redis_url: str = _env("REDIS_URL", str, "redis://localhost:6379/0", "Broker and result backend", mask=_mask_url)
+    redis_url: str = _env(
+        "REDIS_URL",
+        str,
+        "redis://localhost:6379/0",
+        "Broker, result backend and the fleet's own records; with Sentinel: sentinel://h1:26379;sentinel://h2:26379/0",
+        mask=_mask_sentinel_urls,
+    )
+    redis_sentinel_master: str = _env(
+        "MAAS_REDIS_SENTINEL_MASTER", str, "maas", "Name the Sentinels monitor the primary under (sentinel:// only)"
+    )
+    redis_wait_replicas: int = _env(
+        "MAAS_REDIS_WAIT_REPLICAS",
+        int,
+        0,
+        "Durability: after accepting a request or storing a result, WAIT until this many Redis replicas have it "
+        "(0: do not wait; a failover may then lose the last writes)",
+    )
+    redis_wait_timeout_ms: int = _env(
+        "MAAS_REDIS_WAIT_TIMEOUT_MS",
+        int,
+        200,
+        "Longest WAIT for the replicas; past it the write is counted (unreplicated_writes), not failed",
+    )
     database_url: str = _env(
         "DATABASE_URL", str, "", "SQLAlchemy URL; empty means SQLite under MAAS_HOME", mask=_mask_url
     )
@@ -344,8 +371,20 @@ class Settings:
                 f"MAAS_HEARTBEAT_TIMEOUT_S={self.heartbeat_timeout_s:g} must exceed "
                 f"MAAS_HEARTBEAT_S={self.heartbeat_s:g}"
             )
-        if not self.redis_url.startswith(("redis://", "rediss://", "unix://", "redis+socket://")):
-            raise ConfigError(f"REDIS_URL={self.redis_url!r} is invalid: use redis://, rediss:// or redis+socket://")
+        if not self.redis_url.startswith(("redis://", "rediss://", "unix://", "redis+socket://", "sentinel://")):
+            raise ConfigError(
+                f"REDIS_URL={self.redis_url!r} is invalid: use redis://, rediss://, redis+socket:// or sentinel://"
+            )
+        if self.redis_url.startswith("sentinel://") and any(
+            not part.startswith("sentinel://") for part in self.redis_url.split(";")
+        ):
+            raise ConfigError(f"REDIS_URL={self.redis_url!r} is invalid: every ';'-separated part must be sentinel://")
+        if self.redis_wait_replicas < 0 or self.redis_wait_timeout_ms < 0:
+            raise ConfigError("MAAS_REDIS_WAIT_REPLICAS and MAAS_REDIS_WAIT_TIMEOUT_MS must be >= 0")
+
+    @property
+    def uses_sentinel(self) -> bool:
+        return self.redis_url.startswith("sentinel://")
 
     @property
     def sqlalchemy_url(self) -> str:

@@ -9,7 +9,7 @@ import logging
 
 from app import logs
 from app.broker import holdings
-from app.broker.clients import sync_client
+from app.broker.clients import for_settings
 from app.db import devices, replicas
 from app.db.schema import utcnow
 from app.db.session import session_scope
@@ -45,7 +45,7 @@ def reap(settings: Settings) -> list[str]:
                     reason=reason,
                 )
             lost.append((device.worker_name, device.epoch))
-    client = sync_client(settings.redis_url)
+    client = for_settings(settings)
     for worker, epoch in lost:
         holdings.declare_lost(client, worker, epoch)
         given_back = holdings.give_back(client, worker)

@@ -60,7 +60,7 @@ class Fleet:
     # --- admission ----------------------------------------------------------------------------------------------
     async def publish(self, order: InferOrder) -> Published:
         """Admit (queue limit, ledger, aging index) and queue the message, in the client's one atomic call."""
-        backlog = await scripts.admit_async(self.redis, order.admission)
+        backlog = await scripts.admit_async(self.redis, order.admission, self.client.settings)
         self.client.scheduler.admit(order.model, backlog)
         assert order.admission.message is not None  # infer_order always builds it
         return Published(order, order.admission.list_key, order.admission.message)

@@ -356,3 +356,108 @@ class MultiHostFleet:
     def logs(self) -> str:
         procs = [p for h in self.hosts for p in h.procs]
         return "\n".join(f"===== {p.name} =====\n{p.log()[-4000:]}" for p in procs)
+
+
+SENTINEL_PORT = 26379
+
+
+@dataclass
+class SentinelRedis:
+    """A Redis primary and replica on two hosts, and three Sentinels (one on each and one on the services host)
+    watching them under the master name ``maas``; ``url`` is the fleet's REDIS_URL for them."""
+
+    primary: Host
+    replica: Host
+    servers: dict[str, Proc]  # host name -> its redis-server
+    sentinels: list[Proc]
+    sentinel_hosts: list[Host]
+    workdir: Path
+    master: str = "maas"
+
+    @property
+    def url(self) -> str:
+        return ";".join(f"sentinel://{h.address}:{SENTINEL_PORT}" for h in self.sentinel_hosts) + "/0"
+
+    def current_primary(self) -> str | None:
+        """The address the Sentinels name as primary now (asked of the first one that answers)."""
+        import redis as redis_lib
+
+        for host in self.sentinel_hosts:
+            try:
+                client = redis_lib.Redis(host.address, SENTINEL_PORT, socket_timeout=2, socket_connect_timeout=2)
+                found = client.sentinel_get_master_addr_by_name(self.master)
+                if found:
+                    host = found[0]
+                    return host.decode() if isinstance(host, bytes) else str(host)
+            except redis_lib.RedisError:
+                continue
+        return None
+
+    def stop(self) -> None:
+        for proc in [*self.sentinels, *self.servers.values()]:
+            proc.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def start_sentinel_redis(network: Network, extra: Host, timeout_s: float = 60.0) -> SentinelRedis:
+    """Primary on a new host ``r1``, replica on ``r2``, Sentinels on r1, r2 and ``extra``; quorum 2, a primary
+    silent for 1 s is down. The hosts join the network and go with it."""
+    workdir = Path(tempfile.mkdtemp(prefix="maas-sentinel-"))
+    r1, r2 = network.add_host("r1"), network.add_host("r2")
+    servers: dict[str, Proc] = {}
+    for host in (r1, r2):
+        argv = [
+            redis_binary(),
+            "--bind",
+            host.address,
+            "--port",
+            str(REDIS_PORT),
+            "--protected-mode",
+            "no",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--maxmemory-policy",
+            "noeviction",
+            "--dir",
+            str(workdir),
+            "--dbfilename",
+            f"{host.name}.rdb",
+        ]
+        if host is r2:
+            argv += ["--replicaof", r1.address, str(REDIS_PORT)]
+        servers[host.name] = host.spawn(f"redis-{host.name}", argv, dict(os.environ))
+    sentinel_binary = shutil.which("redis-sentinel")
+    if sentinel_binary is None:
+        raise RuntimeError("redis-sentinel is not installed (scripts/ensure-services.sh installs it)")
+    sentinels = []
+    hosts = [r1, r2, extra]
+    for host in hosts:
+        conf = workdir / f"sentinel-{host.name}.conf"  # Sentinel rewrites its config: one file each
+        conf.write_text(
+            f"port {SENTINEL_PORT}\n"
+            f"bind {host.address}\n"
+            "protected-mode no\n"
+            f"dir {workdir}\n"
+            f"sentinel monitor maas {r1.address} {REDIS_PORT} 2\n"
+            "sentinel down-after-milliseconds maas 1000\n"
+            "sentinel failover-timeout maas 5000\n"
+            "sentinel parallel-syncs maas 1\n"
+        )
+        sentinels.append(host.spawn(f"sentinel-{host.name}", [sentinel_binary, str(conf)], dict(os.environ)))
+    found = SentinelRedis(r1, r2, servers, sentinels, hosts, workdir)
+    try:
+        for host in (r1, r2):
+            wait_tcp(host.address, REDIS_PORT, timeout_s, f"redis-server on {host.name}", servers[host.name])
+        for host, proc in zip(hosts, sentinels, strict=True):
+            wait_tcp(host.address, SENTINEL_PORT, timeout_s, f"sentinel on {host.name}", proc)
+        import redis as redis_lib
+
+        replica = redis_lib.Redis(r2.address, REDIS_PORT, socket_timeout=2)
+        wait_for(lambda: replica.info("replication").get("master_link_status") == "up", timeout_s, "the replica")
+        wait_for(lambda: found.current_primary() == r1.address, timeout_s, "the Sentinels to agree on r1")
+    except Exception:
+        found.stop()
+        raise
+    return found

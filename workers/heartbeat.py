@@ -13,7 +13,7 @@ from collections.abc import Callable
 import psutil
 
 from app.broker import stats
-from app.broker.clients import sync_client
+from app.broker.clients import for_settings
 from app.broker.demand import push_observations
 from app.db import devices
 from app.db.session import session_scope
@@ -31,7 +31,7 @@ class Heartbeat(threading.Thread):
         self.ctx = ctx
         self.on_fenced = on_fenced
         self._fenced_epoch: int | None = None  # the epoch a reconcile was last asked for, so it is asked once
-        self._redis = sync_client(ctx.settings.redis_url)
+        self._redis = for_settings(ctx.settings)
         self._process = psutil.Process()
         self._stop_event = threading.Event()
 

@@ -15,7 +15,7 @@ from celery.worker.consumer import Consumer
 
 from app import logs
 from app.broker import holdings
-from app.broker.clients import sync_client
+from app.broker.clients import for_settings
 from app.broker.layout import SYSTEM_QUEUE, control_queue
 from app.celery_app import create_app, solo_worker_argv
 from app.control import Control
@@ -74,7 +74,7 @@ def run(
         device_id, epoch = row.id, row.epoch
     reload_ids = _take_over_previous_life(settings, device_id, worker_name)
     # What a previous life of this worker was running when it died goes back to its queues now.
-    given_back = holdings.give_back(sync_client(settings.redis_url), worker_name)
+    given_back = holdings.give_back(for_settings(settings), worker_name)
     if given_back:
         logs.event(
             log,

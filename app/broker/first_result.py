@@ -12,18 +12,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery.backends.redis import RedisBackend
+from celery.backends.redis import RedisBackend, SentinelBackend
 from celery.exceptions import BackendStoreError
 
 from app.broker import scripts
+from app.broker.clients import UNREPLICATED, replicated, wait_replicas
 from app.broker.keys import FLEET_COUNTERS
 from app.broker.layout import RESULT_PREFIX
+from app.broker.stats import count_fleet_event
 
 #: the fleet counter a dropped second answer increments
 ANSWERED_TWICE = "answered_twice"
 
 
-class FirstResultBackend(RedisBackend):
+class _FirstResult(RedisBackend):
+    """The first-answer-stays writes, mixed into Celery's Redis and Sentinel backends."""
+
     def __init__(self, app: Any = None, url: str | None = None, **kwargs: Any) -> None:
         # Named by class (not URL) in create_app, Celery hands over no URL: take the fleet's.
         if url is None and app is not None:
@@ -50,4 +54,20 @@ class FirstResultBackend(RedisBackend):
         if expires is None:
             expires = self.expires
         ttl = int(expires.total_seconds() if hasattr(expires, "total_seconds") else expires or 0)
-        scripts.script(self.client, "store_result")(keys=[name, FLEET_COUNTERS], args=[value, ttl])
+        client = self.client
+        settings = self.app.maas_settings  # type: ignore[attr-defined]
+        # One pipeline, so one connection: WAIT covers the writes of the connection it is sent on.
+        pipe = client.pipeline(transaction=False)
+        scripts.script(client, "store_result")(keys=[name, FLEET_COUNTERS], args=[value, ttl], client=pipe)
+        wait_replicas(pipe, settings)
+        replies = pipe.execute()
+        if not replicated(replies, settings):
+            count_fleet_event(client, UNREPLICATED)
+
+
+class FirstResultBackend(_FirstResult):
+    """For ``redis://`` URLs."""
+
+
+class FirstResultSentinelBackend(_FirstResult, SentinelBackend):
+    """For ``sentinel://`` URLs: the primary is asked of the Sentinels again after a failover."""
