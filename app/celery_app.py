@@ -73,6 +73,15 @@ def create_app(settings: Settings | None = None) -> Celery:
         beat_schedule_filename=str(settings.home / "beat-schedule"),
         timezone="UTC",
     )
+    if settings.uses_sentinel:
+        # A failover takes the primary away for a few seconds: a result read or write retries (backing off up to
+        # 2 s) while the Sentinels promote the replica, instead of failing the caller or the worker at once.
+        app.conf.update(
+            result_backend_always_retry=True,
+            result_backend_max_retries=30,
+            result_backend_base_sleep_between_retries_ms=100,
+            result_backend_max_sleep_between_retries_ms=2000,
+        )
     app.maas_settings = settings  # type: ignore[attr-defined]
     return app
 

@@ -372,7 +372,16 @@ class SentinelRedis:
     sentinels: list[Proc]
     sentinel_hosts: list[Host]
     workdir: Path
+    argv: dict[str, list[str]] = field(default_factory=dict)  # host name -> how its redis-server was started
     master: str = "maas"
+
+    def restart(self, name: str) -> Proc:
+        """Start a killed redis-server again on its host; the Sentinels make it a replica of the new primary."""
+        host = self.primary if name == self.primary.name else self.replica
+        proc = host.spawn(f"redis-{name}-again", self.argv[name], dict(os.environ))
+        self.servers[name] = proc
+        wait_tcp(host.address, REDIS_PORT, 60, f"redis-server on {name}", proc)
+        return proc
 
     @property
     def url(self) -> str:
@@ -405,6 +414,7 @@ def start_sentinel_redis(network: Network, extra: Host, timeout_s: float = 60.0)
     workdir = Path(tempfile.mkdtemp(prefix="maas-sentinel-"))
     r1, r2 = network.add_host("r1"), network.add_host("r2")
     servers: dict[str, Proc] = {}
+    argvs: dict[str, list[str]] = {}
     for host in (r1, r2):
         argv = [
             redis_binary(),
@@ -427,6 +437,7 @@ def start_sentinel_redis(network: Network, extra: Host, timeout_s: float = 60.0)
         ]
         if host is r2:
             argv += ["--replicaof", r1.address, str(REDIS_PORT)]
+        argvs[host.name] = argv
         servers[host.name] = host.spawn(f"redis-{host.name}", argv, dict(os.environ))
     sentinel_binary = shutil.which("redis-sentinel")
     if sentinel_binary is None:
@@ -446,7 +457,7 @@ def start_sentinel_redis(network: Network, extra: Host, timeout_s: float = 60.0)
             "sentinel parallel-syncs maas 1\n"
         )
         sentinels.append(host.spawn(f"sentinel-{host.name}", [sentinel_binary, str(conf)], dict(os.environ)))
-    found = SentinelRedis(r1, r2, servers, sentinels, hosts, workdir)
+    found = SentinelRedis(r1, r2, servers, sentinels, hosts, workdir, argvs)
     try:
         for host in (r1, r2):
             wait_tcp(host.address, REDIS_PORT, timeout_s, f"redis-server on {host.name}", servers[host.name])

@@ -38,7 +38,29 @@ class _CaptureConsumer(bootsteps.StartStopStep):
     requires = {"celery.worker.consumer.tasks:Tasks"}
 
     def start(self, c: Consumer) -> None:
-        context.current().consumer = c
+        ctx = context.current()
+        restarted = ctx.consumer is not None
+        ctx.consumer = c
+        if restarted:
+            _give_back_after_reconnect(ctx)
+
+
+def _give_back_after_reconnect(ctx: context.WorkerContext) -> None:
+    """The consumer restarts after losing the broker (a Redis failover, a partition): what this worker held then
+    sits in kombu's unacked hash until the visibility timeout, and Celery cancelled it here. Give it back now.
+
+    Solo pool: no request runs while the consumer restarts, so nothing given back is still running here.
+    """
+    given_back = holdings.give_back(ctx.redis, ctx.worker_name)
+    if given_back:
+        logs.event(
+            log,
+            "requests_given_back",
+            logging.WARNING,
+            worker=ctx.worker_name,
+            task_ids=given_back,
+            reason="the connection to the broker was lost while this worker held them",
+        )
 
 
 def _take_over_previous_life(settings: Settings, device_id: int, worker_name: str) -> list[int]:
