@@ -50,6 +50,10 @@ REQUEST_CLASSES = ("interactive", "batch")
 REF_CACHE_S = 5.0
 
 
+#: Pause before waiting again for a result after the Redis connection was lost.
+WAIT_RETRY_S = 0.5
+
+
 @dataclass
 class Handle:
     """A request in flight. ``wait()`` returns its result or raises the MaasError it ended with."""
@@ -77,16 +81,23 @@ class Handle:
 
     @staticmethod
     def _get(result: AsyncResult, timeout_s: float) -> Any:
-        try:
-            return result.get(timeout=timeout_s, propagate=True, disable_sync_subtasks=False)
-        except CeleryTimeout as exc:
-            raise RequestTimeout(f"no answer to {result.id} within {timeout_s:g}s") from exc
-        except MaasError:
-            raise  # the worker's error, rebuilt by Celery from JSON
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise BrokerUnavailable(f"Redis did not answer while waiting for {result.id}: {exc}") from exc
-        except Exception as exc:
-            raise MaasError(f"{type(exc).__name__}: {exc}") from exc
+        """The result within ``timeout_s``. A lost Redis connection (a failover, a blip) is retried within that
+        same deadline, every ``WAIT_RETRY_S``: the answer is stored in Redis and outlives the connection."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                left = max(0.01, deadline - time.monotonic())
+                return result.get(timeout=left, propagate=True, disable_sync_subtasks=False)
+            except CeleryTimeout as exc:
+                raise RequestTimeout(f"no answer to {result.id} within {timeout_s:g}s") from exc
+            except MaasError:
+                raise  # the worker's error, rebuilt by Celery from JSON
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                if time.monotonic() + WAIT_RETRY_S >= deadline:
+                    raise BrokerUnavailable(f"Redis did not answer while waiting for {result.id}: {exc}") from exc
+                time.sleep(WAIT_RETRY_S)
+            except Exception as exc:
+                raise MaasError(f"{type(exc).__name__}: {exc}") from exc
 
 
 @dataclass(frozen=True)
