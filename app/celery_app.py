@@ -16,7 +16,6 @@ from celery import Celery
 from app.broker.layout import PRIORITY_LEVELS, PRIORITY_SEP, SYSTEM_QUEUE
 from app.errors import ConfigError
 from app.settings import Settings
-from app.signing import backend_url
 
 
 def transport_options(settings: Settings) -> dict[str, Any]:
@@ -32,13 +31,21 @@ def transport_options(settings: Settings) -> dict[str, Any]:
         # dead worker comes back soon after its timeout instead of up to 100 s later.
         "unacked_restore_interval": max(1, min(10, int(settings.visibility_timeout_s / 5))),
         "unacked_restore_throttle": 1,
+        # Sentinel: which primary to ask the Sentinels for (ignored by the plain Redis transport).
+        **({"master_name": settings.redis_sentinel_master} if settings.uses_sentinel else {}),
     }
+
+
+FIRST_RESULT_BACKEND = "app.broker.first_result:FirstResultBackend"
+FIRST_RESULT_SENTINEL_BACKEND = "app.broker.first_result:FirstResultSentinelBackend"
 
 
 def create_app(settings: Settings | None = None) -> Celery:
     settings = settings or Settings.from_env()
-    # Results go through SignedRedisBackend: signed when stored and checked when read under MAAS_SIGNING_KEY.
-    app = Celery("maas", broker=settings.redis_url, backend=backend_url(settings.redis_url), set_as_current=False)
+    # Results go to the same Redis, through a backend that signs them (MAAS_SIGNING_KEY, app.signing) and keeps a
+    # task's first answer (app.broker.first_result).
+    backend = FIRST_RESULT_SENTINEL_BACKEND if settings.uses_sentinel else FIRST_RESULT_BACKEND
+    app = Celery("maas", broker=settings.redis_url, backend=backend, set_as_current=False)
     app.conf.update(
         # JSON only: pickle lets a message run code on the worker.
         task_serializer="json",
@@ -54,6 +61,7 @@ def create_app(settings: Settings | None = None) -> Celery:
             # Reconnecting the result channel after Redis went away: a few quick tries, not Celery's 20; a client's
             # wait retries in slices up to its own timeout (app.client.Handle), so nothing waits past it.
             "retry_policy": {"max_retries": 3, "interval_start": 0, "interval_step": 0.5, "interval_max": 1},
+            **({"master_name": settings.redis_sentinel_master} if settings.uses_sentinel else {}),
         },
         # No wait on Redis is unbounded: connects give up after 5 s, replies after 30 s, idle sockets are checked.
         redis_socket_connect_timeout=5,
@@ -81,6 +89,15 @@ def create_app(settings: Settings | None = None) -> Celery:
     ssl_options = broker_ssl(settings.redis_url)
     if ssl_options is not None:
         app.conf.broker_use_ssl = ssl_options
+    if settings.uses_sentinel:
+        # A failover takes the primary away for a few seconds: a result read or write retries (backing off up to
+        # 2 s) while the Sentinels promote the replica, instead of failing the caller or the worker at once.
+        app.conf.update(
+            result_backend_always_retry=True,
+            result_backend_max_retries=30,
+            result_backend_base_sleep_between_retries_ms=100,
+            result_backend_max_sleep_between_retries_ms=2000,
+        )
     app.maas_settings = settings  # type: ignore[attr-defined]
     return app
 

@@ -14,7 +14,7 @@ from app.job_states import JobState
 from app.lifecycle import DeviceStatus, ReplicaState
 from app.policies import Policy, RequestClass
 from app.settings import Settings, format_size_bytes, parse_size_bytes
-from app.table import gib, mib, render
+from app.table import bar, gib, mib, render
 
 if TYPE_CHECKING:
     from app.client import Client
@@ -312,7 +312,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     import time
 
     from app.broker import heartbeats
-    from app.broker.clients import sync_client
+    from app.broker.clients import for_settings
     from app.broker.demand import read_rates
     from app.broker.layout import model_queue
     from app.broker.queues import depths
@@ -320,13 +320,21 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     client = _client(settings)
     devices, reps = client.devices(), client.replicas()
     models = sorted({r["model"] for r in reps})
-    redis_client = sync_client(settings.redis_url)
+    redis_client = for_settings(settings)
     queue_depths = depths(redis_client, [model_queue(m) for m in models]) if models else {}
-    value: dict[str, Any] = {"devices": devices, "replicas": reps, "queues": queue_depths}
+    hosts = _by_host(devices, reps)
+    host_of = {d["worker"]: d["host"] for d in devices}
+    reps = sorted(reps, key=lambda r: (host_of.get(r["worker"], ""), r["worker"], r["replica"]))
+    value: dict[str, Any] = {"hosts": hosts, "devices": devices, "replicas": reps, "queues": queue_depths}
+    host_table = render(
+        ["HOST", "WORKERS", "ALIVE", "REPLICAS", "MODELS"],
+        [[h["host"], h["workers"], h["alive"], h["replicas"], ",".join(h["models"])] for h in hosts],
+    )
     dev_table = render(
-        ["WORKER", "DEVICE", "KIND", "STATUS", "MEMORY", "USED"],
+        ["HOST", "WORKER", "DEVICE", "KIND", "STATUS", "MEMORY", "USED"],
         [
             [
+                d["host"],
                 d["worker"],
                 d["name"],
                 d["kind"],
@@ -338,9 +346,10 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         ],
     )
     rep_table = render(
-        ["REPLICA", "MODEL", "WORKER", "STATE", "FOOTPRINT", "REASON"],
+        ["HOST", "REPLICA", "MODEL", "WORKER", "STATE", "FOOTPRINT", "REASON"],
         [
             [
+                host_of.get(r["worker"], ""),
                 r["replica"],
                 f"{r['model']}:{r['version']}",
                 r["worker"],
@@ -390,17 +399,36 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         [[name, heartbeats.describe(at, settings.heartbeat_timeout_s)] for name, at in sorted(beats.items())]
         or [["beat", "never seen"]],
     )
-    _print(args, value, f"{dev_table}\n\n{rep_table}\n\n{m_table}\n\n{beat_table}")
+    _print(args, value, f"{host_table}\n\n{dev_table}\n\n{rep_table}\n\n{m_table}\n\n{beat_table}")
     return 0
+
+
+def _by_host(devices: list[dict[str, Any]], reps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One summary per host (machine): its workers, how many are alive, the live replicas on them and their models."""
+    found: dict[str, dict[str, Any]] = {}
+    host_of = {d["worker"]: d["host"] for d in devices}
+    for d in devices:
+        h = found.setdefault(d["host"], {"host": d["host"], "workers": 0, "alive": 0, "replicas": 0, "models": []})
+        h["workers"] += 1
+        h["alive"] += int(bool(d["alive"]))
+    for r in reps:
+        on = found.get(host_of.get(r["worker"], ""))
+        if on is not None:
+            on["replicas"] += 1
+            if r["model"] not in on["models"]:
+                on["models"].append(r["model"])
+    for summary in found.values():
+        summary["models"].sort()
+    return [found[name] for name in sorted(found)]
 
 
 def cmd_dlq_list(args: argparse.Namespace, settings: Settings) -> int:
     import datetime as dt
 
     from app.broker import dlq
-    from app.broker.clients import sync_client
+    from app.broker.clients import for_settings
 
-    found = dlq.entries(sync_client(settings.redis_url), limit=args.limit)
+    found = dlq.entries(for_settings(settings), limit=args.limit)
     table = render(
         ["AT", "ID", "QUEUE", "DELIVERIES", "REASON"],
         [
@@ -426,9 +454,9 @@ def cmd_dlq_show(args: argparse.Namespace, settings: Settings) -> int:
     import datetime as dt
 
     from app.broker import dlq
-    from app.broker.clients import sync_client
+    from app.broker.clients import for_settings
 
-    found = dlq.find(sync_client(settings.redis_url), args.id)
+    found = dlq.find(for_settings(settings), args.id)
     if found is None:
         raise MaasError(f"no dead letter {args.id!r} (see `maas dlq list`)")
     entry = found[1]
@@ -480,9 +508,9 @@ def cmd_dlq_replay(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_dlq_purge(args: argparse.Namespace, settings: Settings) -> int:
     from app.broker import dlq
-    from app.broker.clients import sync_client
+    from app.broker.clients import for_settings
 
-    print(f"dropped {dlq.purge(sync_client(settings.redis_url))} dead letters")
+    print(f"dropped {dlq.purge(for_settings(settings))} dead letters")
     return 0
 
 
@@ -510,20 +538,17 @@ def cmd_history(args: argparse.Namespace, settings: Settings) -> int:
 
 # --- allocation -----------------------------------------------------------------------------------------------------
 def cmd_allocation_show(args: argparse.Namespace, settings: Settings) -> int:
-    from app.table import bar
-
     client = _client(settings)
     devices, reps = client.devices(), client.replicas()
     lines = []
-    for d in devices:
-        held = [r for r in reps if r["worker"] == d["worker"]]
-        frac = d["used_bytes"] / d["mem_bytes"] if d["mem_bytes"] else 0.0
-        tag = " (virtual)" if d["kind"] == "virtual" else ""
-        state = "alive" if d["alive"] else d["status"]
-        lines.append(f"{d['worker']}  {d['name']}{tag}  {state}")
-        lines.append(f"  memory {bar(frac, 30)} {gib(d['used_bytes'])} of {gib(d['mem_bytes'])}")
-        for r in held:
-            lines.append(f"  - {r['model']}:{r['version']} {r['state']} {mib(r['footprint_bytes'])}")
+    hosts = _by_host(devices, reps)
+    for h in hosts:
+        lines.append(
+            f"host {h['host']}: {h['alive']} of {h['workers']} workers alive, {h['replicas']} live replicas"
+            + (f" ({', '.join(h['models'])})" if h["models"] else "")
+        )
+        for d in (d for d in devices if d["host"] == h["host"]):
+            lines.extend("  " + line for line in _device_lines(d, reps))
     speeds = _last_speeds(settings)
     if speeds:
         lines.append("service time per device class (as the last allocation run saw it):")
@@ -536,9 +561,22 @@ def cmd_allocation_show(args: argparse.Namespace, settings: Settings) -> int:
                 cells.append(f"{label} {c['service_ms']:.1f} ms ({note})")
             objective = f" [p99 {info['p99_ms']:g} ms]" if info["p99_ms"] is not None else ""
             lines.append(f"  {model}{objective}: " + "; ".join(cells))
-    payload = {"devices": devices, "replicas": reps, "speeds": speeds}
+    payload = {"hosts": hosts, "devices": devices, "replicas": reps, "speeds": speeds}
     _print(args, payload, "\n".join(lines) or "no devices registered")
     return 0
+
+
+def _device_lines(d: dict[str, Any], reps: list[dict[str, Any]]) -> list[str]:
+    frac = d["used_bytes"] / d["mem_bytes"] if d["mem_bytes"] else 0.0
+    tag = " (virtual)" if d["kind"] == "virtual" else ""
+    state = "alive" if d["alive"] else d["status"]
+    lines = [
+        f"{d['worker']}  {d['name']}{tag}  {state}",
+        f"  memory {bar(frac, 30)} {gib(d['used_bytes'])} of {gib(d['mem_bytes'])}",
+    ]
+    for r in (r for r in reps if r["worker"] == d["worker"]):
+        lines.append(f"  - {r['model']}:{r['version']} {r['state']} {mib(r['footprint_bytes'])}")
+    return lines
 
 
 def _last_speeds(settings: Settings) -> dict[str, Any]:

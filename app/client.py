@@ -71,6 +71,9 @@ STALE_WARN_S = 10.0
 WAIT_SLICE_S = 5.0
 
 
+#: Pause before waiting again for a result after the Redis connection was lost.
+
+
 @dataclass
 class Handle:
     """A request in flight. ``wait()`` returns its result or raises the MaasError it ended with."""
@@ -168,7 +171,7 @@ class Client:
         self._stale_warned: dict[str, float] = {}  # ref -> when its stale use was last logged
         #: Who this client's loads and stops are recorded as asked by (``maas history`` shows it).
         self.requester = requester or f"user {current_user()} via client"
-        self._redis = clients.sync_client(self.settings.redis_url)
+        self._redis = clients.for_settings(self.settings)
         self.control = Control(self.app)
         self.scheduler = Scheduler(self.settings, self._redis, trigger=self.control.request_allocation)
         self.jobs = Jobs(self.settings, self.app, self._redis)
@@ -309,7 +312,7 @@ class Client:
         # ledger (and the aging index), counts the arrival and queues the message: a refused request leaves nothing.
         try:
             # Retrying is safe: the script writes nothing for a task id it already admitted.
-            backlog = self.retry(lambda: scripts.admit(self._redis, admission), "queueing the request")
+            backlog = self.retry(lambda: scripts.admit(self._redis, admission, self.settings), "queueing the request")
         except BrokerUnavailable as exc:
             # The last try may have run before its reply was lost: take back whatever it wrote, so the request
             # never runs later (by a worker, or by the ledger's resend) for a caller who was told it failed.

@@ -180,6 +180,10 @@ class Control:
     def send_unload(self, replica_id: int, worker: str, task_id: str | None = None) -> AsyncResult:
         return self._send(worker, "maas.unload", [replica_id], task_id=task_id)
 
+    def send_reconcile(self, worker: str, reason: str) -> AsyncResult:
+        """Ask ``worker`` to drop what the database says it no longer holds (see workers.fencing)."""
+        return self._send(worker, "maas.reconcile", [reason])
+
     def request_allocation(self) -> None:
         """Ask for an allocation run now rather than at the next period (scale from zero)."""
         self.app.send_task("maas.allocate", queue=SYSTEM_QUEUE, priority=CONTROL_PRIORITY)

@@ -251,6 +251,12 @@ class UnknownWorker(PlacementError):
     code = "UNKNOWN_WORKER"
 
 
+class Fenced(MaasError):
+    """Raised when a worker declared lost (cut off, then back) acts on the fleet before it has reconciled."""
+
+    code = "FENCED"
+
+
 class UnknownReplica(MaasError):
     """Raised when a replica id is not in the database."""
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import socket
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -180,6 +181,11 @@ def _mask_secret(text: str) -> str:
     return "***" if text else ""
 
 
+def _mask_sentinel_urls(text: str) -> str:
+    """:func:`mask_url` on each URL of a ``;``-separated Sentinel list."""
+    return ";".join(mask_url(part) for part in text.split(";"))
+
+
 def _mask_basic_auth(text: str) -> str:
     return ",".join(f"{pair.partition(':')[0]}:***" for pair in filter(None, text.split(",")))
 
@@ -211,7 +217,29 @@ def _is_set(name: str, raw: str | None) -> bool:
 class Settings:
     """The whole configuration of a fleet component; build it with :meth:`from_env`."""
 
-    redis_url: str = _env("REDIS_URL", str, "redis://localhost:6379/0", "Broker and result backend", mask=mask_url)
+    redis_url: str = _env(
+        "REDIS_URL",
+        str,
+        "redis://localhost:6379/0",
+        "Broker, result backend and the fleet's own records; with Sentinel: sentinel://h1:26379;sentinel://h2:26379/0",
+        mask=_mask_sentinel_urls,
+    )
+    redis_sentinel_master: str = _env(
+        "MAAS_REDIS_SENTINEL_MASTER", str, "maas", "Name the Sentinels monitor the primary under (sentinel:// only)"
+    )
+    redis_wait_replicas: int = _env(
+        "MAAS_REDIS_WAIT_REPLICAS",
+        int,
+        0,
+        "Durability: after accepting a request or storing a result, WAIT until this many Redis replicas have it "
+        "(0: do not wait; a failover may then lose the last writes)",
+    )
+    redis_wait_timeout_ms: int = _env(
+        "MAAS_REDIS_WAIT_TIMEOUT_MS",
+        int,
+        200,
+        "Longest WAIT for the replicas; past it the write is counted (unreplicated_writes), not failed",
+    )
     database_url: str = _env(
         "DATABASE_URL", str, "", "SQLAlchemy URL; empty means SQLite under MAAS_HOME", mask=mask_url
     )
@@ -271,6 +299,12 @@ class Settings:
         show=format_size_bytes,
     )
     worker_name: str = _env("MAAS_WORKER_NAME", str, "", "Worker node name; default gpu<N>@<host>")
+    host_name: str = _env(
+        "MAAS_HOST",
+        str,
+        "",
+        "Name of the machine this worker runs on: devices are grouped and spread by it; default the hostname",
+    )
     worker_system_tasks: bool = _env(
         "MAAS_WORKER_SYSTEM_TASKS",
         _bool,
@@ -405,15 +439,33 @@ class Settings:
                 f"MAAS_HEARTBEAT_TIMEOUT_S={self.heartbeat_timeout_s:g} must exceed "
                 f"MAAS_HEARTBEAT_S={self.heartbeat_s:g}"
             )
-        if not self.redis_url.startswith(("redis://", "rediss://", "unix://", "redis+socket://")):
+        if not self.redis_url.startswith(("redis://", "rediss://", "unix://", "redis+socket://", "sentinel://")):
             raise ConfigError(
-                f"REDIS_URL={mask_url(self.redis_url)!r} is invalid: use redis://, rediss:// or redis+socket://"
+                f"REDIS_URL={mask_url(self.redis_url)!r} is invalid: use redis://, rediss://, redis+socket:// or sentinel://"
             )
+        if self.redis_url.startswith("sentinel://") and any(
+            not part.startswith("sentinel://") for part in self.redis_url.split(";")
+        ):
+            raise ConfigError(
+                f"REDIS_URL={_mask_sentinel_urls(self.redis_url)!r} is invalid: every ';'-separated part must be "
+                "sentinel://"
+            )
+        if self.redis_wait_replicas < 0 or self.redis_wait_timeout_ms < 0:
+            raise ConfigError("MAAS_REDIS_WAIT_REPLICAS and MAAS_REDIS_WAIT_TIMEOUT_MS must be >= 0")
+
+    @property
+    def uses_sentinel(self) -> bool:
+        return self.redis_url.startswith("sentinel://")
 
     @property
     def sqlalchemy_url(self) -> str:
         """DATABASE_URL, or the embedded SQLite file under MAAS_HOME."""
         return self.database_url or f"sqlite:///{self.home / 'maas.db'}"
+
+    @property
+    def host(self) -> str:
+        """MAAS_HOST, else this machine's hostname."""
+        return self.host_name or socket.gethostname()
 
     @property
     def artifact_dir(self) -> Path:

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from app import logs, registry
 from app.allocation_states import MoveState, RunStatus
-from app.broker.clients import sync_client
+from app.broker.clients import for_settings
 from app.broker.keys import ALLOCATION_LOCK
 from app.broker.layout import model_queue
 from app.celery_app import settings_of
@@ -45,7 +45,7 @@ S = ReplicaState
 def allocate(app: Celery, *, dry_run: bool = False) -> dict[str, Any]:
     """One period of the allocation loop; returns a summary (also what ``maas allocation solve`` prints)."""
     settings = settings_of(app)
-    client = sync_client(settings.redis_url)
+    client = for_settings(settings)
     token = str(time.time())
     lock_ms = int(max(settings.allocation_period_s, settings.solver_time_limit_s) * 3 * 1000)
     if not client.set(ALLOCATION_LOCK, token, nx=True, px=lock_ms):

@@ -14,7 +14,6 @@ Several controllers may run: each task is taken by one of them, and the allocati
 from __future__ import annotations
 
 import logging
-import socket
 
 from celery import signals
 
@@ -35,13 +34,13 @@ def run(settings: Settings, loglevel: str | None = None) -> None:
     # only show at DEBUG. What the tasks do that matters (a reap, a resend, a move) is logged by the tasks.
     logs.quiet(loglevel or settings.log_level, "celery.worker.strategy", "celery.app.trace")
     ensure_current(settings.sqlalchemy_url)
-    name = settings.worker_name or f"controller@{socket.gethostname()}"
+    name = settings.worker_name or f"controller@{settings.host}"
     app = create_app(settings)
     register(app)
 
     @signals.worker_ready.connect(weak=False)
     def _ready(**_kw: object) -> None:
-        heartbeats.Stamper(settings.redis_url, name, settings.heartbeat_s).start()
+        heartbeats.Stamper(settings.redis_url, name, settings.heartbeat_s, settings.redis_sentinel_master).start()
         logs.event(log, "controller_ready", worker=name, queue=SYSTEM_QUEUE)
 
     app.worker_main(solo_worker_argv(name, [SYSTEM_QUEUE], loglevel or settings.log_level))

@@ -120,6 +120,7 @@ def _read(session: Session, client: redis.Redis, settings: Settings, now: float)
             d.speed,
             "virtual" if d.kind == "virtual" else "gpu",
             device_class(d.kind, d.name),
+            d.host,
         )
         for d in alive
     )

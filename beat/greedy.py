@@ -9,6 +9,8 @@
   replica of each model with unserved demand, so the routing LP can move time share to them.
   Two scores: demand per byte (memory binds) and demand per share of the fleet's memory and time together (GPU
   time binds, e.g. many small models).
+- Both honour the host spread of `beat.problem`: a model's second replica goes on another host than its first
+  when its eligible devices span two hosts (and the model is not pinned).
 - `greedy_placements`: every greedy above by name; the solver and `bench.solver` take the best of them.
 - `proportional_rates`: routing without an LP solver, for the fallback plan only.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import enum
 import heapq
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -32,6 +35,21 @@ TIE_TOLERANCE = 1e-6
 class GreedyScore(enum.StrEnum):
     PER_BYTE = "per_byte"  # weighted demand served per byte of memory
     PER_RESOURCE = "per_resource"  # per share of the fleet's memory plus share of its GPU time
+
+
+def _same_host_barred(snapshot: Snapshot, model: ModelDemand, allowed: np.ndarray, chosen: Iterable[int]) -> int | None:
+    """The host index a next replica of ``model`` may not go on (all its replicas are there and it may go
+    elsewhere), or None when any host will do."""
+    chosen = list(chosen)
+    if model.pinned or not chosen:
+        return None
+    hosts = [d.host for d in snapshot.devices]
+    on = {hosts[g] for g in chosen}
+    if len(on) > 1:
+        return None
+    (only,) = on
+    elsewhere = any(allowed[g] and hosts[g] != only for g in range(len(hosts)))
+    return chosen[0] if elsewhere else None
 
 
 def ffd_placement(snapshot: Snapshot) -> Placement:
@@ -50,6 +68,9 @@ def ffd_placement(snapshot: Snapshot) -> Placement:
         for g in range(len(free)):
             if len(chosen) >= want:
                 break
+            barred = _same_host_barred(snapshot, model, allowed[i], chosen)
+            if barred is not None and snapshot.devices[g].host == snapshot.devices[barred].host:
+                continue
             if g not in chosen and allowed[i, g] and free[g] >= model.mem_bytes:
                 chosen.append(g)
                 free[g] -= model.mem_bytes
@@ -72,6 +93,8 @@ class _Fill:
         self.free_time = np.full(len(self.ids), snapshot.rho)
         self.remaining = np.array([max(0.0, m.demand_per_s) for m in self.models], dtype=float)
         self.hosts: list[set[int]] = [set() for _ in self.models]
+        names = sorted({d.host for d in snapshot.devices})
+        self.device_host = np.array([names.index(d.host) for d in snapshot.devices], dtype=np.int64)
 
     def best_device(self, i: int, *, need_rate: bool) -> tuple[int, float]:
         """Where one more replica of model i serves the most, ties to the fullest card; (-1, 0) when none fits."""
@@ -79,6 +102,9 @@ class _Fill:
         fits = self.allowed[i] & (self.free_mem >= mem)
         for g in self.hosts[i]:
             fits[g] = False
+        barred = _same_host_barred(self.snapshot, self.models[i], self.allowed[i], self.hosts[i])
+        if barred is not None:
+            fits &= self.device_host != self.device_host[barred]
         if not fits.any():
             return -1, 0.0
         rate = np.where(fits, np.minimum(self.remaining[i], self.free_time / self.service[i]), -1.0)

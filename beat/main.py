@@ -46,5 +46,5 @@ def run(settings: Settings, loglevel: str | None = None) -> None:
     app = create_app(settings)
     app.conf.beat_schedule = schedule(settings)
     # `maas status` shows beat's last heartbeat ("dead for N s" once it stops).
-    heartbeats.Stamper(settings.redis_url, "beat", settings.heartbeat_s).start()
+    heartbeats.Stamper(settings.redis_url, "beat", settings.heartbeat_s, settings.redis_sentinel_master).start()
     app.start(["beat", "--loglevel", loglevel or settings.log_level])

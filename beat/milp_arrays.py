@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from beat.problem import Problem, evaluate_objective
+from beat.problem import Problem, evaluate_objective, spread_rows
 from beat.snapshot import PlanStatus
 
 try:
@@ -76,7 +76,9 @@ def _triplets(problem: Problem) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
     fair_row = dem_row + n_m
     rep_row = fair_row + (n_m if problem.fairness else 0)
     budget_row = rep_row + n_m
-    n_rows = budget_row + (1 if problem.move_budget is not None else 0)
+    spread_row = budget_row + (1 if problem.move_budget is not None else 0)
+    spread = spread_rows(problem)
+    n_rows = spread_row + len(spread)
 
     rows = [mem_row + pg, link_row + ar, rep_row + pm, link_row + ar, time_row + pg, dem_row + pm]
     cols = [x_col, x_col, x_col, r_col, r_col, r_col]
@@ -97,6 +99,10 @@ def _triplets(problem: Problem) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
         rows.append(np.full(n_p, budget_row))
         cols.append(x_col)
         vals.append(np.where(problem.is_current, -1.0, 1.0))
+    for k, (pairs, coef) in enumerate(spread):
+        rows.append(np.full(pairs.size, spread_row + k))
+        cols.append(x_col[pairs])
+        vals.append(coef)
 
     lower = np.full(n_rows, -np.inf)
     upper = np.zeros(n_rows)
@@ -107,6 +113,7 @@ def _triplets(problem: Problem) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
     upper[rep_row:budget_row] = problem.max_replicas
     if problem.move_budget is not None:
         upper[budget_row] = problem.move_budget - problem.n_current
+    upper[spread_row:] = 1.0
     row = np.concatenate(rows)
     col = np.concatenate(cols)
     val = np.concatenate(vals)

@@ -14,7 +14,7 @@ import pulp
 
 from app import logs
 from beat.milp_arrays import RawSolution
-from beat.problem import Problem, evaluate_objective
+from beat.problem import Problem, evaluate_objective, spread_rows
 from beat.snapshot import PlanStatus
 
 log = logging.getLogger("maas.beat")
@@ -68,6 +68,11 @@ def build_pulp_model(
         kept = pulp.lpSum(x[p] for p in range(problem.n_pairs) if problem.is_current[p])
         # loads + unloads <= B, with unloads = n_current - kept
         prob += loads - kept <= problem.move_budget - problem.n_current, "move_budget"
+    for k, (pairs, coef) in enumerate(spread_rows(problem)):
+        prob += (
+            pulp.lpSum(float(c) * x[p] for p, c in zip(pairs.tolist(), coef.tolist(), strict=True)) <= 1.0,
+            (f"spread_{k}"),
+        )
     return prob, x, r, t
 
 

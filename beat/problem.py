@@ -14,6 +14,10 @@ subject to memory       sum_{p on g} mem_m x_p <= C_g
            replicas     min_m <= sum_{p of m} x_p <= max_m
            pinned       x_p = 1 (bounds)
            move budget  loads + unloads <= B
+           host spread  n_mh - (K_mh - 1) * (sum_{p of m} x_p - n_mh) <= 1   for each model m and host h where
+                        m has K_mh >= 2 candidate pairs on h and candidates on another host too; n_mh is the
+                        replicas of m on h. With two or more replicas, at least one is on another host; a single
+                        replica is free. Models pinned by the operator are exempt (the pins decide).
 
 The migration term -(1/H)(load cost of new replicas + unload cost of dropped ones) is linear in x: a new pair
 costs `load` when x_p = 1, a current pair costs `unload` when x_p = 0, i.e. unload * (1 - x_p), whose constant
@@ -48,11 +52,13 @@ class Problem:
     x_lb: np.ndarray  # float 0/1
     x_ub: np.ndarray
     is_current: np.ndarray  # bool
+    pair_host: np.ndarray  # int index of the pair's device's host
     weight: np.ndarray  # per model
     demand: np.ndarray
     mem: np.ndarray
     capacity: np.ndarray  # per device
     min_replicas: np.ndarray
+    spread: np.ndarray  # bool per model: its replicas must span two hosts (when it has two or more)
     max_replicas: np.ndarray  # inf when unbounded
     rho: float
     theta: float  # 0 when fairness is off
@@ -71,7 +77,17 @@ class Problem:
     def subset(self, keep: np.ndarray) -> Problem:
         """Only the pairs in the boolean mask `keep`; the objective of any solution with x = 0 elsewhere is unchanged
         (a dropped current pair's unload cost already sits in the offset)."""
-        pair_fields = ("pair_model", "pair_device", "mu", "rate_cap", "x_gain", "x_lb", "x_ub", "is_current")
+        pair_fields = (
+            "pair_model",
+            "pair_device",
+            "mu",
+            "rate_cap",
+            "x_gain",
+            "x_lb",
+            "x_ub",
+            "is_current",
+            "pair_host",
+        )
         return replace(self, **{name: getattr(self, name)[keep] for name in pair_fields})
 
 
@@ -117,6 +133,8 @@ def build_problem(
     x_lb = np.where(is_pinned | fixed, 1.0, 0.0)
     x_ub = np.ones(pm.size)
     max_rep = np.array([np.inf if m.max_replicas is None else m.max_replicas for m in models], dtype=float)
+    host_of = {h: i for i, h in enumerate(sorted({d.host for d in devices}))}
+    device_host = np.array([host_of[d.host] for d in devices], dtype=np.int64)
     return Problem(
         models=models,
         devices=devices,
@@ -128,11 +146,13 @@ def build_problem(
         x_lb=x_lb,
         x_ub=x_ub,
         is_current=is_current,
+        pair_host=device_host[pg] if pg.size else np.zeros(0, dtype=np.int64),
         weight=weight,
         demand=demand,
         mem=np.array([m.mem_bytes for m in models], dtype=float),
         capacity=np.array([d.mem_bytes for d in devices], dtype=float),
         min_replicas=np.array([m.min_replicas for m in models], dtype=float),
+        spread=np.array([not m.pinned for m in models], dtype=bool),
         max_replicas=max_rep,
         rho=snapshot.rho,
         theta=snapshot.fairness_weight if fairness else 0.0,
@@ -164,6 +184,31 @@ def _unload_cost_outside(
             load = max(load, MOVE_COST_FLOOR)
         total += UNLOAD_COST_FRACTION * load
     return total
+
+
+def spread_rows(problem: Problem) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The host-spread rows (see the module docstring) as (pair indices, coefficients), each row's sum <= 1.
+
+    Computed from the pairs present, so a routing LP over a fixed placement on one host gets no row: it is the
+    caller's placement, scored as it is.
+    """
+    rows = []
+    starts = np.searchsorted(problem.pair_model, np.arange(len(problem.models) + 1))
+    for m in np.flatnonzero(problem.spread).tolist():
+        pairs = np.arange(starts[m], starts[m + 1])
+        hosts = problem.pair_host[pairs]
+        names, counts = np.unique(hosts, return_counts=True)
+        if names.size < 2:
+            continue
+        for h, k in zip(names.tolist(), counts.tolist(), strict=True):
+            if k >= 2:
+                rows.append((pairs, np.where(hosts == h, 1.0, -(k - 1.0))))
+    return rows
+
+
+def spread_ok(problem: Problem, x: np.ndarray) -> bool:
+    """Whether a 0/1 placement over the problem's pairs meets every host-spread row."""
+    return all(float(coef @ x[pairs]) <= 1.0 + 1e-9 for pairs, coef in spread_rows(problem))
 
 
 def evaluate_objective(problem: Problem, x: np.ndarray, r: np.ndarray, t: float) -> float:

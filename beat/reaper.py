@@ -9,7 +9,7 @@ import logging
 
 from app import logs
 from app.broker import holdings, keys
-from app.broker.clients import sync_client
+from app.broker.clients import for_settings
 from app.db import devices, replicas
 from app.db.schema import utcnow
 from app.db.session import session_scope
@@ -22,8 +22,8 @@ log = logging.getLogger("maas.beat")
 def reap(settings: Settings) -> list[str]:
     """Mark every online device whose heartbeat is older than the timeout as lost; return their worker names."""
     now = utcnow()
-    lost = []
-    client = sync_client(settings.redis_url)
+    lost: list[tuple[str, int]] = []
+    client = for_settings(settings)
     with session_scope(settings.sqlalchemy_url) as session:
         for device in devices.all_devices(session):
             if device.status != DeviceStatus.ONLINE or devices.is_alive(device, settings.heartbeat_timeout_s, now):
@@ -35,6 +35,8 @@ def reap(settings: Settings) -> list[str]:
             silent_s = (now - devices.as_utc(device.heartbeat_at)).total_seconds()
             reason = f"worker lost: no heartbeat from {device.worker_name} for {silent_s:.0f}s"
             device.status = DeviceStatus.LOST
+            # A new epoch: the worker, if it is only cut off, can no longer heartbeat or move a replica as itself.
+            device.epoch = (device.epoch or 0) + 1
             for replica in replicas.fail_all_on_device(session, device, reason):
                 logs.event(
                     log,
@@ -47,7 +49,7 @@ def reap(settings: Settings) -> list[str]:
                     to_state="FAILED",
                     reason=reason,
                 )
-            lost.append(device.worker_name)
+            lost.append((device.worker_name, device.epoch))
     # Requests a worker took but died before recording (app.broker.holdings.give_back_orphans): every pass, since
     # one taken just before its worker died is only old enough to be sure of a pass or two after the reap.
     orphans = holdings.give_back_orphans(client, settings.heartbeat_timeout_s)
@@ -59,7 +61,8 @@ def reap(settings: Settings) -> list[str]:
             task_ids=orphans,
             reason="taken by a worker that died before it recorded them: requeued, not left to the visibility timeout",
         )
-    for worker in lost:
+    for worker, epoch in lost:
+        holdings.declare_lost(client, worker, epoch)
         given_back = holdings.give_back(client, worker)
         if given_back:
             logs.event(
@@ -70,4 +73,4 @@ def reap(settings: Settings) -> list[str]:
                 task_ids=given_back,
                 reason="their worker was lost: requeued now, not after the visibility timeout",
             )
-    return lost
+    return [worker for worker, _ in lost]

@@ -9,7 +9,7 @@ from celery import Celery
 
 from app import logs
 from app.broker import ledger, stats
-from app.broker.clients import sync_client
+from app.broker.clients import for_settings
 from app.celery_app import settings_of
 
 log = logging.getLogger("maas.beat")
@@ -17,7 +17,7 @@ log = logging.getLogger("maas.beat")
 
 def recover(app: Celery) -> dict[str, int]:
     settings = settings_of(app)
-    client = sync_client(settings.redis_url)
+    client = for_settings(settings)
 
     def resend(task_id: str, body: dict[str, Any]) -> None:
         app.send_task(

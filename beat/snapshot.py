@@ -33,6 +33,9 @@ class Device:
     #: what per-class service times are keyed by: the GPU model ("NVIDIA H100 80GB HBM3"), "virtual" or
     #: "virtual-<label>"; empty = the device has no class of its own and only `speed` describes it
     device_class: str = ""
+    #: the machine the device is in; a model with two or more replicas gets them on at least two machines when
+    #: its candidate devices span two or more (a lost or cut-off machine then never takes all of a model's replicas)
+    host: str = ""
 
 
 @dataclass(frozen=True)

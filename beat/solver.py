@@ -32,7 +32,7 @@ from beat import milp_arrays
 from beat.candidates import all_pairs, candidate_pairs, fairness_applies, screen_models
 from beat.greedy import Placement, demand_greedy_placement, greedy_placements, proportional_rates
 from beat.milp_arrays import RawSolution
-from beat.problem import UNLOAD_COST_FRACTION, Problem, build_problem
+from beat.problem import UNLOAD_COST_FRACTION, Problem, build_problem, spread_ok
 from beat.snapshot import ModelDemand, Plan, PlanStatus, Snapshot
 
 #: above this many (model, device) pairs the exact MILP does not finish in a beat period; prune and fix instead
@@ -434,7 +434,7 @@ def _feasible_start(problem: Problem, sol: RawSolution) -> bool:
         moves = x[~problem.is_current].sum() + problem.n_current - x[problem.is_current].sum()
         if moves > problem.move_budget + 1e-9:
             return False
-    return True
+    return spread_ok(problem, x)
 
 
 def _round_lp(problem: Problem, x_frac: np.ndarray) -> np.ndarray:

@@ -12,7 +12,7 @@ from typing import Any
 
 from celery import Celery
 
-from app.broker.clients import sync_client
+from app.broker.clients import for_settings
 from app.celery_app import settings_of
 
 
@@ -30,7 +30,7 @@ def register(app: Celery) -> None:
     def age_task() -> dict[str, int]:
         from beat.aging import age_all
 
-        return age_all(app, settings, sync_client(settings.redis_url))
+        return age_all(app, settings, for_settings(settings))
 
     @app.task(name="maas.allocate")
     def allocate_task(dry_run: bool = False) -> dict[str, Any]:

@@ -66,7 +66,7 @@ class Fleet:
         try:
             # Retried through a short Redis outage (the script writes nothing for a task id it already admitted).
             backlog = await outage.retrying_async(
-                lambda: scripts.admit_async(self.redis, order.admission),
+                lambda: scripts.admit_async(self.redis, order.admission, self.client.settings),
                 "queueing the request",
                 attempts=self.settings.retry_attempts,
                 max_s=self.settings.retry_max_s,

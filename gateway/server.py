@@ -127,7 +127,7 @@ class Gateway:
         self.waiter: ResultWaiter
 
     async def start(self) -> None:
-        redis_client = clients.async_client(self.settings.redis_url)
+        redis_client = clients.async_for_settings(self.settings)
         self.fleet = Fleet(self.client, redis_client)
         self.waiter = ResultWaiter(redis_client, self.settings.signing_key)
         await self.waiter.start()

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Make sure redis-server, PostgreSQL's server binaries and Prometheus exist, and a headless Chromium with its
+# Make sure redis-server, redis-sentinel (the failover tests), PostgreSQL's server binaries and Prometheus exist, and a headless Chromium with its
 # chromedriver for the fleet page test (tests/integration/test_fleet_page.py); install them with apt-get where
 # absent. The tests start and stop their own throwaway instances (harness/servers.py, and
 # tests/integration/test_metrics.py for Prometheus); nothing is left running.
@@ -12,6 +12,7 @@ have_postgres() {
 
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v redis-sentinel >/dev/null 2>&1 || missing+=(redis-sentinel)
 have_postgres || missing+=(postgresql)
 command -v runuser >/dev/null 2>&1 || missing+=(util-linux)
 command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
@@ -24,7 +25,7 @@ browser=()
 { command -v fc-list >/dev/null 2>&1 && [ -n "$(fc-list 2>/dev/null)" ]; } || browser+=(fontconfig fonts-dejavu-core)
 
 if [ ${#missing[@]} -eq 0 ] && [ ${#browser[@]} -eq 0 ]; then
-  echo "services: redis-server, PostgreSQL, Prometheus and Chromium are installed"
+  echo "services: redis-server, redis-sentinel, PostgreSQL, Prometheus and Chromium are installed"
   exit 0
 fi
 if [ "$(id -u)" -ne 0 ]; then
@@ -44,11 +45,11 @@ apt_get update -qq
 if [ ${#missing[@]} -gt 0 ]; then
   echo "services: installing ${missing[*]} with apt-get"
   apt_get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  # The Debian packages start a cluster, a redis and a prometheus service of their own (prometheus scraping
+  # The Debian packages start a cluster, a redis, a sentinel and a prometheus service of their own (prometheus scraping
   # itself on :9090); the tests use private instances, so stop what was just installed and keep it from
   # starting at boot.
   for pkg in "${missing[@]}"; do
-    case "$pkg" in postgresql | redis-server | prometheus) ;; *) continue ;; esac
+    case "$pkg" in postgresql | redis-server | redis-sentinel | prometheus) ;; *) continue ;; esac
     service "$pkg" stop >/dev/null 2>&1 || true
     if command -v systemctl >/dev/null 2>&1; then systemctl disable "$pkg" >/dev/null 2>&1 || true; fi
     if command -v update-rc.d >/dev/null 2>&1; then update-rc.d "$pkg" disable >/dev/null 2>&1 || true; fi

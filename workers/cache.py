@@ -39,6 +39,9 @@ class ModelCache:
         held = [v for (m, v) in self._by_key if m == model]
         return self._by_key[(model, max(held))] if held else None
 
+    def all(self) -> list[Loaded]:
+        return list(self._by_key.values())
+
     def versions_of(self, model: str) -> list[int]:
         return sorted(v for (m, v) in self._by_key if m == model)
 

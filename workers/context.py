@@ -7,7 +7,7 @@ from typing import Any
 
 import redis
 
-from app.broker.clients import sync_client
+from app.broker.clients import for_settings
 from app.db.devices import DeviceInfo
 from app.settings import Settings
 from workers.cache import ModelCache
@@ -26,11 +26,12 @@ class WorkerContext:
     consumer: Any = None  # celery.worker.consumer.Consumer, captured by a bootstep once it starts
     app: Any = None  # the worker's Celery app (for answering a message that never became a task)
     last_held: str | None = None  # the request recorded as held last (app.broker.holdings drops it with the next)
+    epoch: int = 0  # this life's epoch, from the device row at registration (workers.fencing)
 
     @property
     def redis(self) -> redis.Redis:
         """This process's Redis client (made on first use, so never before a fork)."""
-        return sync_client(self.settings.redis_url)
+        return for_settings(self.settings)
 
     def subscribe(self, queue: str) -> None:
         # Scheduled on the consumer's event loop, as Celery's own add_consumer control command does: it runs

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import sys
 
 from app.db.devices import DeviceInfo
@@ -23,7 +22,7 @@ def discover(settings: Settings) -> list[DeviceInfo]:
             return found
         if settings.device_mode == "nvml":
             raise ConfigError("MAAS_DEVICE_MODE=nvml but NVML found no GPU (is the NVIDIA driver loaded?)")
-    host = socket.gethostname()
+    host = settings.host
     label = f"{VIRTUAL_CLASS_PREFIX}{settings.virtual_device_class}" if settings.virtual_device_class else "virtual"
     return [
         DeviceInfo(i, f"virtual-{host}-{i}", f"{label} device {i}", "virtual", mem)

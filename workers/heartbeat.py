@@ -9,11 +9,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 import psutil
 
 from app.broker import keys, stats
-from app.broker.clients import sync_client
+from app.broker.clients import for_settings
 from app.broker.demand import push_observations
 from app.db import devices
 from app.db.session import session_scope
@@ -26,10 +27,12 @@ log = logging.getLogger("maas.worker")
 class Heartbeat(threading.Thread):
     """Each period: stamp the device row with a heartbeat and telemetry, and ship buffered service times."""
 
-    def __init__(self, ctx: WorkerContext) -> None:
+    def __init__(self, ctx: WorkerContext, on_fenced: Callable[[str], None] | None = None) -> None:
         super().__init__(name="maas-heartbeat", daemon=True)
         self.ctx = ctx
-        self._redis = sync_client(ctx.settings.redis_url)
+        self.on_fenced = on_fenced
+        self._fenced_epoch: int | None = None  # the epoch a reconcile was last asked for, so it is asked once
+        self._redis = for_settings(ctx.settings)
         self._process = psutil.Process()
         self._stop_event = threading.Event()
 
@@ -47,11 +50,17 @@ class Heartbeat(threading.Thread):
         except Exception as exc:
             failed.append(exc)
         values = telemetry.sample(self.ctx.device, self._process)
+        epoch = self.ctx.epoch
         try:
             with session_scope(self.ctx.settings.sqlalchemy_url) as session:
-                devices.heartbeat(session, self.ctx.worker_name, values)
+                current = devices.heartbeat(session, self.ctx.worker_name, values, epoch=epoch)
         except Exception as exc:
             failed.append(exc)
+        else:
+            if not current and self._fenced_epoch != epoch and self.on_fenced is not None:
+                # Declared lost while this worker could not reach the fleet (workers.fencing).
+                self._fenced_epoch = epoch
+                self.on_fenced(f"heartbeat refused: the device row moved past epoch {epoch}")
         if failed:
             raise failed[0]
 

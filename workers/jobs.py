@@ -10,7 +10,7 @@ from celery import Celery
 from sqlalchemy import select
 
 from app import logs
-from app.broker.clients import sync_client
+from app.broker.clients import for_settings
 from app.db.schema import Job, JobChunk, utcnow
 from app.db.session import session_scope
 from app.errors import MaasError, UnknownJob
@@ -99,5 +99,5 @@ def _record_and_continue(
             reason=error,
         )
     if nxt is not None and status != JobState.CANCELLED:
-        send_chunk(app, sync_client(ctx.settings.redis_url), job_id, model, nxt, level)
+        send_chunk(app, for_settings(ctx.settings), job_id, model, nxt, level)
     return {"job": job_id, "chunk": index, "ok": outputs is not None, "next": nxt, "priority": level}

@@ -16,7 +16,7 @@ from app.artifacts import LocalArtifactStore
 from app.broker.layout import model_queue
 from app.db import replicas
 from app.db.session import session_scope
-from app.errors import LoadFailed, MaasError, UnknownReplica
+from app.errors import Fenced, LoadFailed, MaasError, UnknownReplica
 from app.lifecycle import TERMINAL, ReplicaState
 from app.signature import parse_signature
 from workers import runtimes
@@ -46,6 +46,11 @@ def _move(ctx: WorkerContext, replica_id: int, dst: ReplicaState, reason: str = 
     def write() -> tuple[ReplicaState, dict]:
         with session_scope(ctx.settings.sqlalchemy_url) as session:
             replica = replicas.get(session, replica_id, lock=True)
+            if replica.device.epoch != ctx.epoch:
+                raise Fenced(
+                    f"{ctx.worker_name} (epoch {ctx.epoch}) may not move replica {replica_id}: the device is at "
+                    f"epoch {replica.device.epoch} (declared lost since); it reconciles first"
+                )
             src = replicas.transition(session, replica, dst, reason)
             for key, value in updates.items():
                 setattr(replica, key, value)

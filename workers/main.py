@@ -8,7 +8,6 @@ CUDA is initialised, which CUDA forbids).
 from __future__ import annotations
 
 import logging
-import socket
 from collections.abc import Callable
 
 from celery import Celery, bootsteps, signals
@@ -16,7 +15,7 @@ from celery.worker.consumer import Consumer
 
 from app import logs, signing
 from app.broker import holdings
-from app.broker.clients import sync_client
+from app.broker.clients import for_settings
 from app.broker.layout import SYSTEM_QUEUE, control_queue
 from app.celery_app import create_app, solo_worker_argv
 from app.control import Control
@@ -39,7 +38,29 @@ class _CaptureConsumer(bootsteps.StartStopStep):
     requires = {"celery.worker.consumer.tasks:Tasks"}
 
     def start(self, c: Consumer) -> None:
-        context.current().consumer = c
+        ctx = context.current()
+        restarted = ctx.consumer is not None
+        ctx.consumer = c
+        if restarted:
+            _give_back_after_reconnect(ctx)
+
+
+def _give_back_after_reconnect(ctx: context.WorkerContext) -> None:
+    """The consumer restarts after losing the broker (a Redis failover, a partition): what this worker held then
+    sits in kombu's unacked hash until the visibility timeout, and Celery cancelled it here. Give it back now.
+
+    Solo pool: no request runs while the consumer restarts, so nothing given back is still running here.
+    """
+    given_back = holdings.give_back(ctx.redis, ctx.worker_name)
+    if given_back:
+        logs.event(
+            log,
+            "requests_given_back",
+            logging.WARNING,
+            worker=ctx.worker_name,
+            task_ids=given_back,
+            reason="the connection to the broker was lost while this worker held them",
+        )
 
 
 def _take_over_previous_life(settings: Settings, device_id: int, worker_name: str) -> list[int]:
@@ -71,14 +92,15 @@ def run(
     device = device_discovery.pick(found, device_index)
     device_discovery.pin(device)
     context_bytes = open_cuda_context(device.index) if device.kind == "gpu" else None
-    host = socket.gethostname()
+    host = settings.host
     worker_name = settings.worker_name or f"gpu{device.index}@{host}"
     ensure_current(settings.sqlalchemy_url)
     with session_scope(settings.sqlalchemy_url) as session:
-        device_id = devices.register(session, worker_name, host, device).id
+        row = devices.register(session, worker_name, host, device)
+        device_id, epoch = row.id, row.epoch
     reload_ids = _take_over_previous_life(settings, device_id, worker_name)
     # What a previous life of this worker was running when it died goes back to its queues now.
-    given_back = holdings.give_back(sync_client(settings.redis_url), worker_name)
+    given_back = holdings.give_back(for_settings(settings), worker_name)
     if given_back:
         logs.event(
             log,
@@ -88,7 +110,7 @@ def run(
             task_ids=given_back,
             reason="this worker restarted while running them",
         )
-    context.CURRENT = context.WorkerContext(settings, worker_name, device, device_id)
+    context.CURRENT = context.WorkerContext(settings, worker_name, device, device_id, epoch=epoch)
 
     app = create_app(settings)
     # What kombu or Celery cannot read is dead-lettered instead of stopping the worker or vanishing.
@@ -102,7 +124,7 @@ def run(
     if extra_tasks is not None:
         extra_tasks(app)
     app.steps["consumer"].add(_CaptureConsumer)
-    heartbeat = Heartbeat(context.CURRENT)
+    heartbeat = Heartbeat(context.CURRENT, on_fenced=lambda reason: Control(app).send_reconcile(worker_name, reason))
 
     @signals.worker_ready.connect(weak=False)
     def _ready(**_kw: object) -> None:

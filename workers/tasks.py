@@ -22,7 +22,7 @@ from app.broker.layout import model_queue
 from app.control import Control
 from app.errors import ForgedMessage, MaasError, MalformedMessage, NotLoaded
 from app.signature import rows_of
-from workers import batching, lifecycle
+from workers import batching, fencing, lifecycle
 from workers.cache import Loaded
 from workers.context import WorkerContext, current
 from workers.telemetry import device_class
@@ -238,8 +238,13 @@ def register(app: Celery) -> None:
         ctx = current()
         # Recorded while it runs, so that if this worker dies the request goes back to the queue at once
         # (app.broker.holdings) rather than after the visibility timeout.
-        holdings.hold(ctx.redis, ctx.worker_name, task.request.id, finished=ctx.last_held)
+        lost_at = holdings.hold(ctx.redis, ctx.worker_name, task.request.id, finished=ctx.last_held)
         ctx.last_held = task.request.id
+        if fencing.is_fenced(ctx, lost_at):
+            # Declared lost while cut off: what this worker holds may have been replaced. Reconcile, and let a
+            # replica the fleet owns serve the request.
+            fencing.reconcile(ctx, f"declared lost at epoch {lost_at}; this worker registered at {ctx.epoch}")
+            raise Reject(f"{ctx.worker_name} was fenced; request given back", requeue=True)
         if _redelivered(task) and ledger.answered(ctx.redis, task.request.id):
             # Given back after its worker died between storing the answer and acknowledging the message: the
             # caller has its answer, so it is not run (and answered) a second time.
@@ -282,6 +287,10 @@ def register(app: Celery) -> None:
         _check_signed(task)
         (replica_id,) = _control_args(task.name, args, kwargs, 1)
         return lifecycle.unload(current(), replica_id)
+
+    @app.task(name="maas.reconcile")
+    def reconcile_task(reason: str = "") -> dict[str, Any]:
+        return fencing.reconcile(current(), reason or "asked to reconcile")
 
     @app.task(name="maas.ping")
     def ping_task(payload: Any = None) -> Any:

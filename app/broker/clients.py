@@ -4,6 +4,10 @@ Every Redis connection the fleet opens itself comes from here (kombu and Celery'
 their own). A pool is keyed by process id, so a forked child never shares a parent's sockets, and an asyncio
 client by event loop too, since its connections belong to the loop that opened them.
 
+With Redis Sentinel (``REDIS_URL=sentinel://h1:26379;sentinel://h2:26379/0``) a client asks the Sentinels for
+the primary of ``MAAS_REDIS_SENTINEL_MASTER`` and asks again after a failover (redis-py's Sentinel pools do); kombu
+and Celery's result backend get the same URL and master name (``app.celery_app``), so one setting moves them all.
+
 Timeouts are set so that nothing waits forever on a Redis that stopped answering: a connect gives up after
 ``CONNECT_TIMEOUT_S``, a command after ``COMMAND_TIMEOUT_S``; idle connections are checked before reuse.
 """
@@ -13,9 +17,21 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+from typing import TYPE_CHECKING
+from urllib.parse import unquote, urlsplit
 
 import redis
 import redis.asyncio
+import redis.asyncio.sentinel
+import redis.sentinel
+
+if TYPE_CHECKING:
+    from app.settings import Settings
+
+#: Sentinel's own port, when a sentinel:// URL names none.
+SENTINEL_PORT = 26379
+#: The master name a sentinel:// URL is resolved with when the caller names none (MAAS_REDIS_SENTINEL_MASTER's default).
+DEFAULT_SENTINEL_MASTER = "maas"
 
 #: A connection attempt to Redis gives up after this long.
 CONNECT_TIMEOUT_S = 5.0
@@ -28,8 +44,21 @@ HEALTH_CHECK_INTERVAL_S = 30
 ASYNC_MAX_CONNECTIONS = 64
 
 _lock = threading.Lock()
-_sync: dict[tuple[int, str], redis.Redis] = {}
-_async: dict[tuple[int, int, str], tuple[asyncio.AbstractEventLoop, redis.asyncio.Redis]] = {}
+_sync: dict[tuple[int, str, str], redis.Redis] = {}
+_async: dict[tuple[int, int, str, str], tuple[asyncio.AbstractEventLoop, redis.asyncio.Redis]] = {}
+
+
+def sentinel_parts(url: str) -> tuple[list[tuple[str, int]], int, str | None]:
+    """``sentinel://[:pw@]h1:26379;sentinel://h2:26379/0`` -> ([(h1, 26379), (h2, 26379)], db 0, password)."""
+    hosts, db, password = [], 0, None
+    for part in url.split(";"):
+        parsed = urlsplit(part)
+        hosts.append((parsed.hostname or "localhost", parsed.port or SENTINEL_PORT))
+        if parsed.path.strip("/"):
+            db = int(parsed.path.strip("/"))
+        if parsed.password:
+            password = unquote(parsed.password)
+    return hosts, db, password
 
 
 def _options() -> dict[str, object]:
@@ -41,27 +70,76 @@ def _options() -> dict[str, object]:
     }
 
 
-def sync_client(url: str) -> redis.Redis:
+def sync_client(url: str, sentinel_master: str = DEFAULT_SENTINEL_MASTER) -> redis.Redis:
     """This process's client for ``url`` (thread-safe: redis-py's pool hands each thread its own connection)."""
-    key = (os.getpid(), url)
+    key = (os.getpid(), url, sentinel_master)
     client = _sync.get(key)
     if client is None:
         with _lock:
             client = _sync.get(key)
             if client is None:
-                client = _sync[key] = redis.Redis.from_url(url, **_options())  # type: ignore[arg-type]
+                client = _sync[key] = _new_sync(url, sentinel_master)
     return client
 
 
-def async_client(url: str) -> redis.asyncio.Redis:
+def _new_sync(url: str, sentinel_master: str) -> redis.Redis:
+    if not url.startswith("sentinel://"):
+        return redis.Redis.from_url(url, **_options())  # type: ignore[arg-type]
+    hosts, db, password = sentinel_parts(url)
+    sentinel = redis.sentinel.Sentinel(
+        hosts, sentinel_kwargs={"socket_timeout": CONNECT_TIMEOUT_S, "socket_connect_timeout": CONNECT_TIMEOUT_S}
+    )
+    return sentinel.master_for(sentinel_master, db=db, password=password, **_options())  # type: ignore[arg-type]
+
+
+def async_client(url: str, sentinel_master: str = DEFAULT_SENTINEL_MASTER) -> redis.asyncio.Redis:
     """This process's asyncio client for ``url`` on the running event loop."""
     loop = asyncio.get_running_loop()
-    key = (os.getpid(), id(loop), url)
+    key = (os.getpid(), id(loop), url, sentinel_master)
     found = _async.get(key)
     # A closed loop's id can be reused by a new one: the loop itself is kept to tell them apart.
     if found is None or found[0] is not loop:
-        pool = redis.asyncio.BlockingConnectionPool.from_url(
-            url, max_connections=ASYNC_MAX_CONNECTIONS, timeout=COMMAND_TIMEOUT_S, **_options()
-        )
-        found = _async[key] = (loop, redis.asyncio.Redis(connection_pool=pool))
+        found = _async[key] = (loop, _new_async(url, sentinel_master))
     return found[1]
+
+
+def _new_async(url: str, sentinel_master: str) -> redis.asyncio.Redis:
+    if url.startswith("sentinel://"):
+        hosts, db, password = sentinel_parts(url)
+        sentinel = redis.asyncio.sentinel.Sentinel(
+            hosts, sentinel_kwargs={"socket_timeout": CONNECT_TIMEOUT_S, "socket_connect_timeout": CONNECT_TIMEOUT_S}
+        )
+        return sentinel.master_for(sentinel_master, db=db, password=password, **_options())  # type: ignore[arg-type]
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
+        url, max_connections=ASYNC_MAX_CONNECTIONS, timeout=COMMAND_TIMEOUT_S, **_options()
+    )
+    return redis.asyncio.Redis(connection_pool=pool)
+
+
+def for_settings(settings: Settings) -> redis.Redis:
+    """:func:`sync_client` for the fleet's REDIS_URL and Sentinel master name."""
+    return sync_client(settings.redis_url, settings.redis_sentinel_master)
+
+
+def async_for_settings(settings: Settings) -> redis.asyncio.Redis:
+    """:func:`async_client` for the fleet's REDIS_URL and Sentinel master name."""
+    return async_client(settings.redis_url, settings.redis_sentinel_master)
+
+
+#: the fleet counter of writes fewer replicas acknowledged than MAAS_REDIS_WAIT_REPLICAS asks
+UNREPLICATED = "unreplicated_writes"
+
+
+def wait_replicas(pipe: redis.client.Pipeline | redis.asyncio.client.Pipeline, settings: Settings) -> None:
+    """Durability (MAAS_REDIS_WAIT_REPLICAS): end ``pipe`` with a WAIT for that many replicas to have its writes,
+    at most MAAS_REDIS_WAIT_TIMEOUT_MS. WAIT covers the writes of its own connection, which is why it rides on the
+    pipeline that made them. Nothing is added when the setting is 0; :func:`replicated` reads the reply."""
+    if settings.redis_wait_replicas > 0:
+        pipe.wait(settings.redis_wait_replicas, settings.redis_wait_timeout_ms)
+
+
+def replicated(replies: list[object], settings: Settings) -> bool:
+    """Whether the pipeline's WAIT (its last reply) saw enough replicas; True when durability is off."""
+    if settings.redis_wait_replicas <= 0:
+        return True
+    return int(replies[-1]) >= settings.redis_wait_replicas  # type: ignore[call-overload]

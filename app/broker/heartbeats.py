@@ -13,7 +13,7 @@ import time
 
 import redis
 
-from app.broker.clients import sync_client
+from app.broker.clients import DEFAULT_SENTINEL_MASTER, sync_client
 from app.broker.keys import COMPONENT_HEARTBEATS
 from app.broker.layout import text
 
@@ -38,9 +38,12 @@ def describe(last_at: float, timeout_s: float, now: float | None = None) -> str:
 class Stamper(threading.Thread):
     """Stamps ``component`` every ``period_s``; a Redis outage is logged once when it starts and once when it ends."""
 
-    def __init__(self, redis_url: str, component: str, period_s: float) -> None:
+    def __init__(
+        self, redis_url: str, component: str, period_s: float, sentinel_master: str = DEFAULT_SENTINEL_MASTER
+    ) -> None:
         super().__init__(name=f"maas-heartbeat-{component}", daemon=True)
         self.redis_url = redis_url
+        self.sentinel_master = sentinel_master
         self.component = component
         self.period_s = period_s
         self._stop_event = threading.Event()
@@ -49,7 +52,7 @@ class Stamper(threading.Thread):
         failing = False
         while True:
             try:
-                stamp(sync_client(self.redis_url), self.component)
+                stamp(sync_client(self.redis_url, self.sentinel_master), self.component)
                 if failing:
                     log.warning("heartbeat back", extra={"component": self.component})
                 failing = False

@@ -17,21 +17,30 @@ from typing import Any
 import redis
 
 from app.broker import scripts
-from app.broker.keys import held_by
+from app.broker.keys import fence, held_by
 from app.broker.layout import KOMBU_UNACKED, KOMBU_UNACKED_INDEX, PRIORITY_LEVELS, priority_lists, task_id_of, text
 
 
-def hold(client: redis.Redis, worker: str, task_id: str, finished: str | None = None) -> None:
+def hold(client: redis.Redis, worker: str, task_id: str, finished: str | None = None) -> int | None:
     """Record that ``worker`` runs ``task_id``, and drop the request it ``finished`` before, in one round trip.
 
     The previous request is dropped here rather than when it ends so that each request costs the worker one
     round trip, not two; an entry left for a request that did finish is harmless (it is no longer in ``unacked``).
+    Returns the epoch the reaper declared ``worker`` lost at, if it ever did (read in the same round trip): a
+    worker whose own epoch is not newer is fenced (``workers.fencing``).
     """
     pipe = client.pipeline(transaction=False)
     if finished is not None:
         pipe.hdel(held_by(worker), finished)
     pipe.hset(held_by(worker), task_id, time.time())
-    pipe.execute()
+    pipe.get(fence(worker))
+    lost_at = pipe.execute()[-1]
+    return int(lost_at) if lost_at is not None else None
+
+
+def declare_lost(client: redis.Redis, worker: str, epoch: int) -> None:
+    """Fence every life of ``worker`` up to ``epoch``: its next request sees it and reconciles first."""
+    client.set(fence(worker), epoch)
 
 
 def _redelivered(raw: bytes | str) -> tuple[str, str] | None:

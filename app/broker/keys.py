@@ -31,6 +31,8 @@ _STATS = "maas:stats:{model}:{version}"  # hash: counter name -> value (see app.
 #: hash: counter name -> value for fleet-wide events (ledger resends).
 FLEET_COUNTERS = "maas:counters"
 
+#: string: the epoch a worker was declared lost at (the reaper's); a worker of an older epoch is fenced.
+_FENCE = "maas:fence:{worker}"
 _HELD = "maas:held:{worker}"  # hash: task id -> started at (unix s), for each request the worker is running
 
 _ALIVE = "maas:alive:{worker}"  # string with a TTL of the heartbeat timeout: the worker beat recently (via Redis)
@@ -72,3 +74,7 @@ def held_by(worker: str) -> str:
 
 def alive(worker: str) -> str:
     return _ALIVE.format(worker=worker)
+
+
+def fence(worker: str) -> str:
+    return _FENCE.format(worker=worker)

@@ -16,15 +16,18 @@ import weakref
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 import redis.asyncio
 from redis.commands.core import AsyncScript, Script
 
-from app.broker import keys
+from app.broker import clients, keys
 from app.broker.layout import PRIORITY_LEVELS, priority_lists
 from app.errors import QueueFull
+
+if TYPE_CHECKING:
+    from app.settings import Settings
 
 
 @cache
@@ -103,15 +106,45 @@ class Admission:
         return waiting
 
 
-def admit(client: redis.Redis, admission: Admission) -> int:
-    """Record the request if its queue has room; return the backlog it joins, or raise QueueFull."""
-    return admission.outcome(script(client, "admit")(keys=admission.keys(), args=admission.args()))
+def admit(client: redis.Redis, admission: Admission, settings: Settings | None = None) -> int:
+    """Record the request if its queue has room; return the backlog it joins, or raise QueueFull.
+
+    With ``settings`` asking for durability (MAAS_REDIS_WAIT_REPLICAS), the request is accepted only once that many
+    Redis replicas have it or the WAIT timed out (counted as an unreplicated write): a failover then keeps it.
+    """
+    if settings is None or settings.redis_wait_replicas <= 0:
+        return admission.outcome(script(client, "admit")(keys=admission.keys(), args=admission.args()))
+    pipe = client.pipeline(transaction=False)
+    script(client, "admit")(keys=admission.keys(), args=admission.args(), client=pipe)
+    clients.wait_replicas(pipe, settings)
+    replies = pipe.execute(raise_on_error=False)
+    _count_unreplicated(client, replies, settings)
+    return admission.outcome(_raise_error(replies[0]))
 
 
-async def admit_async(client: redis.asyncio.Redis, admission: Admission) -> int:
-    """:func:`admit` for asyncio code (the HTTP gateway): the same script, the same records."""
-    reply = await async_script(client, "admit")(keys=admission.keys(), args=admission.args())
-    return admission.outcome(reply)
+async def admit_async(client: redis.asyncio.Redis, admission: Admission, settings: Settings | None = None) -> int:
+    """:func:`admit` for asyncio code (the HTTP gateway): the same script, the same records, the same WAIT."""
+    if settings is None or settings.redis_wait_replicas <= 0:
+        reply = await async_script(client, "admit")(keys=admission.keys(), args=admission.args())
+        return admission.outcome(reply)
+    pipe = client.pipeline(transaction=False)
+    await async_script(client, "admit")(keys=admission.keys(), args=admission.args(), client=pipe)
+    clients.wait_replicas(pipe, settings)
+    replies = await pipe.execute(raise_on_error=False)
+    if not clients.replicated(replies, settings):
+        await client.hincrby(keys.FLEET_COUNTERS, clients.UNREPLICATED, 1)
+    return admission.outcome(_raise_error(replies[0]))
+
+
+def _raise_error(reply: Any) -> Any:
+    if isinstance(reply, Exception):
+        raise reply
+    return reply
+
+
+def _count_unreplicated(client: redis.Redis, replies: list[Any], settings: Settings) -> None:
+    if not clients.replicated(replies, settings):
+        client.hincrby(keys.FLEET_COUNTERS, clients.UNREPLICATED, 1)
 
 
 def withdraw(client: redis.Redis, model: str, task_id: str, counted: bool = True) -> None:

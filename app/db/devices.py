@@ -33,17 +33,26 @@ def register(session: Session, worker_name: str, host: str, info: DeviceInfo) ->
     device.host, device.index, device.uuid, device.name = host, info.index, info.uuid, info.name
     device.kind, device.mem_bytes, device.status = info.kind, info.mem_bytes, DeviceStatus.ONLINE.value
     device.started_at = device.heartbeat_at = utcnow()
+    device.epoch = (device.epoch or 0) + 1
     session.flush()
     return device
 
 
-def heartbeat(session: Session, worker_name: str, telemetry: dict[str, Any] | None = None) -> None:
-    device = session.scalars(select(Device).where(Device.worker_name == worker_name)).first()
-    if device is not None:
-        device.heartbeat_at = utcnow()
-        device.status = DeviceStatus.ONLINE.value
-        for key, value in (telemetry or {}).items():
-            setattr(device, key, value)
+def heartbeat(
+    session: Session, worker_name: str, telemetry: dict[str, Any] | None = None, epoch: int | None = None
+) -> bool:
+    """Stamp the row of a live worker; False (nothing written) when ``epoch`` is not the row's: the worker was
+    declared lost since it registered, and must not bring its row back to life (see workers.fencing)."""
+    device = session.scalars(select(Device).where(Device.worker_name == worker_name).with_for_update()).first()
+    if device is None:
+        return True
+    if epoch is not None and device.epoch != epoch:
+        return False
+    device.heartbeat_at = utcnow()
+    device.status = DeviceStatus.ONLINE.value
+    for key, value in (telemetry or {}).items():
+        setattr(device, key, value)
+    return True
 
 
 def mark(session: Session, worker_name: str, status: DeviceStatus) -> None:

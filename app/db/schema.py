@@ -101,6 +101,10 @@ class Device(Base):
     started_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     heartbeat_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     speed: Mapped[float] = mapped_column(Float, default=1.0)  # relative throughput, 1.0 = reference device
+    # The worker's life: bumped when it registers and when the reaper marks it lost. A worker whose epoch is no
+    # longer the row's (it was cut off and declared lost meanwhile) is fenced: it may not heartbeat, serve or move a
+    # replica until it has dropped what it held and registered again (workers.fencing).
+    epoch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # Latest telemetry, written with each heartbeat.
     mem_used_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     util_pct: Mapped[float | None] = mapped_column(Float, nullable=True)

@@ -207,3 +207,18 @@ def test_maas_config_reports_a_cross_variable_error(bare_env, capsys):
     assert main(["config"]) == 2
     out = capsys.readouterr().out
     assert "configuration error" in out and "MAAS_VISIBILITY_TIMEOUT_S=1800 must exceed" in out
+
+
+def test_sentinel_urls_and_durability_settings() -> None:
+    from app.broker.clients import sentinel_parts
+
+    url = "sentinel://:secret@198.18.0.2:26379;sentinel://198.18.0.3;sentinel://198.18.0.4:26380/2"
+    settings = Settings.from_env({"REDIS_URL": url, "MAAS_REDIS_WAIT_REPLICAS": "1"})
+    assert settings.uses_sentinel and settings.redis_sentinel_master == "maas" and settings.redis_wait_replicas == 1
+    assert sentinel_parts(url) == ([("198.18.0.2", 26379), ("198.18.0.3", 26379), ("198.18.0.4", 26380)], 2, "secret")
+    shown = {v.name: v.current for v in describe({"REDIS_URL": url})}
+    assert shown["REDIS_URL"].startswith("sentinel://:***@198.18.0.2:26379;") and "secret" not in shown["REDIS_URL"]
+    with pytest.raises(ConfigError, match="every ';'-separated part"):
+        Settings.from_env({"REDIS_URL": "sentinel://a:26379;redis://b:6379"})
+    with pytest.raises(ConfigError, match="MAAS_REDIS_WAIT_REPLICAS"):
+        Settings.from_env({"MAAS_REDIS_WAIT_REPLICAS": "-1"})

@@ -94,8 +94,8 @@ def worker(tmp_path):
         session.add(version)
         session.flush()
         device = device_rows.register(session, "w0@test", "host", info)
-        device_id, version_id = device.id, version.id
-    ctx = WorkerContext(settings, "w0@test", info, device_id)
+        device_id, version_id, epoch = device.id, version.id, device.epoch
+    ctx = WorkerContext(settings, "w0@test", info, device_id, epoch=epoch)
     ctx.consumer = FakeConsumer()
 
     def new_replica() -> int:
@@ -200,3 +200,43 @@ def test_a_load_that_measures_nothing_records_the_declared_footprint_and_says_wh
     assert info["footprint_bytes"] == len(b"weights")  # the artifact's size (declared 1 byte is below it)
     logged = [r for r in caplog.records if getattr(r, "event", None) == "footprint_implausible"]
     assert len(logged) == 1 and logged[0].measured_bytes == 0
+
+
+def declare_lost(ctx: WorkerContext) -> int:
+    """What the reaper does to the row of a worker it cannot hear: LOST, its replicas FAILED, a new epoch."""
+    with session_scope(ctx.settings.sqlalchemy_url) as session:
+        device = device_rows.by_worker(session, ctx.worker_name)
+        assert device is not None
+        device.status = "lost"
+        device.epoch += 1
+        replica_rows.fail_all_on_device(session, device, "worker lost: no heartbeat")
+        return device.epoch
+
+
+def test_a_worker_declared_lost_while_cut_off_is_fenced_until_it_reconciles(worker, monkeypatch):
+    from workers import fencing
+
+    ctx, new_replica = worker
+    runtime = FakeRuntime(None)
+    use_runtime(monkeypatch, runtime)
+    held = new_replica()
+    lifecycle.load(ctx, held)
+    lost_at = declare_lost(ctx)
+
+    # Its heartbeat does not bring the row back, it may not move a replica, and the fence says so
+    with session_scope(ctx.settings.sqlalchemy_url) as session:
+        assert not device_rows.heartbeat(session, ctx.worker_name, epoch=ctx.epoch)
+        assert device_rows.by_worker(session, ctx.worker_name).status == "lost"
+    with pytest.raises(errors.Fenced):
+        lifecycle.load(ctx, new_replica())
+    assert fencing.is_fenced(ctx, lost_at)
+
+    # Reconciling drops the replaced replica from memory, cancels its queue, and registers a new life
+    done = fencing.reconcile(ctx, "test")
+    assert done["dropped"] == [held] and runtime.unloaded and ctx.cache.get("m", 1) is None
+    assert ctx.consumer.queues == ["m.m", "m.m"]  # subscribed at load, cancelled at reconcile
+    assert ctx.epoch > lost_at and not fencing.is_fenced(ctx, lost_at)
+    with session_scope(ctx.settings.sqlalchemy_url) as session:
+        assert device_rows.heartbeat(session, ctx.worker_name, epoch=ctx.epoch)
+        assert device_rows.by_worker(session, ctx.worker_name).status == "online"
+    assert lifecycle.load(ctx, new_replica())["state"] == ReplicaState.READY

@@ -1,0 +1,114 @@
+"""A host is lost mid-burst: every process on it dies at once, as when a machine loses power.
+
+Its worker is marked lost within the heartbeat timeout, its replica FAILED with that reason, the model re-placed
+on the surviving host, the request it held given back at once (not after the visibility timeout), and every
+waiting request answered, once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+
+import numpy as np
+import pytest
+from celery.result import AsyncResult
+
+from app.broker.first_result import ANSWERED_TWICE
+from app.broker.keys import FLEET_COUNTERS
+from bench.models import wide_mlp
+from harness.fleet import wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.multihost]
+
+REQUESTS = 300
+
+
+@pytest.fixture
+def env(env):
+    return {**env, "MAAS_ALLOCATION": "true", "MAAS_ALLOCATION_PERIOD_S": "2", "MAAS_WORKER_SYSTEM_TASKS": "false"}
+
+
+def replicas_by_worker(client) -> dict[str, list[dict]]:
+    found: dict[str, list[dict]] = {}
+    for r in client.replicas(include_terminal=True):
+        found.setdefault(r["worker"], []).append(r)
+    return found
+
+
+def ready_workers(client) -> list[str]:
+    return sorted({r["worker"] for r in client.replicas() if r["state"] == "READY"})
+
+
+def events(proc, name: str) -> list[dict]:
+    found = []
+    for line in proc.log().splitlines():
+        if f'"{name}"' in line:
+            try:
+                found.append(json.loads(line[line.index("{") :]))
+            except ValueError:
+                continue
+    return found
+
+
+def test_a_lost_host_fails_its_replicas_and_every_waiting_request_is_answered_once(
+    env, settings, client, hosts, register, configure, tmp_path
+):
+    register("mlp", wide_mlp(tmp_path / "mlp.onnx"))
+    configure("mlp", min_replicas=2)
+    a, b, ctl = hosts.host("a"), hosts.host("b"), hosts.host("ctl")
+    procs = [hosts.worker(a, 0), hosts.worker(b, 0), hosts.worker(b, 1), hosts.controller(ctl)]
+    hosts.wait_ready(procs)
+    controller = procs[-1]
+    hosts.beat(ctl)
+
+    def spread() -> bool:
+        ready = ready_workers(client)
+        return "gpu0@a" in ready and len(ready) >= 2
+
+    wait_for(spread, 120, "replicas on both hosts, one on a")
+
+    # Given a burst under way on both hosts
+    rng = np.random.default_rng(0)
+    handles = [client.infer("mlp", {"x": rng.standard_normal((40, 16)).astype(np.float32)}) for _ in range(REQUESTS)]
+    wait_for(lambda: sum(h.ready() for h in handles[::10]) >= 3, 120, "the burst to be under way", interval_s=0.02)
+
+    # When host a dies: every process on it, at once
+    lost_at = time.time()
+    a.kill_all()
+    assert sum(h.ready() for h in handles) < REQUESTS, "the burst ended before the host was lost"
+
+    # Then every request is answered
+    answers = [h.wait(timeout_s=240) for h in handles]
+    assert len(answers) == REQUESTS and all(ans["outputs"][0]["shape"] == [40, 8] for ans in answers)
+    last_done = max(AsyncResult(h.id, app=client.app).date_done for h in handles)
+    recovery_s = (last_done.replace(tzinfo=dt.UTC) - dt.datetime.fromtimestamp(lost_at, dt.UTC)).total_seconds()
+
+    # And the lost worker's replica failed with the reason, and the model was re-placed on host b
+    def failed_on_a():
+        reps = replicas_by_worker(client)["gpu0@a"]
+        return all(r["state"] == "FAILED" for r in reps) and reps
+
+    reps_a = wait_for(failed_on_a, 60, "beat to reap host a's worker")
+    assert all(r["reason"].startswith("worker lost: no heartbeat from gpu0@a") for r in reps_a)
+    devices = {d["worker"]: d for d in client.devices()}
+    assert devices["gpu0@a"]["status"] == "lost"
+
+    def two_ready_on_b():
+        ready = ready_workers(client)
+        return len(ready) >= 2 and all(w.endswith("@b") for w in ready) and ready
+
+    ready_on_b = wait_for(two_ready_on_b, 60, "two READY replicas on host b")
+    assert sorted(ready_on_b) == ["gpu0@b", "gpu1@b"]
+
+    # And what host a held went back to the queue at once and was answered by host b
+    given_back = [e for e in events(controller, "requests_given_back") if e.get("worker") == "gpu0@a"]
+    held = {t for e in given_back for t in e["task_ids"]}
+    by_id = {h.id: ans for h, ans in zip(handles, answers, strict=True)}
+    assert all(by_id[t]["parameters"]["worker"].endswith("@b") for t in held if t in by_id)
+    twice = int(client.redis.hget(FLEET_COUNTERS, ANSWERED_TWICE) or 0)
+    assert twice == 0  # the lost host's processes are dead: nothing can answer a second time
+    report = {"sent": REQUESTS, "answered": len(answers), "twice": twice, "given_back": len(held)}
+    print(json.dumps({"scenario": "host_lost", **report, "recovery_s": round(recovery_s, 2)}))
+    assert recovery_s < 60
