@@ -36,6 +36,7 @@ from app.broker import aging_index
 from app.broker.layout import model_queue
 from app.db.session import session_scope
 from app.signature import encode_tensor
+from bench import suite
 from bench.fleet import BenchFleet
 from bench.models import wide_mlp
 from bench.simulate import SimConfig, add_ratios, simulate, summarize
@@ -133,6 +134,7 @@ def replay(fleet: BenchFleet, requests: list[Request]) -> list[dict]:
         sent.append((time.time(), client.infer(MODEL, body)))
     results = []
     for (t0, handle), request in zip(sent, requests, strict=True):
+        late_s = t0 - (start + request.arrival_s)
         answer = handle.wait(timeout_s=600)
         done = AsyncResult(handle.id, app=client.app).date_done.timestamp()
         response_s = done - t0
@@ -145,6 +147,8 @@ def replay(fleet: BenchFleet, requests: list[Request]) -> list[dict]:
                 "sent": t0,
                 "done": done,
                 "model_s": model_s,
+                "rows": request.size_tokens,
+                "late_s": late_s,
             }
         )
     return results
@@ -256,6 +260,208 @@ def run(args: argparse.Namespace) -> None:
             time.sleep(1.0)
 
 
+SUITE_FULL = {"requests": 200, "repeats": 3}
+SUITE_QUICK = {"requests": 80, "repeats": 3}
+
+
+def suite_workloads(trace: Path, count: int, cost: suite.ServiceModel, mean_worker_s: float, max_rows: int):
+    """The suite's workloads: three slices of the trace from different rows at loads 0.6 / 0.85 / 0.95, Poisson
+    arrivals with lognormal sizes, and a bursty MMPP stream with Pareto sizes, both at 0.85."""
+    rows = load_trace(trace)
+    spec = []
+    for fraction, load in ((0.1, 0.6), (0.45, 0.85), (0.8, 0.95)):
+        start = round(fraction * (len(rows) - count))
+        spec.append((f"trace@{start}/{load}", suite.trace_slice(rows, start, count), load))
+    spec.append(("poisson-lognormal/0.85", suite.poisson_heavy(11, count, "lognormal"), 0.85))
+    spec.append(("mmpp-pareto/0.85", suite.mmpp(12, count), 0.85))
+    return [
+        suite.shape(name, arrivals, sizes, cost, load=load, mean_worker_s=mean_worker_s, max_rows=max_rows)
+        for name, (arrivals, sizes), load in spec
+    ]
+
+
+def calibrate_service(fleet: BenchFleet, rows_list: tuple[int, ...], n: int = 24):
+    """The model's run time at each of ``rows_list`` (median of what the worker reports) and the per-message cost
+    (worker time per request at saturation less the model time, median over the sizes); also the (rows, model s)
+    observations, for the simulated estimator's warm start."""
+    client = fleet.client
+    points, per_message, observed = [], [], []
+    for rows in rows_list:
+        x = np.zeros((rows, IN_WIDTH), dtype=np.float32)
+        handles = [client.infer(MODEL, {"x": x}, priority=1) for _ in range(n)]
+        models = [h.wait(timeout_s=120)["parameters"]["service_ms"] / 1000 for h in handles]
+        done = sorted(AsyncResult(h.id, app=client.app).date_done.timestamp() for h in handles)
+        skip = n // 6
+        per_request = (done[-1] - done[skip]) / (n - 1 - skip)
+        model_s = statistics.median(models[skip:])
+        points.append((rows, model_s))
+        per_message.append(per_request - model_s)
+        observed.extend((rows, m) for m in models)
+    return suite.ServiceModel(tuple(points), statistics.median(per_message)), tuple(observed)
+
+
+def idle_latency(fleet: BenchFleet, cost: suite.ServiceModel, rows: int, n: int = 15) -> float:
+    """What a lone request's response adds to its model time and the per-message cost (median of ``n``)."""
+    client = fleet.client
+    x = np.zeros((rows, IN_WIDTH), dtype=np.float32)
+    extra = []
+    for _ in range(n):
+        t0 = time.time()
+        handle = client.infer(MODEL, {"x": x}, priority=1)
+        model_s = handle.wait(timeout_s=60)["parameters"]["service_ms"] / 1000
+        done = AsyncResult(handle.id, app=client.app).date_done.timestamp()
+        extra.append(done - t0 - model_s - cost.per_message_s)
+    return statistics.median(extra)
+
+
+def probe(fleet: BenchFleet, rows: int, n: int = 12) -> float:
+    """Seconds per request of a burst of ``n`` identical requests: the machine's pace now, for the detector."""
+    client = fleet.client
+    x = np.zeros((rows, IN_WIDTH), dtype=np.float32)
+    handles = [client.infer(MODEL, {"x": x}, priority=1) for _ in range(n)]
+    for h in handles:
+        h.wait(timeout_s=60)
+    done = sorted(AsyncResult(h.id, app=client.app).date_done.timestamp() for h in handles)
+    return (done[-1] - done[2]) / (n - 3)
+
+
+def one_run(
+    fleet: BenchFleet,
+    w: suite.Workload,
+    policy: str,
+    cost: suite.ServiceModel,
+    probe_rows: int,
+    baseline: float,
+    typical_s: float,
+) -> dict:
+    """Replay ``w`` under ``policy`` between two probes; its figures and the starvation detector's verdict."""
+    client = fleet.client
+    with session_scope(fleet.settings.sqlalchemy_url) as session:
+        registry.configure(session, MODEL, policy=policy)
+    client.scheduler.invalidate(MODEL)
+    before = probe(fleet, probe_rows)
+    results = replay(fleet, list(w.requests))
+    after = probe(fleet, probe_rows)
+    health = suite.RunHealth(
+        before,
+        after,
+        statistics.median(r["model_s"] / max(cost.model_s(r["rows"]), 1e-6) for r in results),
+        suite.back_to_back_cost(results),
+        max(r["late_s"] for r in results),
+    )
+    per_msg = health.per_message_s
+    return {
+        "workload": w.name,
+        "policy": policy,
+        **figures(results),
+        "probe_ms": [round(before * 1000, 2), round(after * 1000, 2)],
+        "model_vs_calibration": round(health.model_ratio, 3),
+        "per_message_ms": None if per_msg is None else round(per_msg * 1000, 2),
+        "send_late_ms": round(health.send_late_s * 1000, 1),
+        "flags": suite.starvation_flags(health, baseline, cost.per_message_s, typical_s),
+    }
+
+
+def run_suite(args: argparse.Namespace) -> None:
+    size = SUITE_QUICK if args.quick else SUITE_FULL
+    count = args.requests if args.requests_given else size["requests"]
+    repeats = args.repeats or size["repeats"]
+    typical_s = args.mean_service_ms / 1000
+    env = {
+        "MAAS_TYPICAL_SERVICE_S": f"{typical_s:.4f}",
+        "MAAS_AGING_PERIOD_S": str(args.aging_period_s),
+        "MAAS_ALLOCATION": "false",
+        "MAAS_VIRTUAL_DEVICES": "1x4GiB",
+        "MAAS_WORKER_SYSTEM_TASKS": "false",
+    }
+    started = time.time()
+    with BenchFleet(**env) as fleet, tempfile.TemporaryDirectory() as tmp:
+        fleet.register(MODEL, wide_mlp(Path(tmp) / "trace.onnx", in_width=IN_WIDTH), service_ms=10)
+        fleet.worker(0, "bench0@local")
+        client = fleet.client
+        client.load(MODEL).wait()
+        probe(fleet, 32)  # warm-up: first runs of the model and the path
+        cost, observed = calibrate_service(fleet, (1, 8, 32, 128, args.max_rows // 2))
+        probe_rows = cost.rows_for(typical_s)
+        cost = suite.ServiceModel(cost.points, cost.per_message_s, idle_latency(fleet, cost, 16))
+        stale_s = stale_copy_cost(fleet, probe_rows, n=30)
+        baseline = statistics.median(probe(fleet, probe_rows) for _ in range(3))
+        workloads = suite_workloads(Path(args.trace), count, cost, typical_s, args.max_rows)
+        params = policies.PolicyParams.around(typical_s)
+        client.scheduler.params = params
+        fleet.controller()
+        fleet.beat()
+        header = {
+            "suite": "quick" if args.quick else "full",
+            "requests": count,
+            "repeats": repeats,
+            "model_ms": {rows: round(s * 1000, 3) for rows, s in cost.points},
+            "per_message_ms": round(cost.per_message_s * 1000, 3),
+            "latency_ms": round(cost.latency_s * 1000, 3),
+            "stale_copy_ms": round(stale_s * 1000, 3),
+            "probe_rows": probe_rows,
+            "baseline_probe_ms": round(baseline * 1000, 3),
+            "typical_service_ms": args.mean_service_ms,
+            "workloads": {
+                w.name: {"offered": round(suite.offered(w, cost), 3), "span_s": round(w.span_s, 1)} for w in workloads
+            },
+        }
+        print(json.dumps(header), flush=True)
+        sims: dict[tuple[str, str], dict] = {}
+        for w in workloads:
+            for policy in suite.POLICY_NAMES:
+                config = SimConfig(
+                    policies.Policy(policy),
+                    params,
+                    1,
+                    None,
+                    args.aging_period_s,
+                    stale_copy_s=stale_s,
+                    warm_start=observed,
+                    per_message_s=cost.per_message_s,
+                    latency_s=cost.latency_s,
+                )
+                sims[(w.name, policy)] = summarize(config, simulate(list(w.requests), config))
+        runs = []
+        for repeat in range(repeats):
+            for index, w in enumerate(workloads):
+                for policy in suite.order_for(repeat, index):
+                    for attempt in range(1 + args.retries):
+                        if attempt:  # a starved attempt: let the machine settle (a few probes at most) and retry
+                            for _ in range(5):
+                                if probe(fleet, probe_rows) <= suite.Limits().probe_slow * baseline:
+                                    break
+                        record = one_run(fleet, w, policy, cost, probe_rows, baseline, typical_s)
+                        record.update(repeat=repeat, attempt=attempt, elapsed_s=round(time.time() - started, 1))
+                        runs.append(record)
+                        print(json.dumps(record), flush=True)
+                        if not record["flags"]:
+                            break
+        lines = suite.summarize_suite(runs, sims)
+        for line in lines:
+            print(json.dumps(line), flush=True)
+        print(suite_table(lines), file=sys.stderr, flush=True)
+
+
+def suite_table(lines: list[dict]) -> str:
+    """The summary as a Markdown table (to stderr, so stdout stays JSON lines)."""
+    out = [
+        "| workload | policy | mean vs FIFO, median (min-max) | spread | worst wait vs FIFO | simulated vs FIFO "
+        "| live / simulated | clean runs, flagged attempts | misses |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for line in lines:
+        m, w = line["mean_vs_fifo"], line["max_wait_vs_fifo"]
+        ratio = "-" if m["median"] is None else f"{m['median']:.3f}x ({m['min']:.3f}-{m['max']:.3f})"
+        out.append(
+            f"| {line['workload']} | {line['policy']} | {ratio} | {m['spread']} | {w['median']} "
+            f"| {line.get('sim_mean_vs_fifo')} | {line.get('live_vs_sim')} | {line['clean']}/{line['runs']}, "
+            f"{line['flagged']} flagged "
+            f"| {'; '.join(line['misses']) or '-'} |"
+        )
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.scheduling", description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -267,8 +473,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--load", type=float, default=0.85, help="offered load of the one worker (default 0.85)")
     parser.add_argument("--tokens-per-row", type=int, default=8, help="trace tokens per model input row (default 8)")
     parser.add_argument("--max-rows", type=int, default=1024, help="largest request, in rows (default 1024)")
-    parser.add_argument("--aging-period-s", type=float, default=0.25, help="beat period of the aging task")
+    parser.add_argument("--aging-period-s", type=float, default=None, help="beat period of the aging task")
+    parser.add_argument("--suite", action="store_true", help="every policy, interleaved and repeated, on 5 workloads")
+    parser.add_argument("--quick", action="store_true", help="with --suite: 80 requests a workload instead of 200")
+    parser.add_argument("--repeats", type=int, default=None, help="with --suite: repeats (default 3)")
+    parser.add_argument("--retries", type=int, default=1, help="with --suite: reruns of a starved run (default 1)")
+    parser.add_argument("--mean-service-ms", type=float, default=50.0, help="with --suite: mean worker time (50)")
     args = parser.parse_args(argv)
+    args.requests_given = argv is not None and any(a.startswith("--requests") for a in argv)
+    if args.suite:
+        args.aging_period_s = args.aging_period_s or 0.1
+        run_suite(args)
+        return 0
+    args.aging_period_s = args.aging_period_s or 0.25
     run(args)
     return 0
 
