@@ -120,8 +120,10 @@ CLEAN = suite.RunHealth(0.050, 0.052, 1.02, 0.004, 0.01)
     [
         (CLEAN, None),
         (suite.RunHealth(0.050, 0.065, 1.0, 0.004, 0.0), "probe moved"),
-        (suite.RunHealth(0.066, 0.070, 1.0, 0.004, 0.0), "vs baseline"),
-        (suite.RunHealth(0.050, 0.050, 1.3, 0.004, 0.0), "model time 1.30x"),
+        (suite.RunHealth(0.080, 0.085, 1.0, 0.004, 0.0), "vs baseline"),
+        (suite.RunHealth(0.050, 0.050, 1.35, 0.004, 0.0), "model time 1.35x"),
+        (suite.RunHealth(0.050, 0.050, 1.0, 0.004, 0.0, 1.4), "moved 1.40x within the run"),
+        (suite.RunHealth(0.050, 0.050, 1.0, 0.004, 0.0, 0.7), "moved 0.70x within the run"),
         (suite.RunHealth(0.050, 0.050, 1.0, 0.009, 0.0), "per-message 9.0 ms"),
         (suite.RunHealth(0.050, 0.050, 1.0, None, 0.0), None),
         (suite.RunHealth(0.050, 0.050, 1.0, 0.004, 0.2), "sent 200 ms late"),
@@ -143,8 +145,24 @@ def test_back_to_back_cost_reads_only_requests_that_queued() -> None:
     assert suite.back_to_back_cost(queued[:5]) is None
 
 
-def _run(repeat: int, policy: str, mean_ms: float, wait_ms: float, flags: list[str] | None = None) -> dict:
+def test_lone_overhead_reads_only_requests_that_found_the_worker_idle() -> None:
+    # Six lone requests 3 ms over their model time, then a burst whose later members queued.
+    lone = [{"sent": float(i), "done": i + 0.013, "model_s": 0.010} for i in range(6)]
+    burst = [{"sent": 10.0 + 0.001 * i, "done": 10.05 + 0.05 * i, "model_s": 0.010} for i in range(5)]
+    assert suite.lone_overhead(lone + burst) == pytest.approx(0.003)
+    assert suite.lone_overhead(burst) is None
+
+
+def test_halves_ratio() -> None:
+    assert suite.halves_ratio([1.0, 1.0, 1.0, 2.0, 2.0, 2.0]) == 2.0
+    assert suite.halves_ratio([1.0, 2.0, 3.0]) == 1.0  # too short to tell
+
+
+def _run(
+    repeat: int, policy: str, mean_ms: float, wait_ms: float, flags: list[str] | None = None, vs_sim: float = 1.0
+) -> dict:
     return {
+        "live_vs_sim": vs_sim,
         "repeat": repeat,
         "workload": "w",
         "policy": policy,
@@ -159,11 +177,11 @@ def test_summary_pairs_each_run_with_its_repeats_fifo_and_leaves_flagged_runs_ou
         _run(0, "fifo", 100.0, 1000.0),
         _run(0, "sjf", 50.0, 1500.0),
         _run(1, "fifo", 200.0, 1000.0),
-        _run(1, "sjf", 120.0, 1000.0),
+        _run(1, "sjf", 120.0, 1000.0, vs_sim=1.3),
         _run(2, "fifo", 100.0, 1000.0),
         _run(2, "sjf", 500.0, 1000.0, ["probe moved"]),  # starved: not a result
         _run(3, "fifo", 100.0, 1000.0, ["model time 1.4x calibration"]),  # its repeat has no reference
-        _run(3, "sjf", 40.0, 1000.0),
+        _run(3, "sjf", 40.0, 1000.0, vs_sim=1.2),
     ]
     sims = {
         ("w", "fifo"): {"mean_ms": 110.0, "max_wait_ms": 900.0},
@@ -177,7 +195,8 @@ def test_summary_pairs_each_run_with_its_repeats_fifo_and_leaves_flagged_runs_ou
     assert sjf["max_wait_vs_fifo"]["median"] == pytest.approx(1.25)
     assert sjf["sim_mean_vs_fifo"] == 0.364
     assert sjf["live_mean_ms"] == 50.0  # median of the three clean runs
-    assert sjf["live_vs_sim"] == 1.25
+    assert sjf["live_vs_predicted"] == 1.25  # against the simulation from the calibration
+    assert sjf["live_vs_sim"] == 1.2  # median of the clean runs' own (1.0, 1.3, 1.2)
     assert "mean > 0.6x FIFO where the simulation says <= 0.5x" not in sjf["misses"]
     assert "live more than 15% off the simulation" in sjf["misses"]
     assert fifo["flagged"] == 1 and fifo["mean_vs_fifo"]["median"] == 1.0
