@@ -338,12 +338,12 @@ def one_run(
     policy: str,
     cost: suite.ServiceModel,
     probe_rows: int,
-    baseline: float,
+    pace: suite.Pace,
     typical_s: float,
     sim_config: SimConfig,
 ) -> dict:
     """Replay ``w`` under ``policy`` between two probes; its figures, the simulation of the same run (``sim_config``
-    with this policy) and the starvation detector's verdict."""
+    with this policy) and the starvation detector's verdict against ``pace``, which then learns from this run."""
     client = fleet.client
     with session_scope(fleet.settings.sqlalchemy_url) as session:
         registry.configure(session, MODEL, policy=policy)
@@ -362,6 +362,10 @@ def one_run(
     )
     per_msg = health.per_message_s
     lone = suite.lone_overhead(results)
+    flags = suite.starvation_flags(
+        health, pace.probe_s(), pace.per_message_s(), typical_s, model_ref=pace.model_ratio()
+    )
+    pace.add(health)
     # The system's model on this run: the same arrivals as sent, each request's service time as the worker measured
     # it, the run's own per-message cost; what differs from live is then the model of the system, not the machine.
     replayed = [
@@ -387,7 +391,7 @@ def one_run(
         "lone_overhead_ms": None if lone is None else round(lone * 1000, 2),
         "sim_mean_ms": sim_ms,
         "live_vs_sim": round(mean_ms / sim_ms, 3),
-        "flags": suite.starvation_flags(health, baseline, cost.per_message_s, typical_s),
+        "flags": flags,
     }
 
 
@@ -414,7 +418,8 @@ def run_suite(args: argparse.Namespace) -> None:
         probe_rows = cost.rows_for(typical_s)
         cost = suite.ServiceModel(cost.points, cost.per_message_s, idle_latency(fleet, cost, 16))
         stale_s = stale_copy_cost(fleet, probe_rows, n=30)
-        baseline = statistics.median(probe(fleet, probe_rows) for _ in range(3))
+        pace = suite.Pace([probe(fleet, probe_rows) for _ in range(3)], [], [cost.per_message_s])
+        baseline = pace.probe_s()
         workloads = suite_workloads(Path(args.trace), count, cost, typical_s, args.max_rows)
         params = policies.PolicyParams.around(typical_s)
         client.scheduler.params = params
@@ -464,16 +469,26 @@ def run_suite(args: argparse.Namespace) -> None:
                     for attempt in range(1 + args.retries):
                         if attempt:  # a starved attempt: let the machine settle (a few probes at most) and retry
                             for _ in range(5):
-                                if probe(fleet, probe_rows) <= suite.Limits().probe_slow * baseline:
+                                if probe(fleet, probe_rows) <= suite.Limits().probe_slow * pace.probe_s():
                                     break
                         config = sim_configs[policy]
-                        record = one_run(fleet, w, policy, cost, probe_rows, baseline, typical_s, config)
+                        record = one_run(fleet, w, policy, cost, probe_rows, pace, typical_s, config)
                         record.update(repeat=repeat, attempt=attempt, elapsed_s=round(time.time() - started, 1))
                         runs.append(record)
                         print(json.dumps(record), flush=True)
                         if not record["flags"]:
                             break
         lines = suite.summarize_suite(runs, sims)
+        print(
+            json.dumps(
+                {
+                    "unstarved_probe_ms": round(pace.probe_s() * 1000, 2),
+                    "unstarved_model_ratio": round(pace.model_ratio(), 3),
+                    "unstarved_per_message_ms": round(pace.per_message_s() * 1000, 2),
+                }
+            ),
+            flush=True,
+        )
         for line in lines:
             print(json.dumps(line), flush=True)
         print(suite_table(lines), file=sys.stderr, flush=True)

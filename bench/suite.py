@@ -243,6 +243,7 @@ class Limits:
     model_drift: float = 0.25  # the model time of the run's second half differs from its first half's by this much
     per_message_slow: float = 2.0  # the back-to-back per-message cost is this many times the calibrated one
     send_late: float = 2.0  # the client sent a request this many typical service times after its arrival time
+    pair_pace: float = 1.25  # a policy's run and its repeat's FIFO run had model-time ratios this far apart
 
 
 @dataclass(frozen=True)
@@ -257,18 +258,53 @@ class RunHealth:
     model_drift: float = 1.0  # model_ratio of the second half of the run (by sending) over that of the first half
 
 
+@dataclass
+class Pace:
+    """The machine's unstarved pace, learned as the suite goes.
+
+    Here the pace swings by 2x within minutes (other people's tests on the same two cores), so one baseline taken at
+    the start may itself be starved or unusually quiet. A starved spell only ever makes things slower, so the fast
+    end of what has been seen is the machine's own pace: the reference is the lower quartile of every probe, every
+    run's model-time ratio and every per-message cost so far (the calibration's included).
+    """
+
+    probes: list[float]
+    model_ratios: list[float]
+    per_messages: list[float]
+
+    def probe_s(self) -> float:
+        return quantile(self.probes, 0.25)
+
+    def model_ratio(self) -> float:
+        return quantile(self.model_ratios, 0.25) if self.model_ratios else 1.0
+
+    def per_message_s(self) -> float:
+        return quantile(self.per_messages, 0.25)
+
+    def add(self, health: RunHealth) -> None:
+        self.probes += [health.probe_before_s, health.probe_after_s]
+        self.model_ratios.append(health.model_ratio)
+        if health.per_message_s is not None:
+            self.per_messages.append(health.per_message_s)
+
+
 def starvation_flags(
-    health: RunHealth, baseline_probe_s: float, per_message_s: float, typical_s: float, limits: Limits = Limits()
+    health: RunHealth,
+    baseline_probe_s: float,
+    per_message_s: float,
+    typical_s: float,
+    limits: Limits = Limits(),
+    model_ref: float = 1.0,
 ) -> list[str]:
-    """Reasons to distrust a run (empty: a clean run)."""
+    """Reasons to distrust a run (empty: a clean run); ``model_ref`` is the unstarved model-time ratio."""
     flags = []
     before, after = health.probe_before_s, health.probe_after_s
     if abs(after - before) > limits.probe_drift * min(before, after):
         flags.append(f"probe moved {before * 1000:.1f} -> {after * 1000:.1f} ms")
     if max(before, after) > limits.probe_slow * baseline_probe_s:
         flags.append(f"probe {max(before, after) * 1000:.1f} ms vs baseline {baseline_probe_s * 1000:.1f} ms")
-    if health.model_ratio > limits.model_slow:
-        flags.append(f"model time {health.model_ratio:.2f}x calibration")
+    if health.model_ratio > limits.model_slow * model_ref:
+        flags.append(f"model time {health.model_ratio:.2f}x calibration (unstarved {model_ref:.2f}x)")
     if abs(health.model_drift - 1.0) > limits.model_drift:
         flags.append(f"model time moved {health.model_drift:.2f}x within the run")
     if health.per_message_s is not None and health.per_message_s > limits.per_message_slow * per_message_s:
@@ -310,15 +346,17 @@ def halves_ratio(values: Sequence[float]) -> float:
     return second / first if first > 0 else 1.0
 
 
-def summarize_suite(runs: Sequence[dict], sims: dict[tuple[str, str], dict]) -> list[dict]:
+def summarize_suite(runs: Sequence[dict], sims: dict[tuple[str, str], dict], limits: Limits = Limits()) -> list[dict]:
     """One line per (workload, policy) from the per-run records and the simulated figures.
 
-    ``runs`` carry ``repeat``, ``workload``, ``policy``, ``mean_ms``, ``max_wait_ms`` and ``flags``, in the order
-    they ran; when a run was retried (it was flagged) the last attempt is the repeat's run, and every flagged attempt
-    is counted in ``flagged``. A repeat's ratio for a policy needs that run and the same repeat's FIFO run both
-    clean. ``sims`` maps (workload, policy) to the simulation's ``mean_ms`` and ``max_wait_ms`` predicted from the
-    calibration (``live_vs_predicted``); a run's own ``live_vs_sim`` (live over the simulation of that run, fed the
-    service times it measured) gives the line's ``live_vs_sim``, the median over clean runs.
+    ``runs`` carry ``repeat``, ``workload``, ``policy``, ``mean_ms``, ``max_wait_ms``, ``model_vs_calibration`` and
+    ``flags``, in the order they ran; when a run was retried (it was flagged) the last attempt is the repeat's run,
+    and every flagged attempt is counted in ``flagged``. A repeat's ratio for a policy needs that run and the same
+    repeat's FIFO run both clean and run at paces of the machine (``model_vs_calibration``) within
+    ``limits.pair_pace`` of each other (``pace_mismatched`` counts the pairs that were not). ``sims`` maps (workload,
+    policy) to the simulation's ``mean_ms`` and ``max_wait_ms`` predicted from the calibration
+    (``live_vs_predicted``); a run's own ``live_vs_sim`` (live over the simulation of that run, fed the service times
+    it measured) gives the line's ``live_vs_sim``, the median over clean runs.
     """
     by_key = {(r["workload"], r["policy"], r["repeat"]): r for r in runs}
     workloads = list(dict.fromkeys(r["workload"] for r in runs))
@@ -332,9 +370,15 @@ def summarize_suite(runs: Sequence[dict], sims: dict[tuple[str, str], dict]) -> 
             clean = [r for r in mine if not r["flags"]]
             attempts = [r for r in runs if r["workload"] == workload and r["policy"] == policy]
             mean_ratio, wait_ratio = [], []
+            mismatched = 0
             for r in clean:
                 fifo = by_key.get((workload, "fifo", r["repeat"]))
-                if fifo is not None and not fifo["flags"] and fifo["mean_ms"] > 0 and fifo["max_wait_ms"] > 0:
+                if fifo is None or fifo["flags"] or not (fifo["mean_ms"] > 0 and fifo["max_wait_ms"] > 0):
+                    continue
+                paces = [r.get("model_vs_calibration", 1.0), fifo.get("model_vs_calibration", 1.0)]
+                if max(paces) > limits.pair_pace * min(paces):
+                    mismatched += 1  # the two ran at different paces of the machine: not a ratio of policies
+                else:
                     mean_ratio.append(r["mean_ms"] / fifo["mean_ms"])
                     wait_ratio.append(r["max_wait_ms"] / fifo["max_wait_ms"])
             line: dict = {
@@ -343,6 +387,7 @@ def summarize_suite(runs: Sequence[dict], sims: dict[tuple[str, str], dict]) -> 
                 "runs": len(mine),
                 "clean": len(clean),
                 "flagged": sum(1 for r in attempts if r["flags"]),
+                "pace_mismatched": mismatched,
                 "mean_vs_fifo": spread(mean_ratio),
                 "max_wait_vs_fifo": spread(wait_ratio),
                 "live_mean_ms": spread(r["mean_ms"] for r in clean)["median"],

@@ -235,3 +235,26 @@ def test_a_retried_run_counts_its_last_attempt_and_reports_the_flagged_one() -> 
     _, sjf = suite.summarize_suite(runs, {})
     assert (sjf["runs"], sjf["clean"], sjf["flagged"]) == (1, 1, 1)
     assert sjf["mean_vs_fifo"]["median"] == 0.5
+
+
+def test_pace_is_the_fast_end_of_what_was_seen() -> None:
+    pace = suite.Pace([0.05, 0.09, 0.06], [], [0.010])
+    assert pace.probe_s() == 0.05
+    assert pace.model_ratio() == 1.0  # nothing seen yet: the calibration
+    for ratio, probe in ((0.7, 0.04), (1.3, 0.10), (0.75, 0.045)):
+        pace.add(suite.RunHealth(probe, probe, ratio, 0.004, 0.0))
+    assert pace.model_ratio() == 0.7
+    assert pace.per_message_s() == 0.004
+    assert pace.probe_s() == 0.045
+
+
+def test_a_ratio_needs_both_runs_at_the_same_pace() -> None:
+    runs = [
+        {**_run(0, "fifo", 100.0, 1000.0), "model_vs_calibration": 1.0},
+        {**_run(0, "sjf", 50.0, 1000.0), "model_vs_calibration": 1.4},  # the machine was 40% slower for this one
+        {**_run(1, "fifo", 100.0, 1000.0), "model_vs_calibration": 1.0},
+        {**_run(1, "sjf", 60.0, 1000.0), "model_vs_calibration": 1.1},
+    ]
+    _, sjf = suite.summarize_suite(runs, {})
+    assert sjf["pace_mismatched"] == 1
+    assert sjf["mean_vs_fifo"]["n"] == 1 and sjf["mean_vs_fifo"]["median"] == 0.6
