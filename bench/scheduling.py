@@ -16,6 +16,17 @@ those measured times give.
 Each trace request is one message, so under SRTF a request is a single chunk and is ordered like SJF (the
 preemption of long jobs at chunk boundaries is what ``maas job`` adds; tests/integration/test_scheduling.py shows
 it). Prints one JSON line per policy.
+
+``--suite`` (``--quick`` for a smaller one) is what the figures are quoted from: five workloads (three slices of the
+trace from different rows at loads 0.6 / 0.85 / 0.95, Poisson arrivals with lognormal sizes, a Markov-modulated
+bursty stream with Pareto sizes; ``bench.suite``), every policy on the same arrivals, interleaved in a balanced
+order and repeated (3 times), each run between two probes of the machine's pace. A run whose worker was starved
+(the probes, the worker's model time or its per-message cost off the machine's unstarved pace, or moving during
+the run) is flagged, retried once, and left out of the medians. Each run is also simulated with the service times
+it measured, which checks the model of the system apart from the machine's pace; the prediction from the
+calibration alone is printed beside it. Prints the calibration, one JSON line per run, one per workload and
+policy (median and spread of the ratio to FIFO in the same repeat, live vs simulated, flagged runs, targets
+missed), and a Markdown table on stderr. About 20 minutes on two busy cores (``--quick``: about 8).
 """
 
 from __future__ import annotations
@@ -532,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--retries", type=int, default=1, help="with --suite: reruns of a starved run (default 1)")
     parser.add_argument("--mean-service-ms", type=float, default=50.0, help="with --suite: mean worker time (50)")
     args = parser.parse_args(argv)
-    args.requests_given = argv is not None and any(a.startswith("--requests") for a in argv)
+    args.requests_given = any(a.startswith("--requests") for a in (sys.argv[1:] if argv is None else argv))
     if args.suite:
         args.aging_period_s = args.aging_period_s or 0.1
         run_suite(args)
