@@ -332,15 +332,20 @@ def idle_latency(fleet: BenchFleet, cost: suite.ServiceModel, rows: int, n: int 
     return statistics.median(extra)
 
 
-def probe(fleet: BenchFleet, rows: int, n: int = 12) -> float:
-    """Seconds per request of a burst of ``n`` identical requests: the machine's pace now, for the detector."""
+def probe(fleet: BenchFleet, rows: int, n: int = 16) -> float:
+    """Seconds per request of a burst of ``n`` identical requests: the machine's pace now, for the detector.
+
+    The median gap between consecutive completions, not the burst's span over its count: one hiccup of the client or
+    of Redis (a few hundred ms) moved the span of a 12-request probe by 30% and flagged runs whose worker had kept a
+    steady pace throughout.
+    """
     client = fleet.client
     x = np.zeros((rows, IN_WIDTH), dtype=np.float32)
     handles = [client.infer(MODEL, {"x": x}, priority=1) for _ in range(n)]
     for h in handles:
         h.wait(timeout_s=60)
     done = sorted(AsyncResult(h.id, app=client.app).date_done.timestamp() for h in handles)
-    return (done[-1] - done[2]) / (n - 3)
+    return statistics.median(b - a for a, b in zip(done[2:], done[3:], strict=False))
 
 
 def one_run(
