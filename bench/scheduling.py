@@ -404,6 +404,7 @@ def one_run(
         "per_message_ms": None if per_msg is None else round(per_msg * 1000, 2),
         "send_late_ms": round(health.send_late_s * 1000, 1),
         "model_second_half_vs_first": round(health.model_drift, 3),
+        "measured_load": round(sum(r["model_s"] + per_msg_s for r in results) / w.span_s, 3),
         "lone_overhead_ms": None if lone is None else round(lone * 1000, 2),
         "sim_mean_ms": sim_ms,
         "live_vs_sim": round(mean_ms / sim_ms, 3),
@@ -430,7 +431,12 @@ def run_suite(args: argparse.Namespace) -> None:
         client = fleet.client
         client.load(MODEL).wait()
         probe(fleet, 32)  # warm-up: first runs of the model and the path
-        cost, observed = calibrate_service(fleet, (1, 8, 32, 128, args.max_rows // 2))
+        # Three rounds, each size at its fastest: a round run while the machine is starved sets every load too low
+        # (one here came out 1.5x slow, and the "0.85" runs it set up were at about 0.6 of the worker's real pace).
+        rounds = [calibrate_service(fleet, (1, 8, 32, 128, args.max_rows // 2)) for _ in range(3)]
+        points = tuple((r, min(c.model_s(r) for c, _ in rounds)) for r, _ in rounds[0][0].points)
+        cost = suite.ServiceModel(points, min(c.per_message_s for c, _ in rounds))
+        observed = tuple(o for _, obs in rounds for o in obs)
         probe_rows = cost.rows_for(typical_s)
         cost = suite.ServiceModel(cost.points, cost.per_message_s, idle_latency(fleet, cost, 16))
         stale_s = stale_copy_cost(fleet, probe_rows, n=30)
@@ -513,15 +519,17 @@ def run_suite(args: argparse.Namespace) -> None:
 def suite_table(lines: list[dict]) -> str:
     """The summary as a Markdown table (to stderr, so stdout stays JSON lines)."""
     out = [
-        "| workload | policy | mean vs FIFO, median (min-max) | spread | worst wait vs FIFO | simulated vs FIFO "
+        "| workload | policy | measured load | mean vs FIFO, median (min-max) | spread | worst wait vs FIFO "
+        "| simulated vs FIFO "
         "| live / simulated (/ predicted) | clean runs, flagged attempts | misses |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for line in lines:
         m, w = line["mean_vs_fifo"], line["max_wait_vs_fifo"]
         ratio = "-" if m["median"] is None else f"{m['median']:.3f}x ({m['min']:.3f}-{m['max']:.3f})"
         out.append(
-            f"| {line['workload']} | {line['policy']} | {ratio} | {m['spread']} | {w['median']} "
+            f"| {line['workload']} | {line['policy']} | {line['measured_load']} | {ratio} | {m['spread']} "
+            f"| {w['median']} "
             f"| {line.get('sim_mean_vs_fifo')} | {line.get('live_vs_sim')} ({line.get('live_vs_predicted')}) "
             f"| {line['clean']}/{line['runs']}, "
             f"{line['flagged']} flagged "

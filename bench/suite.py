@@ -391,6 +391,7 @@ def summarize_suite(runs: Sequence[dict], sims: dict[tuple[str, str], dict], lim
                 "mean_vs_fifo": spread(mean_ratio),
                 "max_wait_vs_fifo": spread(wait_ratio),
                 "live_mean_ms": spread(r["mean_ms"] for r in clean)["median"],
+                "measured_load": spread(r["measured_load"] for r in clean if "measured_load" in r)["median"],
             }
             sim = sims.get((workload, policy))
             if sim is not None:
