@@ -390,7 +390,8 @@ def one_run(
     ]
     # The per-message cost and the latency as this run measured them (back-to-back gaps; requests that found the
     # worker idle), falling back to the calibration's: the machine's pace moves between runs, by 2x at times here.
-    per_msg_s = cost.per_message_s if per_msg is None else per_msg
+    mean_per_msg = suite.back_to_back_cost(results, mean=True)
+    per_msg_s = cost.per_message_s if mean_per_msg is None else mean_per_msg
     latency_s = cost.latency_s if lone is None else lone - per_msg_s
     config = replace(sim_config, per_message_s=per_msg_s, latency_s=latency_s)
     sim_ms = summarize(config, simulate(replayed, config))["mean_ms"]
@@ -521,7 +522,7 @@ def suite_table(lines: list[dict]) -> str:
     out = [
         "| workload | policy | measured load | mean vs FIFO, median (min-max) | spread | worst wait vs FIFO "
         "| simulated vs FIFO "
-        "| live / simulated (/ predicted) | clean runs, flagged attempts | misses |",
+        "| live / simulated (/ predicted) | clean runs, flagged attempts, pairs off pace | misses |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for line in lines:
@@ -532,7 +533,7 @@ def suite_table(lines: list[dict]) -> str:
             f"| {w['median']} "
             f"| {line.get('sim_mean_vs_fifo')} | {line.get('live_vs_sim')} ({line.get('live_vs_predicted')}) "
             f"| {line['clean']}/{line['runs']}, "
-            f"{line['flagged']} flagged "
+            f"{line['flagged']} flagged, {line['pace_mismatched']} off pace "
             f"| {'; '.join(line['misses']) or '-'} |"
         )
     return "\n".join(out)

@@ -143,6 +143,9 @@ def test_back_to_back_cost_reads_only_requests_that_queued() -> None:
     lone = {"sent": 1.0, "done": 1.02, "model_s": 0.010}
     assert suite.back_to_back_cost([*queued, lone]) == pytest.approx(0.004)
     assert suite.back_to_back_cost(queued[:5]) is None
+    hiccup = [*queued[:10], {"sent": 0.0, "done": 0.14 + 0.114, "model_s": 0.010}]  # 100 ms lost before the last
+    assert suite.back_to_back_cost(hiccup) == pytest.approx(0.004)
+    assert suite.back_to_back_cost(hiccup, mean=True) == pytest.approx(0.004 + 0.1 / 10)
 
 
 def test_lone_overhead_reads_only_requests_that_found_the_worker_idle() -> None:
