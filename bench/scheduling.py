@@ -297,9 +297,9 @@ def calibrate_service(fleet: BenchFleet, rows_list: tuple[int, ...], n: int = 24
     (worker time per request at saturation less the model time); also the (rows, model s) observations, for the
     simulated estimator's warm start.
 
-    The sizes are sent mixed, in a seeded shuffle, as a replay sends them: calibrated one size at a time (a burst of
-    identical requests) the model ran 5-10% faster than it then did on the replays' mixed sizes, and at load 0.85 that
-    much more work makes waits markedly longer than simulated.
+    The sizes are sent mixed, in a seeded shuffle, as a replay sends them: in the first suite run, calibrated one size
+    at a time (a burst of identical requests), the replays' unstarved runs then measured their model time at 1.05-1.11x
+    the calibration; at load 0.85 that much more work makes waits markedly longer than the calibration predicts.
     """
     client = fleet.client
     sizes = [rows for rows in rows_list for _ in range(n)]
