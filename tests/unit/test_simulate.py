@@ -201,4 +201,3 @@ def test_per_message_cost_holds_the_worker_and_latency_only_the_response() -> No
     outcomes = simulate(requests, config)
     assert [round(o.response_s, 9) for o in outcomes] == pytest.approx([0.106, 0.216])
     assert [round(o.wait_s, 9) for o in outcomes] == pytest.approx([0.006, 0.116])
-
