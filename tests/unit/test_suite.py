@@ -261,3 +261,4 @@ def test_a_ratio_needs_both_runs_at_the_same_pace() -> None:
     _, sjf = suite.summarize_suite(runs, {})
     assert sjf["pace_mismatched"] == 1
     assert sjf["mean_vs_fifo"]["n"] == 1 and sjf["mean_vs_fifo"]["median"] == 0.6
+    assert sjf["mean_vs_fifo_unchecked"]["n"] == 2 and sjf["mean_vs_fifo_unchecked"]["median"] == 0.55
