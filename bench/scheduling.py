@@ -26,7 +26,7 @@ the run) is flagged, retried once, and left out of the medians. Each run is also
 it measured, which checks the model of the system apart from the machine's pace; the prediction from the
 calibration alone is printed beside it. Prints the calibration, one JSON line per run, one per workload and
 policy (median and spread of the ratio to FIFO in the same repeat, live vs simulated, flagged runs, targets
-missed), and a Markdown table on stderr. About 20 minutes on two busy cores (``--quick``: about 8).
+missed), and a Markdown table on stderr. 20-60 minutes on two busy cores, by how many runs are retried.
 """
 
 from __future__ import annotations
