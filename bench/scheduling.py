@@ -595,7 +595,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--load", type=float, default=0.85, help="offered load of the one worker (default 0.85)")
     parser.add_argument("--tokens-per-row", type=int, default=8, help="trace tokens per model input row (default 8)")
     parser.add_argument("--max-rows", type=int, default=1024, help="largest request, in rows (default 1024)")
-    parser.add_argument("--aging-period-s", type=float, default=None, help="beat period of the aging task")
+    parser.add_argument("--aging-period-s", type=float, default=None, help="aging beat period (0.25; --suite 0.1)")
     parser.add_argument("--suite", action="store_true", help="every policy, interleaved and repeated, on 5 workloads")
     parser.add_argument("--quick", action="store_true", help="with --suite: 80 requests a workload instead of 200")
     parser.add_argument("--repeats", type=int, default=None, help="with --suite: repeats (default 3)")
