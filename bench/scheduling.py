@@ -16,6 +16,17 @@ those measured times give.
 Each trace request is one message, so under SRTF a request is a single chunk and is ordered like SJF (the
 preemption of long jobs at chunk boundaries is what ``maas job`` adds; tests/integration/test_scheduling.py shows
 it). Prints one JSON line per policy.
+
+``--suite`` (``--quick`` for a smaller one) is what the figures are quoted from: five workloads (three slices of the
+trace from different rows at loads 0.6 / 0.85 / 0.95, Poisson arrivals with lognormal sizes, a Markov-modulated
+bursty stream with Pareto sizes; ``bench.suite``), every policy on the same arrivals, interleaved in a balanced
+order and repeated (3 times), each run between two probes of the machine's pace. A run whose worker was starved
+(the probes, the worker's model time or its per-message cost off the machine's unstarved pace, or moving during
+the run) is flagged, retried once, and left out of the medians. Each run is also simulated with the service times
+it measured, which checks the model of the system apart from the machine's pace; the prediction from the
+calibration alone is printed beside it. Prints the calibration, one JSON line per run, one per workload and
+policy (median and spread of the ratio to FIFO in the same repeat, live vs simulated, flagged runs, targets
+missed), and a Markdown table on stderr. 20-60 minutes on two busy cores, by how many runs are retried.
 """
 
 from __future__ import annotations
@@ -26,6 +37,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +48,7 @@ from app.broker import aging_index
 from app.broker.layout import model_queue
 from app.db.session import session_scope
 from app.signature import encode_tensor
+from bench import suite
 from bench.fleet import BenchFleet
 from bench.models import wide_mlp
 from bench.simulate import SimConfig, add_ratios, simulate, summarize
@@ -133,6 +146,7 @@ def replay(fleet: BenchFleet, requests: list[Request]) -> list[dict]:
         sent.append((time.time(), client.infer(MODEL, body)))
     results = []
     for (t0, handle), request in zip(sent, requests, strict=True):
+        late_s = t0 - (start + request.arrival_s)
         answer = handle.wait(timeout_s=600)
         done = AsyncResult(handle.id, app=client.app).date_done.timestamp()
         response_s = done - t0
@@ -145,6 +159,8 @@ def replay(fleet: BenchFleet, requests: list[Request]) -> list[dict]:
                 "sent": t0,
                 "done": done,
                 "model_s": model_s,
+                "rows": request.size_tokens,
+                "late_s": late_s,
             }
         )
     return results
@@ -256,6 +272,318 @@ def run(args: argparse.Namespace) -> None:
             time.sleep(1.0)
 
 
+SUITE_FULL = {"requests": 200, "repeats": 3}
+SUITE_QUICK = {"requests": 80, "repeats": 3}
+
+
+def suite_workloads(trace: Path, count: int, cost: suite.ServiceModel, mean_worker_s: float, max_rows: int):
+    """The suite's workloads: three slices of the trace from different rows at loads 0.6 / 0.85 / 0.95, Poisson
+    arrivals with lognormal sizes, and a bursty MMPP stream with Pareto sizes, both at 0.85."""
+    rows = load_trace(trace)
+    spec = []
+    for fraction, load in ((0.1, 0.6), (0.45, 0.85), (0.8, 0.95)):
+        start = round(fraction * (len(rows) - count))
+        spec.append((f"trace@{start}/{load}", suite.trace_slice(rows, start, count), load))
+    spec.append(("poisson-lognormal/0.85", suite.poisson_heavy(11, count, "lognormal"), 0.85))
+    spec.append(("mmpp-pareto/0.85", suite.mmpp(12, count), 0.85))
+    return [
+        suite.shape(name, arrivals, sizes, cost, load=load, mean_worker_s=mean_worker_s, max_rows=max_rows)
+        for name, (arrivals, sizes), load in spec
+    ]
+
+
+def calibrate_service(fleet: BenchFleet, rows_list: tuple[int, ...], n: int = 24):
+    """The model's run time at each of ``rows_list`` (median of what the worker reports) and the per-message cost
+    (worker time per request at saturation less the model time); also the (rows, model s) observations, for the
+    simulated estimator's warm start.
+
+    The sizes are sent mixed, in a seeded shuffle, as a replay sends them: in the first suite run, calibrated one size
+    at a time (a burst of identical requests), the replays' unstarved runs then measured their model time at 1.05-1.11x
+    the calibration; at load 0.85 that much more work makes waits markedly longer than the calibration predicts.
+    """
+    client = fleet.client
+    sizes = [rows for rows in rows_list for _ in range(n)]
+    np.random.default_rng(0).shuffle(sizes)
+    xs = {rows: np.zeros((rows, IN_WIDTH), dtype=np.float32) for rows in rows_list}
+    handles = [(rows, client.infer(MODEL, {"x": xs[rows]}, priority=1)) for rows in sizes]
+    served = []
+    for rows, h in handles:
+        model_s = h.wait(timeout_s=120)["parameters"]["service_ms"] / 1000
+        served.append((AsyncResult(h.id, app=client.app).date_done.timestamp(), rows, model_s))
+    served.sort()
+    window = served[len(served) // 6 :]  # the first ones finish before a backlog has built up
+    per_request = (window[-1][0] - window[0][0]) / (len(window) - 1)
+    per_message = per_request - statistics.fmean(m for _, _, m in window[1:])
+    points = tuple((rows, statistics.median(m for _, r, m in window if r == rows)) for rows in rows_list)
+    return suite.ServiceModel(points, per_message), tuple((rows, m) for _, rows, m in served)
+
+
+def idle_latency(fleet: BenchFleet, cost: suite.ServiceModel, rows: int, n: int = 15) -> float:
+    """What a lone request's response adds to its model time and the per-message cost (median of ``n``)."""
+    client = fleet.client
+    x = np.zeros((rows, IN_WIDTH), dtype=np.float32)
+    extra = []
+    for _ in range(n):
+        t0 = time.time()
+        handle = client.infer(MODEL, {"x": x}, priority=1)
+        model_s = handle.wait(timeout_s=60)["parameters"]["service_ms"] / 1000
+        done = AsyncResult(handle.id, app=client.app).date_done.timestamp()
+        extra.append(done - t0 - model_s - cost.per_message_s)
+    return statistics.median(extra)
+
+
+def probe(fleet: BenchFleet, rows: int, n: int = 16) -> float:
+    """Seconds per request of a burst of ``n`` identical requests: the machine's pace now, for the detector.
+
+    The median gap between consecutive completions, not the burst's span over its count: one hiccup of the client or
+    of Redis (a few hundred ms) moved the span of a 12-request probe by 30% and flagged runs whose worker had kept a
+    steady pace throughout.
+    """
+    client = fleet.client
+    x = np.zeros((rows, IN_WIDTH), dtype=np.float32)
+    handles = [client.infer(MODEL, {"x": x}, priority=1) for _ in range(n)]
+    for h in handles:
+        h.wait(timeout_s=60)
+    done = sorted(AsyncResult(h.id, app=client.app).date_done.timestamp() for h in handles)
+    return statistics.median(b - a for a, b in zip(done[2:], done[3:], strict=False))
+
+
+def one_run(
+    fleet: BenchFleet,
+    w: suite.Workload,
+    policy: str,
+    cost: suite.ServiceModel,
+    probe_rows: int,
+    pace: suite.Pace,
+    typical_s: float,
+    sim_config: SimConfig,
+) -> dict:
+    """Replay ``w`` under ``policy`` between two probes; its figures, the simulation of the same run (``sim_config``
+    with this policy) and the starvation detector's verdict against ``pace``, which then learns from this run."""
+    client = fleet.client
+    with session_scope(fleet.settings.sqlalchemy_url) as session:
+        registry.configure(session, MODEL, policy=policy)
+    client.scheduler.invalidate(MODEL)
+    before = probe(fleet, probe_rows)
+    results = replay(fleet, list(w.requests))
+    after = probe(fleet, probe_rows)
+    model_ratios = [r["model_s"] / max(cost.model_s(r["rows"]), 1e-6) for r in results]
+    health = suite.RunHealth(
+        before,
+        after,
+        statistics.median(model_ratios),
+        suite.back_to_back_cost(results),
+        max(r["late_s"] for r in results),
+        suite.halves_ratio(model_ratios),
+    )
+    per_msg = health.per_message_s
+    lone = suite.lone_overhead(results)
+    flags = suite.starvation_flags(
+        health, pace.probe_s(), pace.per_message_s(), typical_s, model_ref=pace.model_ratio()
+    )
+    pace.add(health)
+    # The system's model on this run: the same arrivals as sent, each request's service time as the worker measured
+    # it, the run's own per-message cost; what differs from live is then the model of the system, not the machine.
+    replayed = [
+        Request(q.arrival_s + r["late_s"], q.size_tokens, r["model_s"], q.size_class)
+        for q, r in zip(w.requests, results, strict=True)
+    ]
+    # The per-message cost and the latency as this run measured them (back-to-back gaps; requests that found the
+    # worker idle), falling back to the calibration's: the machine's pace moves between runs, by 2x at times here.
+    mean_per_msg = suite.back_to_back_cost(results, mean=True)
+    per_msg_s = cost.per_message_s if mean_per_msg is None else mean_per_msg
+    latency_s = cost.latency_s if lone is None else lone - per_msg_s
+    config = replace(sim_config, per_message_s=per_msg_s, latency_s=latency_s)
+    sim_ms = summarize(config, simulate(replayed, config))["mean_ms"]
+    mean_ms = statistics.fmean(r["response_s"] for r in results) * 1000
+    return {
+        "workload": w.name,
+        "policy": policy,
+        **figures(results),
+        "probe_ms": [round(before * 1000, 2), round(after * 1000, 2)],
+        "model_vs_calibration": round(health.model_ratio, 3),
+        "per_message_ms": None if per_msg is None else round(per_msg * 1000, 2),
+        "send_late_ms": round(health.send_late_s * 1000, 1),
+        "model_second_half_vs_first": round(health.model_drift, 3),
+        "measured_load": round(sum(r["model_s"] + per_msg_s for r in results) / w.span_s, 3),
+        "lone_overhead_ms": None if lone is None else round(lone * 1000, 2),
+        "sim_mean_ms": sim_ms,
+        "live_vs_sim": round(mean_ms / sim_ms, 3),
+        "flags": flags,
+    }
+
+
+def run_suite(args: argparse.Namespace) -> None:
+    size = SUITE_QUICK if args.quick else SUITE_FULL
+    count = args.requests if args.requests_given else size["requests"]
+    repeats = args.repeats or size["repeats"]
+    typical_s = args.mean_service_ms / 1000
+    env = {
+        "MAAS_TYPICAL_SERVICE_S": f"{typical_s:.4f}",
+        "MAAS_AGING_PERIOD_S": str(args.aging_period_s),
+        "MAAS_ALLOCATION": "false",
+        "MAAS_VIRTUAL_DEVICES": "1x4GiB",
+        "MAAS_WORKER_SYSTEM_TASKS": "false",
+    }
+    started = time.time()
+    with BenchFleet(**env) as fleet, tempfile.TemporaryDirectory() as tmp:
+        fleet.register(MODEL, wide_mlp(Path(tmp) / "trace.onnx", in_width=IN_WIDTH), service_ms=10)
+        fleet.worker(0, "bench0@local")
+        client = fleet.client
+        client.load(MODEL).wait()
+        probe(fleet, 32)  # warm-up: first runs of the model and the path
+        # Three rounds, each size at its fastest: a round run while the machine is starved sets every load too low
+        # (one here came out 1.5x slow, and the "0.85" runs it set up were at about 0.6 of the worker's real pace).
+        rounds = [calibrate_service(fleet, (1, 8, 32, 128, args.max_rows // 2)) for _ in range(3)]
+        points = tuple((r, min(c.model_s(r) for c, _ in rounds)) for r, _ in rounds[0][0].points)
+        cost = suite.ServiceModel(points, min(c.per_message_s for c, _ in rounds))
+        observed = tuple(o for _, obs in rounds for o in obs)
+        probe_rows = cost.rows_for(typical_s)
+        cost = suite.ServiceModel(cost.points, cost.per_message_s, idle_latency(fleet, cost, 16))
+        stale_s = stale_copy_cost(fleet, probe_rows, n=30)
+        pace = suite.Pace([probe(fleet, probe_rows) for _ in range(3)], [], [cost.per_message_s])
+        baseline = pace.probe_s()
+        workloads = suite_workloads(Path(args.trace), count, cost, typical_s, args.max_rows)
+        params = policies.PolicyParams.around(typical_s)
+        client.scheduler.params = params
+        fleet.controller()
+        fleet.beat()
+        header = {
+            "suite": "quick" if args.quick else "full",
+            "requests": count,
+            "repeats": repeats,
+            "model_ms": {rows: round(s * 1000, 3) for rows, s in cost.points},
+            "per_message_ms": round(cost.per_message_s * 1000, 3),
+            "latency_ms": round(cost.latency_s * 1000, 3),
+            "stale_copy_ms": round(stale_s * 1000, 3),
+            "probe_rows": probe_rows,
+            "baseline_probe_ms": round(baseline * 1000, 3),
+            "typical_service_ms": args.mean_service_ms,
+            "max_rows": args.max_rows,
+            "aging_period_s": args.aging_period_s,
+            "workloads": {
+                w.name: {"offered": round(suite.offered(w, cost), 3), "span_s": round(w.span_s, 1)} for w in workloads
+            },
+        }
+        print(json.dumps(header), flush=True)
+        sim_configs = suite_sim_configs(params, args.aging_period_s, stale_s, observed, cost)
+        sims = predicted(workloads, sim_configs)
+        runs = []
+        for repeat in range(repeats):
+            for index, w in enumerate(workloads):
+                for policy in suite.order_for(repeat, index):
+                    for attempt in range(1 + args.retries):
+                        if attempt:  # a starved attempt: let the machine settle (a few probes at most) and retry
+                            for _ in range(5):
+                                if probe(fleet, probe_rows) <= suite.Limits().probe_slow * pace.probe_s():
+                                    break
+                        config = sim_configs[policy]
+                        record = one_run(fleet, w, policy, cost, probe_rows, pace, typical_s, config)
+                        record.update(repeat=repeat, attempt=attempt, elapsed_s=round(time.time() - started, 1))
+                        runs.append(record)
+                        print(json.dumps(record), flush=True)
+                        if not record["flags"]:
+                            break
+        print(
+            json.dumps(
+                {
+                    "unstarved_probe_ms": round(pace.probe_s() * 1000, 2),
+                    "unstarved_model_ratio": round(pace.model_ratio(), 3),
+                    "unstarved_per_message_ms": round(pace.per_message_s() * 1000, 2),
+                }
+            ),
+            flush=True,
+        )
+        lines = suite.summarize_suite(runs, sims)
+        for line in lines:
+            print(json.dumps(line), flush=True)
+        print(suite_table(lines), file=sys.stderr, flush=True)
+
+
+def suite_sim_configs(
+    params: policies.PolicyParams,
+    aging_period_s: float,
+    stale_s: float,
+    observed: tuple[tuple[int, float], ...],
+    cost: suite.ServiceModel,
+) -> dict[str, SimConfig]:
+    return {
+        policy: SimConfig(
+            policies.Policy(policy),
+            params,
+            1,
+            None,
+            aging_period_s,
+            stale_copy_s=stale_s,
+            warm_start=observed,
+            per_message_s=cost.per_message_s,
+            latency_s=cost.latency_s,
+        )
+        for policy in suite.POLICY_NAMES
+    }
+
+
+def predicted(workloads: list[suite.Workload], configs: dict[str, SimConfig]) -> dict[tuple[str, str], dict]:
+    """What the model predicts from the calibration alone, before any run: the figures the targets' "where the
+    simulation says" refers to."""
+    return {
+        (w.name, policy): summarize(config, simulate(list(w.requests), config))
+        for w in workloads
+        for policy, config in configs.items()
+    }
+
+
+def summarize_file(path: Path, args: argparse.Namespace) -> None:
+    """The summary of a suite's saved output (its stdout, JSON lines), complete or cut short: the per-run lines as
+    they are, the predictions recomputed from its calibration line (the estimator's warm start then being the
+    calibration's medians, 24 of each size, rather than every observation)."""
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    header = records[0]
+    runs = [r for r in records if "repeat" in r]
+    cost = suite.ServiceModel(
+        tuple((int(rows), ms / 1000) for rows, ms in header["model_ms"].items()),
+        header["per_message_ms"] / 1000,
+        header["latency_ms"] / 1000,
+    )
+    typical_s = header["typical_service_ms"] / 1000
+    count = header["requests"]
+    workloads = suite_workloads(Path(args.trace), count, cost, typical_s, header.get("max_rows", args.max_rows))
+    warm = tuple((rows, s) for rows, s in cost.points for _ in range(24))
+    period_s = header.get("aging_period_s", args.aging_period_s)
+    configs = suite_sim_configs(
+        policies.PolicyParams.around(typical_s), period_s, header["stale_copy_ms"] / 1000, warm, cost
+    )
+    lines = suite.summarize_suite(runs, predicted(workloads, configs))
+    for line in lines:
+        print(json.dumps(line), flush=True)
+    print(suite_table(lines), file=sys.stderr, flush=True)
+
+
+def suite_table(lines: list[dict]) -> str:
+    """The summary as a Markdown table (to stderr, so stdout stays JSON lines)."""
+    out = [
+        "| workload | policy | measured load | mean vs FIFO, median (min-max) | spread | worst wait vs FIFO "
+        "| simulated vs FIFO | every run, flagged included (not a result) "
+        "| live / simulated (/ predicted) | clean runs, flagged attempts, pairs off pace | misses |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for line in lines:
+        m, w = line["mean_vs_fifo"], line["max_wait_vs_fifo"]
+        u = line["mean_vs_fifo_unchecked"]
+        ratio = "-" if m["median"] is None else f"{m['median']:.3f}x ({m['min']:.3f}-{m['max']:.3f})"
+        unchecked = "-" if u["median"] is None else f"{u['median']:.3f}x ({u['min']:.3f}-{u['max']:.3f})"
+        out.append(
+            f"| {line['workload']} | {line['policy']} | {line['measured_load']} | {ratio} | {m['spread']} "
+            f"| {w['median']} "
+            f"| {line.get('sim_mean_vs_fifo')} | {unchecked} "
+            f"| {line.get('live_vs_sim')} ({line.get('live_vs_predicted')}) "
+            f"| {line['clean']}/{line['runs']}, "
+            f"{line['flagged']} flagged, {line['pace_mismatched']} off pace "
+            f"| {'; '.join(line['misses']) or '-'} |"
+        )
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.scheduling", description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -267,8 +595,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--load", type=float, default=0.85, help="offered load of the one worker (default 0.85)")
     parser.add_argument("--tokens-per-row", type=int, default=8, help="trace tokens per model input row (default 8)")
     parser.add_argument("--max-rows", type=int, default=1024, help="largest request, in rows (default 1024)")
-    parser.add_argument("--aging-period-s", type=float, default=0.25, help="beat period of the aging task")
+    parser.add_argument("--aging-period-s", type=float, default=None, help="aging beat period (0.25; --suite 0.1)")
+    parser.add_argument("--suite", action="store_true", help="every policy, interleaved and repeated, on 5 workloads")
+    parser.add_argument("--quick", action="store_true", help="with --suite: 80 requests a workload instead of 200")
+    parser.add_argument("--repeats", type=int, default=None, help="with --suite: repeats (default 3)")
+    parser.add_argument("--retries", type=int, default=1, help="with --suite: reruns of a starved run (default 1)")
+    parser.add_argument("--summarize", metavar="FILE", help="the summary of a saved --suite output, complete or not")
+    parser.add_argument("--mean-service-ms", type=float, default=50.0, help="with --suite: mean worker time (50)")
     args = parser.parse_args(argv)
+    args.requests_given = any(a.startswith("--requests") for a in (sys.argv[1:] if argv is None else argv))
+    if args.summarize:
+        args.aging_period_s = args.aging_period_s or 0.1
+        summarize_file(Path(args.summarize), args)
+        return 0
+    if args.suite:
+        args.aging_period_s = args.aging_period_s or 0.1
+        run_suite(args)
+        return 0
+    args.aging_period_s = args.aging_period_s or 0.25
     run(args)
     return 0
 

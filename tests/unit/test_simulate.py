@@ -191,3 +191,13 @@ def test_main_prints_one_json_line_per_policy(tmp_path: Path, capsys: pytest.Cap
 def test_main_refuses_an_unknown_policy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--trace", str(_write_trace(tmp_path / "t.csv")), "--policies", "lifo"]) == 2
     assert "unknown scheduling policy 'lifo'" in capsys.readouterr().err
+
+
+def test_per_message_cost_holds_the_worker_and_latency_only_the_response() -> None:
+    # 10 ms a message besides the model; 4 ms of it comes after the result (latency -4 ms). Two 100 ms requests at 0:
+    # the first answers at 110 - 4 ms, the second starts at 110 ms and answers at 220 - 4 ms.
+    requests = [_request(0.0, 0.1), _request(0.0, 0.1)]
+    config = SimConfig(Policy.FIFO, PARAMS, oracle=True, per_message_s=0.010, latency_s=-0.004)
+    outcomes = simulate(requests, config)
+    assert [round(o.response_s, 9) for o in outcomes] == pytest.approx([0.106, 0.216])
+    assert [round(o.wait_s, 9) for o in outcomes] == pytest.approx([0.006, 0.116])
