@@ -153,6 +153,12 @@ class DeadlineExceeded(MaasError):
     code = "DEADLINE_EXCEEDED"
 
 
+class Cancelled(MaasError):
+    """Raised when the caller cancelled a generation; the tokens made so far were streamed, nothing more is."""
+
+    code = "CANCELLED"
+
+
 class QueueFull(MaasError):
     """Raised at submission when a model's backlog is at its limit; nothing was enqueued."""
 
