@@ -19,7 +19,7 @@ from app.broker.layout import model_queue
 from app.control import Control
 from app.errors import MaasError, NotLoaded
 from app.signature import rows_of
-from workers import batching, lifecycle
+from workers import batching, generating, lifecycle
 from workers.cache import Loaded
 from workers.context import WorkerContext, current
 from workers.telemetry import device_class
@@ -48,6 +48,30 @@ def infer(
         raise NotLoaded(f"{model}:{version} is not loaded; this replica serves versions {ctx.cache.versions_of(model)}")
     primary = batching.Member(None, model, version, inputs, deadline_at, submitted_at=submitted_at)
     return _run_batch(app, ctx, loaded, primary)
+
+
+def generate(
+    app: Celery,
+    task: Task,
+    model: str,
+    version: int | None,
+    prompt: str,
+    params: dict[str, Any] | None,
+    deadline_at: float | None,
+) -> dict[str, Any]:
+    ctx = current()
+    holdings.hold(ctx.redis, ctx.worker_name, task.request.id, finished=ctx.last_held)
+    ctx.last_held = task.request.id
+    if ledger.answered(ctx.redis, task.request.id):
+        raise Ignore()  # redelivered after its result was stored: answered once
+    loaded = ctx.cache.get(model, version)
+    if loaded is None:
+        if not ctx.cache.versions_of(model):
+            queue = (task.request.delivery_info or {}).get("routing_key") or model_queue(model)
+            _give_back(ctx, model, (task.request.id, queue))
+        raise NotLoaded(f"{model}:{version} is not loaded; this replica serves {ctx.cache.versions_of(model)}")
+    own = generating.Request(task.request.id, model, version, prompt, params, deadline_at, _submitted_at(task))
+    return generating.serve(app, ctx, loaded, own)
 
 
 def _give_back(ctx: WorkerContext, model: str, delivery: tuple[str, str] | None) -> None:
@@ -157,6 +181,18 @@ def register(app: Celery) -> None:
             )
         queue = (task.request.delivery_info or {}).get("routing_key") or model_queue(model)
         return infer(app, model, version, inputs, deadline_at, _submitted_at(task), (task.request.id, queue))
+
+    @app.task(name="maas.generate", throws=(MaasError,), bind=True)
+    def generate_task(
+        task: Task,
+        model: str,
+        version: int | None,
+        prompt: str,
+        params: dict[str, Any] | None,
+        deadline_at: float | None = None,
+    ) -> dict[str, Any]:
+        """One generation, joined by the waiting ones of its model (continuous batching, ``workers.generating``)."""
+        return generate(app, task, model, version, prompt, params, deadline_at)
 
     @app.task(name="maas.chunk")
     def chunk_task(job_id: str, index: int) -> dict[str, Any]:

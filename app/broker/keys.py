@@ -37,6 +37,9 @@ _HELD = "maas:held:{worker}"  # hash: task id -> started at (unix s), for each r
 DEAD_LETTERS = "maas:dlq"
 _REDELIVERED = "maas:redelivered:{task_id}"  # string with a TTL: deliveries to workers that could not serve it
 
+_GEN_STREAM = "maas:gen:{task_id}"  # stream: one generation's text chunks, then its end (MAXLEN-trimmed, expiring)
+_GEN_CANCEL = "maas:gen:cancel:{task_id}"  # string with a TTL: the caller cancelled this generation
+
 #: pub/sub channel nobody publishes on: a gateway stays subscribed to it between requests.
 GATEWAY_IDLE_CHANNEL = "maas:gateway:idle"
 
@@ -64,3 +67,11 @@ def redeliveries(task_id: str) -> str:
 
 def held_by(worker: str) -> str:
     return _HELD.format(worker=worker)
+
+
+def generation_stream(task_id: str) -> str:
+    return _GEN_STREAM.format(task_id=task_id)
+
+
+def generation_cancel(task_id: str) -> str:
+    return _GEN_CANCEL.format(task_id=task_id)
