@@ -33,7 +33,7 @@ from typing import Any
 from celery import Celery
 
 from app import logs
-from app.broker import holdings, layout, ledger, scripts, streams
+from app.broker import holdings, layout, ledger, scripts, stats, streams
 from app.broker.layout import model_queue
 from app.errors import Cancelled, DeadlineExceeded, InvalidInput, MaasError, MalformedMessage, ModelExecutionError
 from app.generation import GENERATE_TASK, SamplingParams, check_prompt, parse_params
@@ -42,6 +42,8 @@ from workers.context import WorkerContext
 from workers.runtimes.failures import translated
 
 log = logging.getLogger("maas.worker")
+#: How often a worker shows its running sequences and KV-cache bytes (the /metrics gauges).
+LIVE_PERIOD_S = 0.5
 
 
 @dataclass
@@ -54,6 +56,7 @@ class Request:
     deadline_at: float | None = None
     submitted_at: float | None = None
     started_at: float = 0.0
+    last_token_at: float | None = None
     result: dict[str, Any] | None = None
     error: MaasError | None = None
 
@@ -97,16 +100,30 @@ def serve(app: Celery, ctx: WorkerContext, loaded: Loaded, own: Request) -> dict
         own.error = exc
         _publish(app, ctx, loaded, [own])  # its stream ends with the error too
         raise
+    try:
+        return _loop(app, ctx, engine, loaded, own, running)
+    finally:
+        stats.set_live(client, ctx.worker_name, loaded.model, 0, 0)
+
+
+def _loop(
+    app: Celery, ctx: WorkerContext, engine: Any, loaded: Loaded, own: Request, running: dict[str, Request]
+) -> dict[str, Any]:
+    client, settings = ctx.redis, ctx.settings
     queue = model_queue(loaded.model)
     tag: str | None = None
     period = settings.reap_period_s / 2
-    alive_at = time.monotonic()
+    alive_at = shown_at = time.monotonic()
+    stats.set_live(client, ctx.worker_name, loaded.model, len(running), 0)
     while engine.busy:
         free = engine.max_sequences - len(running)
         if free > 0:
             _join(app, ctx, engine, loaded, running, scripts.take_batch(client, queue, free, GENERATE_TASK))
         if not _step(app, ctx, engine, loaded, running):
             break
+        if time.monotonic() - shown_at > LIVE_PERIOD_S:
+            shown_at = time.monotonic()
+            stats.set_live(client, ctx.worker_name, loaded.model, len(running), engine.kv_bytes)
         if time.monotonic() - alive_at > period:
             alive_at = time.monotonic()
             ledger.touch(client, [i for i in running if i != own.task_id])
@@ -131,6 +148,7 @@ def _step(app: Celery, ctx: WorkerContext, engine: Any, loaded: Loaded, running:
             request.error = exc
         _publish(app, ctx, loaded, list(running.values()))
         return False
+    _observe(ctx, loaded, running, events)
     chunks = []
     for event in events:
         request = running[event.sequence.id]
@@ -146,6 +164,24 @@ def _step(app: Celery, ctx: WorkerContext, engine: Any, loaded: Loaded, running:
     for request in done:
         running.pop(request.task_id)
     return True
+
+
+def _observe(ctx: WorkerContext, loaded: Loaded, running: dict[str, Request], events: list[Any]) -> None:
+    """Time to first token (from submission), the gap since each sequence's previous token, tokens made."""
+    now = time.time()
+    ttft, itl = [], []
+    made = 0
+    for event in events:
+        if event.finished == "cancelled":
+            continue
+        request = running[event.sequence.id]
+        made += 1
+        if request.last_token_at is None:
+            ttft.append(max(0.0, now - (request.submitted_at or request.started_at)))
+        else:
+            itl.append(now - request.last_token_at)
+        request.last_token_at = now
+    ctx.stats.tokens(loaded.model, loaded.version, ttft_s=ttft, itl_s=itl, tokens=made)
 
 
 def _start(engine: Any, loaded: Loaded, request: Request, running: dict[str, Request]) -> None:

@@ -40,6 +40,9 @@ _REDELIVERED = "maas:redelivered:{task_id}"  # string with a TTL: deliveries to 
 _GEN_STREAM = "maas:gen:{task_id}"  # stream: one generation's text chunks, then its end (MAXLEN-trimmed, expiring)
 _GEN_CANCEL = "maas:gen:cancel:{task_id}"  # string with a TTL: the caller cancelled this generation
 
+#: hash: "<worker>|<model>" -> JSON {"seqs", "kv_bytes", "at"}: each worker's running generations, for /metrics.
+GENERATION_LIVE = "maas:gen:live"
+
 #: pub/sub channel nobody publishes on: a gateway stays subscribed to it between requests.
 GATEWAY_IDLE_CHANNEL = "maas:gateway:idle"
 

@@ -7,9 +7,11 @@ import urllib.error
 import urllib.request
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from app.generation import SamplingParams
 from harness import tiny_lm
+from harness.fleet import wait_for
 
 pytestmark = pytest.mark.integration
 openai = pytest.importorskip("openai")
@@ -63,6 +65,19 @@ def test_streamed_completion_equals_in_process_greedy(served):
     whole = api.completions.create(model="tiny-gpt", prompt="the quick brown", max_tokens=20, temperature=0)
     assert whole.choices[0].text == expected
     assert whole.usage.completion_tokens == 20
+
+    # The worker ships its token figures with its heartbeat: /metrics shows them soon after.
+    def scraped() -> dict[str, float]:
+        request = urllib.request.Request(f"{url}/metrics", headers={"Authorization": f"Bearer {API_KEY}"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            families = text_string_to_metric_families(response.read().decode())
+            return {s.name: s.value for f in families for s in f.samples if s.labels.get("model") == "tiny-gpt"}
+
+    wait_for(lambda: scraped().get("maas_generated_tokens_total", 0) >= 40, 60, "the token counts in /metrics")
+    values = scraped()
+    assert values["maas_time_to_first_token_seconds_count"] == 2
+    assert values["maas_inter_token_latency_seconds_count"] == 38
+    assert "maas_generation_kv_cache_bytes" in values and "maas_generation_sequences_in_flight" in values
 
 
 def test_chat_completions_stream_and_not(served):
