@@ -245,8 +245,10 @@ class Engine:
                 return self._finish(seq, "stop", full[:at])
         if seq.remaining <= 0:
             return self._finish(seq, "length", full)
-        # Hold back an undecodable tail (half a UTF-8 character) and anything that may be the start of a stop.
-        keep = len(full.rstrip("\ufffd"))
+        # Hold back what may still change: the replacement character an unfinished UTF-8 character decodes to
+        # (only the last one can be completed by the next bytes; earlier ones are invalid bytes for good), and
+        # anything that may be the start of a stop string.
+        keep = len(full) - 1 if full.endswith("\ufffd") else len(full)
         for stop in seq.params.stop:
             for n in range(min(len(stop) - 1, keep), 0, -1):
                 if full[:keep].endswith(stop[:n]):

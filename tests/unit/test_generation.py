@@ -207,3 +207,19 @@ def test_parameters_round_trip_and_sampled_requests_get_a_seed():
     assert parse_params(params.to_json()) == params
     assert params.seeded("abc").seed is not None and params.seeded("abc") == params.seeded("abc")
     assert SamplingParams().seeded("abc").seed is None  # greedy needs none
+
+
+def test_invalid_bytes_do_not_hold_the_stream_back(runtime, monkeypatch):
+    """A lone UTF-8 continuation byte never becomes a character: its replacement character is released at once
+    (only a trailing one, which the next bytes may still complete, waits)."""
+    from workers import generation
+
+    # Byte-level BPE spells byte 0x80 (not printable) as the character 256 + its rank among unprintable bytes.
+    unprintable = [b for b in range(256) if not (33 <= b <= 126 or 161 <= b <= 172 or 174 <= b <= 255)]
+    lone = runtime._tokenizer.convert_tokens_to_ids(chr(256 + unprintable.index(0x80)))
+    assert runtime._tokenizer.decode([lone]) == "\ufffd"
+    monkeypatch.setattr(generation, "_pick", lambda logits, params, generator: lone)
+    engine = runtime.engine()
+    engine.add("s", "tokens flow", SamplingParams(max_tokens=6))
+    released = [len(e.text) for e in engine.step() + engine.step() + engine.step()]
+    assert sum(released) == len(runtime._tokenizer.decode([lone] * 3)) - 1 == 2  # all but the last one
