@@ -326,6 +326,7 @@ class Client:
             request_class=request_class,
             size=params.max_tokens,
             priority=None if priority is None else self._priority(priority),
+            estimated_s=self.scheduler.estimate_tokens_s(resolved.model, params.max_tokens),
         )
         return generate_order(
             task_id=str(uuid.uuid4()),

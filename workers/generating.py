@@ -40,6 +40,7 @@ from app.generation import GENERATE_TASK, SamplingParams, check_prompt, parse_pa
 from workers.cache import Loaded
 from workers.context import WorkerContext
 from workers.runtimes.failures import translated
+from workers.telemetry import device_class
 
 log = logging.getLogger("maas.worker")
 #: How often a worker shows its running sequences and KV-cache bytes (the /metrics gauges).
@@ -258,6 +259,9 @@ def _publish(app: Celery, ctx: WorkerContext, loaded: Loaded, requests: list[Req
             app.backend.mark_as_failure(request.task_id, request.error)
         else:
             app.backend.mark_as_done(request.task_id, request.result)
+            tokens = (request.result or {}).get("usage", {}).get("completion_tokens", 0)
+            if tokens:  # the service-time estimator learns seconds per token (a request's size is its max_tokens)
+                ctx.observations.add(loaded.model, device_class(ctx.device), tokens, now - request.started_at)
         submitted = request.submitted_at or request.started_at or now
         ctx.stats.request(
             loaded.model,

@@ -164,3 +164,27 @@ def test_tokens_flow_before_the_generation_ends(served, client, tmp_path: Path):
     assert not AsyncResult(generation.id, app=client.app).ready()  # the first text came while it still ran
     "".join(chunks)
     assert generation.finish_reason == "length"
+
+
+def test_a_short_generation_overtakes_a_waiting_long_one(lm, env, fleet, register, configure, client):
+    """Under SJF a generation's size is its max_tokens: with one sequence at a time, a short request sent after a
+    long one that waits is generated first."""
+    artifact, runtime = lm
+    register("lm", artifact, runtime="causal_lm", service_ms=5.0)
+    configure("lm", policy="sjf")
+    fleet.worker(0, "w0@test", MAAS_GEN_MAX_SEQUENCES="1")
+    client.load("lm").wait(timeout_s=120)
+    short_order = client.prepare_generation("lm", "tokens flow", SamplingParams(max_tokens=4))
+    long_order = client.prepare_generation("lm", "tokens flow", SamplingParams(max_tokens=800))
+    assert short_order.priority < long_order.priority  # the precondition: levels by size
+
+    first = client.generate("lm", "the quick brown", max_tokens=800, timeout_s=120)
+    next(iter(first))  # running: the worker's one slot is taken
+    waiting_long = client.generate("lm", "the quick brown", max_tokens=800, timeout_s=120)
+    short = client.generate("lm", "tokens flow", max_tokens=4, timeout_s=120)
+    assert short.result() == solo(runtime, "tokens flow", max_tokens=4)
+    from celery.result import AsyncResult
+
+    assert not AsyncResult(waiting_long.id, app=client.app).ready()  # overtaken
+    waiting_long.result()
+    first.result()
