@@ -19,6 +19,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import anyio
 import orjson
 import redis.asyncio
 from starlette.requests import Request
@@ -195,7 +196,10 @@ async def _events(
         yield b"data: " + error_body(exc) + b"\n\n"
     finally:
         if not reader.done:  # the client went away (or the wait ran out): stop the work nobody will read
-            await streams.cancel_async(client, task_id)
+            # Shielded: when the client leaves, Starlette cancels this stream's scope, and anyio would cancel
+            # every await in it again, this one included.
+            with anyio.CancelScope(shield=True):
+                await streams.cancel_async(client, task_id)
     yield b"data: [DONE]\n\n"
 
 

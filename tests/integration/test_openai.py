@@ -130,3 +130,29 @@ def test_raw_sse_ends_with_done(served):
     with pytest.raises(urllib.error.HTTPError) as denied:
         urllib.request.urlopen(urllib.request.Request(f"{url}/v1/models"), timeout=30)
     assert denied.value.code == 401
+
+
+def test_a_streaming_client_that_leaves_cancels_its_generation(served, client):
+    import http.client
+    from urllib.parse import urlparse
+
+    from celery.result import AsyncResult
+
+    url, runtime = served
+    parsed = urlparse(url)
+    conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=60)
+    body = {"model": "tiny-gpt", "prompt": "the quick brown", "max_tokens": 480, "temperature": 0, "stream": True}
+    conn.request(
+        "POST",
+        "/v1/completions",
+        body=json.dumps(body),
+        headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"},
+    )
+    response = conn.getresponse()
+    first = response.readline().decode()
+    task_id = json.loads(first[len("data: ") :])["id"].removeprefix("cmpl-")
+    conn.close()  # gone after the first event
+
+    result = AsyncResult(task_id, app=client.app)
+    wait_for(result.ready, 60, "the generation to end")
+    assert result.state == "FAILURE" and "CANCELLED" in str(result.result)
