@@ -35,7 +35,15 @@ from celery import Celery
 from app import logs
 from app.broker import holdings, layout, ledger, scripts, stats, streams
 from app.broker.layout import model_queue
-from app.errors import Cancelled, DeadlineExceeded, InvalidInput, MaasError, MalformedMessage, ModelExecutionError
+from app.errors import (
+    Cancelled,
+    DeadlineExceeded,
+    InvalidInput,
+    MaasError,
+    MalformedMessage,
+    ModelExecutionError,
+    NotLoaded,
+)
 from app.generation import GENERATE_TASK, SamplingParams, check_prompt, parse_params
 from workers.cache import Loaded
 from workers.context import WorkerContext
@@ -188,7 +196,8 @@ def _observe(ctx: WorkerContext, loaded: Loaded, running: dict[str, Request], ev
 def _start(engine: Any, loaded: Loaded, request: Request, running: dict[str, Request]) -> None:
     """Check one request and add it to the engine; raise its MaasError when it cannot run."""
     if request.model != loaded.model or request.version not in (None, loaded.version):
-        raise InvalidInput(f"{request.model}:{request.version} is not the generating model {loaded.model}")
+        # As for a batched infer request: one taken for a version this replica does not hold is answered so.
+        raise NotLoaded(f"{request.model}:{request.version} is not loaded; this replica serves {loaded.version}")
     if request.deadline_at is not None and time.time() > request.deadline_at:
         raise DeadlineExceeded("the deadline passed before the generation could start; not executed")
     params: SamplingParams = parse_params(request.params).seeded(request.task_id)
