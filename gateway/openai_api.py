@@ -4,8 +4,8 @@
 with ``base_url=<gateway>/v1`` and ``api_key=<one of MAAS_API_KEYS>``.
 
 A request is admitted exactly as ``Client.generate`` admits one (same order, same atomic admission script), and
-its text is read from the request's Redis Stream as the worker makes it. A streaming client that goes away
-cancels its generation on the worker (at the next token step).
+its text is read from the request's Redis Stream as the worker makes it. A client that goes away, streaming or
+not, cancels its generation on the worker (at the next token step).
 
 What is not supported is refused, not ignored: ``n`` > 1, ``best_of``, ``logprobs``, ``echo``, tools, and
 several prompts in one request. Chat messages are joined with a plain ``role: content`` template (the gateway has
@@ -133,12 +133,7 @@ class OpenAI:
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        try:
-            async for _ in chunks:
-                pass
-        except asyncio.CancelledError:
-            await streams.cancel_async(self.gw.fleet.redis, order.task_id)
-            raise
+        await _collect_unless_gone(request, chunks, self.gw.fleet.redis, order.task_id)
         body = {
             "id": ident,
             "object": "chat.completion" if chat else "text_completion",
@@ -148,6 +143,30 @@ class OpenAI:
             "usage": reader.usage,
         }
         return Response(orjson.dumps(body), media_type="application/json")
+
+
+async def _collect_unless_gone(
+    request: Request, chunks: AsyncIterator[str], client: redis.asyncio.Redis, task_id: str
+) -> None:
+    """Read the whole generation; if the caller leaves first, cancel it on the worker and stop reading."""
+    from gateway.server import _disconnected
+
+    async def collect() -> None:
+        async for _ in chunks:
+            pass
+
+    reading = asyncio.ensure_future(collect())
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({reading, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not reading.done():
+            reading.cancel()
+            await streams.cancel_async(client, task_id)
+    if reading.cancelled():
+        raise errors.RequestTimeout("client disconnected; the generation was cancelled")
+    reading.result()  # its MaasError, if it failed
 
 
 async def _chunks(

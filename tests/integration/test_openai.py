@@ -156,3 +156,36 @@ def test_a_streaming_client_that_leaves_cancels_its_generation(served, client):
     result = AsyncResult(task_id, app=client.app)
     wait_for(result.ready, 60, "the generation to end")
     assert result.state == "FAILURE" and "CANCELLED" in str(result.result)
+
+
+def test_a_waiting_non_streaming_client_that_leaves_cancels_its_generation(served, client):
+    import http.client
+    from urllib.parse import urlparse
+
+    from celery.result import AsyncResult
+
+    from app.broker import keys
+
+    url, _ = served
+    parsed = urlparse(url)
+    conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=60)
+    body = {"model": "tiny-gpt", "prompt": "the quick brown", "max_tokens": 480, "temperature": 0}
+    conn.request(
+        "POST",
+        "/v1/completions",
+        body=json.dumps(body),
+        headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"},
+    )
+    held = keys.held_by("w0@test")
+
+    def running() -> str | None:
+        entries = {k.decode(): float(v) for k, v in client.redis.hgetall(held).items()}
+        newest = max(entries, key=entries.get, default=None)
+        return newest if newest and not AsyncResult(newest, app=client.app).ready() else None
+
+    wait_for(lambda: running() is not None, 60, "the worker to run the generation")
+    task_id = running()
+    conn.close()
+    result = AsyncResult(task_id, app=client.app)
+    wait_for(result.ready, 60, "the generation to end")
+    assert result.state == "FAILURE" and "CANCELLED" in str(result.result)
