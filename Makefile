@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: install demo test test-unit lint bench services clean
 
-EXTRAS ?= dev,torch,skops,embeddings
+EXTRAS ?= dev,torch,skops,embeddings,generative
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

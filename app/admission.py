@@ -16,6 +16,7 @@ from typing import Any
 
 from app.broker.layout import celery_message, model_queue
 from app.broker.scripts import Admission
+from app.generation import GENERATE_TASK
 from app.policies import Policy
 
 #: The task every infer request runs.
@@ -71,3 +72,37 @@ def infer_order(
     message = celery_message(INFER_TASK, task_id, args, kwargs, headers, queue, priority)
     admission = Admission(queue, model, task_id, now, ledger_body, max_queue, aging_facts, message, priority)
     return InferOrder(task_id, model, queue, priority, args, kwargs, headers, admission)
+
+
+def generate_order(
+    *,
+    task_id: str,
+    model: str,
+    send_version: int | None,
+    prompt: str,
+    params: dict[str, Any],
+    priority: int,
+    request_class: str,
+    deadline_s: float | None,
+    max_queue: int,
+    now: float,
+) -> InferOrder:
+    """A generation request (``maas.generate``): admitted, recorded and queued exactly as an infer request.
+
+    No aging copies: a generation is long, and its promotion would have to travel with its stream.
+    """
+    queue = model_queue(model)
+    args: list[Any] = [model, send_version, prompt, params]
+    kwargs: dict[str, Any] = {"deadline_at": now + deadline_s} if deadline_s else {}
+    headers = {"maas_submitted_at": now, "maas_class": request_class}
+    ledger_body = {
+        "name": GENERATE_TASK,
+        "queue": queue,
+        "priority": priority,
+        "args": args,
+        "kwargs": kwargs,
+        "headers": headers,
+    }
+    message = celery_message(GENERATE_TASK, task_id, args, kwargs, headers, queue, priority)
+    admission = Admission(queue, model, task_id, now, ledger_body, max_queue, None, message, priority)
+    return InferOrder(task_id, model, queue, priority, args, kwargs, headers, admission, task=GENERATE_TASK)

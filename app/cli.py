@@ -308,6 +308,33 @@ def cmd_infer(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
+    """Print the text as it is made; Ctrl-C cancels the generation on the worker too."""
+    generation = _client(settings).generate(
+        args.ref,
+        args.prompt,
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+        stop=args.stop or None,
+        priority=args.priority,
+        timeout_s=args.timeout,
+    )
+    try:
+        for chunk in generation:
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        generation.cancel()
+        sys.stdout.write("\n")
+        return 130
+    sys.stdout.write("\n")
+    if args.verbose:
+        print(json.dumps({"id": generation.id, "finish_reason": generation.finish_reason, **generation.usage}))
+    return 0
+
+
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     import time
 
@@ -786,12 +813,12 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument(
         "artifact",
         help="the artifact: .onnx (onnx), TorchScript .pt (torchscript), skops file (skops), entry-point JSON "
-        "(entrypoint), or a tar made by `maas model pack` (sentence_transformers)",
+        "(entrypoint), or a tar made by `maas model pack` (sentence_transformers, causal_lm)",
     )
     reg.add_argument(
         "--runtime",
         default="onnx",
-        help="onnx (default), torchscript, skops, entrypoint or sentence_transformers",
+        help="onnx (default), torchscript, skops, entrypoint, sentence_transformers or causal_lm",
     )
     reg.add_argument(
         "--mem", type=_size, help="declared memory footprint, e.g. 512MiB (default: estimated from the file size)"
@@ -804,7 +831,9 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--alias", help="also point this alias (e.g. prod) at the new version")
     reg.add_argument("--description", default="", help="free text")
     reg.set_defaults(func=cmd_model_register)
-    pack = msub.add_parser("pack", help="pack a sentence-transformers model directory into one verifiable tar")
+    pack = msub.add_parser(
+        "pack", help="pack a model directory (sentence-transformers, or a causal LM) into one verifiable tar"
+    )
     pack.add_argument("directory")
     pack.add_argument("out", help="the .tar to write (the same directory always gives the same sha256)")
     pack.set_defaults(func=cmd_model_pack)
@@ -870,6 +899,19 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--device", type=int, help="device index")
     load.add_argument("--no-wait", action="store_true", help="return once the load is queued")
     load.set_defaults(func=cmd_load)
+
+    gen = sub.add_parser("generate", help="generate text with a generative model, printed as it is made")
+    gen.add_argument("ref")
+    gen.add_argument("prompt")
+    gen.add_argument("--max-tokens", type=int, default=64, help="most tokens to generate (default 64)")
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy")
+    gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1)")
+    gen.add_argument("--seed", type=int, help="sampling seed")
+    gen.add_argument("--stop", action="append", default=[], help="a stop string (repeatable)")
+    gen.add_argument("--priority", type=int, help="0 (highest) to 9 (lowest); default MAAS_DEFAULT_PRIORITY")
+    gen.add_argument("--timeout", type=float, help="seconds to wait for each next chunk")
+    gen.add_argument("-v", "--verbose", action="store_true", help="then one JSON line: finish reason and usage")
+    gen.set_defaults(func=cmd_generate)
 
     infer = sub.add_parser("infer", help="send one inference request and print the answer")
     infer.add_argument("ref")

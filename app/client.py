@@ -11,7 +11,7 @@ import getpass
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -24,8 +24,8 @@ from sqlalchemy import select
 
 from app import outage as outage_errors
 from app import registry, signing
-from app.admission import INFER_TASK, InferOrder, infer_order
-from app.broker import clients, dlq, scripts
+from app.admission import INFER_TASK, InferOrder, generate_order, infer_order
+from app.broker import clients, dlq, scripts, streams
 from app.celery_app import create_app
 from app.control import Control, StopOrder, device_views
 from app.db import devices as device_rows
@@ -42,7 +42,9 @@ from app.errors import (
     RequestTimeout,
     RequestTooLarge,
     UnknownPolicy,
+    from_code,
 )
+from app.generation import SamplingParams, check_prompt, parse_params
 from app.jobs import Jobs, split
 from app.lifecycle import TERMINAL
 from app.placement import DeviceView
@@ -149,6 +151,67 @@ class Handle:
                 outage = cause
                 time.sleep(min(max(0.0, deadline - time.monotonic()), outage_errors.backoff(attempt)))
                 attempt += 1
+
+
+class Generation:
+    """A generation in flight. Iterating yields its text chunks as the worker makes them, then ends; a failed or
+    cancelled generation raises its MaasError (after the chunks made before). ``text``, ``finish_reason`` and
+    ``usage`` are filled as it goes."""
+
+    def __init__(self, task_id: str, client: redis.Redis, timeout_s: float) -> None:
+        self.id = task_id
+        self._redis = client
+        self._timeout_s = timeout_s
+        self._reader = streams.Reader()
+        self._after = "0"
+
+    @property
+    def text(self) -> str:
+        return self._reader.text
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self._reader.finish_reason
+
+    @property
+    def usage(self) -> dict[str, int]:
+        return self._reader.usage
+
+    def __iter__(self) -> Iterator[str]:
+        quiet_since = time.monotonic()
+        while not self._reader.done:
+            try:
+                entries = streams.read(self._redis, self.id, self._after, block_ms=500)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                raise BrokerUnavailable(f"Redis did not answer while streaming {self.id}: {exc}") from exc
+            if entries:
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since > self._timeout_s:
+                raise RequestTimeout(f"no text from {self.id} for {self._timeout_s:g}s")
+            for entry_id, entry in entries:
+                self._after = entry_id
+                new = self._reader.feed(entry)
+                if new:
+                    yield new
+        if self._reader.error is not None:
+            raise from_code(*self._reader.error)
+
+    def result(self) -> str:
+        """Wait for the whole text."""
+        for _ in self:
+            pass
+        return self.text
+
+    def cancel(self) -> None:
+        """Ask the worker to stop; it does at its next token step, and the iterator then raises Cancelled."""
+        streams.cancel(self._redis, self.id)
+
+
+def is_generative(resolved: Resolved) -> bool:
+    """Whether a version has the generative signature (one BYTES ``prompt`` in, one BYTES ``text`` out)."""
+    return [(s.name, s.datatype) for s in resolved.inputs] == [("prompt", "BYTES")] and [
+        s.name for s in resolved.outputs
+    ] == ["text"]
 
 
 @dataclass(frozen=True)
@@ -347,6 +410,76 @@ class Client:
             order.task_id, Cancelled(f"request {order.task_id} was cancelled by its client before it ran")
         )
         return True
+
+    # --- generation -------------------------------------------------------------------------------------------------
+    def generate(
+        self,
+        ref: str,
+        prompt: str,
+        *,
+        max_tokens: int = 16,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        priority: int | None = None,
+        request_class: str = "interactive",
+        deadline_s: float | None = None,
+        timeout_s: float | None = None,
+    ) -> Generation:
+        """Queue one generation of a generative model; iterate the returned object for text chunks as they come.
+
+        ``temperature`` 0 is greedy; otherwise tokens are sampled with nucleus ``top_p`` and ``seed``. ``stop``
+        strings end the text before them. ``timeout_s`` bounds the wait for each next chunk, not the whole text.
+        """
+        raw: dict[str, Any] = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "seed": seed}
+        if stop:
+            raw["stop"] = [stop] if isinstance(stop, str) else list(stop)
+        order = self.prepare_generation(
+            ref, prompt, parse_params(raw), priority=priority, request_class=request_class, deadline_s=deadline_s
+        )
+        backlog = scripts.admit(self._redis, order.admission)
+        self.scheduler.admit(order.model, backlog)
+        return Generation(order.task_id, self._redis, timeout_s or self.settings.infer_timeout_s)
+
+    def prepare_generation(
+        self,
+        ref: str,
+        prompt: str,
+        params: SamplingParams,
+        *,
+        priority: int | None = None,
+        request_class: str = "interactive",
+        deadline_s: float | None = None,
+    ) -> InferOrder:
+        """Resolve, check and schedule one generation without sending it (the gateway admits it itself)."""
+        resolved = self._resolve(ref)
+        if not is_generative(resolved):
+            raise InvalidInput(f"{ref} is not a generative model (its inputs: {[s.name for s in resolved.inputs]})")
+        check_prompt(prompt)
+        if request_class not in REQUEST_CLASSES:
+            raise UnknownPolicy(f"request class {request_class!r} is not one of {', '.join(REQUEST_CLASSES)}")
+        if deadline_s is not None and not deadline_s > 0:
+            raise InvalidInput(f"deadline_s={deadline_s!r} must be a positive number of seconds")
+        decision = self.scheduler.decide(
+            resolved.model,
+            request_class=request_class,
+            size=params.max_tokens,
+            priority=None if priority is None else self._priority(priority),
+            estimated_s=self.scheduler.estimate_tokens_s(resolved.model, params.max_tokens),
+        )
+        return generate_order(
+            task_id=str(uuid.uuid4()),
+            model=resolved.model,
+            send_version=resolved.send_version,
+            prompt=prompt,
+            params=params.to_json(),
+            priority=decision.priority,
+            request_class=request_class,
+            deadline_s=deadline_s,
+            max_queue=self.scheduler.facts(resolved.model).max_queue,
+            now=time.time(),
+        )
 
     def submit_job(
         self,

@@ -178,7 +178,8 @@ class ResultTooLarge(MaasError):
 
 
 class Cancelled(MaasError):
-    """Stored as the answer of a request its client cancelled before any worker took it; it never ran."""
+    """The caller cancelled the request: stored as its answer when no worker had taken it (it never ran), or
+    raised when a generation was cancelled (the tokens made so far were streamed, nothing more is)."""
 
     code = "CANCELLED"
 

@@ -21,7 +21,7 @@ from app.policies import Policy
 from app.signature import parse_signature
 
 #: Runtimes a version may name. Each maps to an implementation in ``workers/runtimes``.
-RUNTIMES = ("onnx", "torchscript", "skops", "entrypoint", "sentence_transformers")
+RUNTIMES = ("onnx", "torchscript", "skops", "entrypoint", "sentence_transformers", "causal_lm")
 #: The alias a bare model name resolves to, when set.
 DEFAULT_ALIAS = "prod"
 _ALIAS_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_-")

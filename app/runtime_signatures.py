@@ -80,6 +80,16 @@ def _sentence_transformers(artifact: Path, inputs: Specs, outputs: Specs) -> tup
     return inputs or found_in, outputs or found_out
 
 
+def _causal_lm(artifact: Path, inputs: Specs, outputs: Specs) -> tuple[Specs, Specs]:
+    from workers.runtimes.causal_lm import describe, signature
+
+    describe(artifact)
+    if inputs is not None or outputs is not None:
+        raise RegistryError(f"{artifact.name}: a generative model's signature is fixed (prompt in, text out)")
+    found_in, found_out = signature()
+    return found_in, found_out
+
+
 def _check_outputs(artifact: Path, outputs: Specs, served: list[dict[str, Any]]) -> None:
     """The runtime names its outputs itself; an operator's signature may list only names it produces."""
     if outputs is None:
@@ -97,4 +107,5 @@ _READERS: dict[str, Reader] = {
     "skops": _skops,
     "entrypoint": _entrypoint,
     "sentence_transformers": _sentence_transformers,
+    "causal_lm": _causal_lm,
 }

@@ -129,15 +129,32 @@ class Scheduler:
         est = cached[1]
         return min(est.estimate((model, c), size) for c in facts.device_classes)
 
+    def estimate_tokens_s(self, model: str, tokens: int) -> float:
+        """A generation's service time: learned from observed generations (their size is their tokens) where
+        there are some, else the declared time (``service_ms``, per token for a generative model) per token."""
+        facts = self.facts(model)
+        self.estimate_s(model, tokens)  # refreshes the cached estimator
+        est = self._estimators[model][1]
+        learned = [est.estimate((model, c), tokens) for c in facts.device_classes if est.observations((model, c)) > 0]
+        return min(learned) if learned else facts.declared_s * tokens
+
     def decide(
-        self, model: str, *, request_class: str, size: float, priority: int | None, remaining_s: float | None = None
+        self,
+        model: str,
+        *,
+        request_class: str,
+        size: float,
+        priority: int | None,
+        remaining_s: float | None = None,
+        estimated_s: float | None = None,
     ) -> Decision:
         """The level to enqueue at. No I/O: the backlog is the one read with the previous submission."""
         facts = self.facts(model)
         if facts.replicas == 0:
             self._scale_from_zero(model)
         backlog = self._backlog.get(model, 0)
-        estimated_s = self.estimate_s(model, size)
+        if estimated_s is None:
+            estimated_s = self.estimate_s(model, size)
         # The wait FIFO would give it: the work queued ahead, sized by what this model's requests take on average
         # (not by this request's own size), over the replicas serving it.
         mean_s = self._mean_s[model] = 0.95 * self._mean_s.get(model, estimated_s) + 0.05 * estimated_s

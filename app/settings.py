@@ -320,6 +320,16 @@ class Settings:
     typical_service_s: float = _env(
         "MAAS_TYPICAL_SERVICE_S", _positive_float, 0.3, "Typical request time; scales SJF bands and the aging clock"
     )
+    generation_max_sequences: int = _env(
+        "MAAS_GEN_MAX_SEQUENCES", int, 8, "Continuous batching: most sequences a worker generates at once, per model"
+    )
+    generation_kv_bytes: int = _env(
+        "MAAS_GEN_KV_CACHE_BYTES",
+        parse_size_bytes,
+        256 * 1024**2,
+        "Continuous batching: KV-cache bytes the running sequences of one model may grow to, e.g. 2GiB",
+        show=format_size_bytes,
+    )
     max_queue: int = _env("MAAS_MAX_QUEUE", int, 10000, "Backlog of a model queue past which requests are refused")
     aging_period_s: float = _env("MAAS_AGING_PERIOD_S", _positive_float, 1.0, "Beat: how often waiting work ages")
     aging_backlog_factor: float = _env(

@@ -69,6 +69,11 @@ SERIES: tuple[str, ...] = (
     "maas_ledger_resends_total",
     "maas_gateway_requests_in_flight",
     *(f"maas_request_latency_seconds_{part}" for part in ("bucket", "sum", "count")),
+    "maas_generated_tokens_total",
+    *(f"maas_time_to_first_token_seconds_{part}" for part in ("bucket", "sum", "count")),
+    *(f"maas_inter_token_latency_seconds_{part}" for part in ("bucket", "sum", "count")),
+    "maas_generation_sequences_in_flight",
+    "maas_generation_kv_cache_bytes",
     *(f"maas_gateway_http_request_duration_seconds_{part}" for part in ("bucket", "sum", "count", "created")),
 )
 
@@ -118,6 +123,7 @@ class _Snapshot:
         self.fleet_counters: dict[str, float] = {}
         self.db: dict[str, Any] = {}
         self.in_flight = 0
+        self.live: dict[tuple[str, str], dict[str, float]] = {}
 
 
 class _Collector:
@@ -128,6 +134,7 @@ class _Collector:
         yield from self._gpus()
         yield from self._fleet()
         yield self._latency()
+        yield from self._generation()
 
     def _gpus(self) -> Iterable[Metric]:
         labels = ["gpu_uuid", "device", "worker", "kind"]
@@ -201,6 +208,40 @@ class _Collector:
                 buckets.append((bound, cumulative))
             family.add_metric([model, version], buckets, fields.get("latency_s", 0.0))
         return family
+
+    def _generation(self) -> Iterable[Metric]:
+        """Generative models: tokens made, time to first token, inter-token latency; running sequences and KV."""
+        labels = ["model", "version"]
+        tokens = CounterMetricFamily("maas_generated_tokens", "Tokens generated", labels=labels)
+        ttft = HistogramMetricFamily(
+            "maas_time_to_first_token_seconds", "Submission to first generated token", labels=labels
+        )
+        itl = HistogramMetricFamily(
+            "maas_inter_token_latency_seconds", "Time between two tokens of one sequence", labels=labels
+        )
+        bounds = [*map(str, stats.TOKEN_BUCKETS_S), "+Inf"]
+        for (model, version), fields in sorted(self.snap.counts.items()):
+            if "gen_tokens" not in fields:
+                continue
+            tokens.add_metric([model, version], fields["gen_tokens"])
+            for family, name in ((ttft, "ttft"), (itl, "itl")):
+                cumulative, buckets = 0.0, []
+                for i, bound in enumerate(bounds):
+                    cumulative += fields.get(f"{name}:b:{i}", 0.0)
+                    buckets.append((bound, cumulative))
+                family.add_metric([model, version], buckets, fields.get(f"{name}_s", 0.0))
+        seqs = GaugeMetricFamily(
+            "maas_generation_sequences_in_flight", "Sequences a worker is generating", labels=["worker", "model"]
+        )
+        kv = GaugeMetricFamily(
+            "maas_generation_kv_cache_bytes",
+            "KV-cache bytes of a worker's running sequences",
+            labels=["worker", "model"],
+        )
+        for (worker, model), value in sorted(self.snap.live.items()):
+            seqs.add_metric([worker, model], value["seqs"])
+            kv.add_metric([worker, model], value["kv_bytes"])
+        return [tokens, ttft, itl, seqs, kv]
 
 
 def _read_db(url: str, heartbeat_timeout_s: float) -> dict[str, Any]:
@@ -291,6 +332,7 @@ async def render(fleet: Any, in_flight: int) -> bytes:
     snap.depths = {m: [int(n) for n in flat[i * levels : (i + 1) * levels]] for i, m in enumerate(models)}
     snap.promotions = await aging_index.promotions_all(client)
     snap.fleet_counters = await stats.fleet_counters(client)
+    snap.live = await stats.read_live(client, fleet.settings.heartbeat_timeout_s)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Collector(snap))
     pending = {m: sum(levels_) for m, levels_ in snap.depths.items()}

@@ -1,5 +1,6 @@
-"""``maas serve``: the HTTP front door. The Open Inference Protocol (KServe v2 / Triton) REST API, Prometheus
-metrics and the fleet page, as one ASGI app (Starlette) served by uvicorn.
+"""``maas serve``: the HTTP front door. The Open Inference Protocol (KServe v2 / Triton) REST API, the
+OpenAI-compatible API for generative models (``gateway.openai_api``), Prometheus metrics and the fleet page, as one
+ASGI app (Starlette) served by uvicorn.
 
 Stateless: everything it knows comes from Redis and the database, so any number of gateway processes or hosts
 can stand behind a load balancer. Each request is awaited asynchronously (:mod:`gateway.results`); no thread
@@ -48,7 +49,7 @@ from app.celery_app import create_app
 from app.client import Client, Resolved
 from app.errors import MaasError
 from app.settings import Settings
-from gateway import metrics, oip, ui
+from gateway import metrics, oip, openai_api, ui
 from gateway.fleet import Fleet, ref_for
 from gateway.results import ResultWaiter
 
@@ -430,6 +431,7 @@ def build_app(settings: Settings, listening: Callable[[], bool] | None = None) -
         Route("/v2/repository/models/{model}/load", h(gw.repository_load), methods=["POST"]),
         Route("/v2/repository/models/{model}/unload", h(gw.repository_unload), methods=["POST"]),
         Route("/metrics", h(gw.metrics)),
+        *openai_api.routes(gw, h),
         *ui.routes(gw, h),
     ]
     app = Starlette(

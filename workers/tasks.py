@@ -22,7 +22,7 @@ from app.broker.layout import model_queue
 from app.control import Control
 from app.errors import ForgedMessage, MaasError, MalformedMessage, NotLoaded
 from app.signature import rows_of
-from workers import batching, fencing, lifecycle
+from workers import batching, fencing, generating, lifecycle
 from workers.cache import Loaded
 from workers.context import WorkerContext, current
 from workers.telemetry import device_class
@@ -54,6 +54,30 @@ def infer(
     primary = batching.Member(None, model, version, inputs, deadline_at, submitted_at=submitted_at)
     primary.size = batching.request_bytes(inputs)
     return _run_batch(app, ctx, loaded, primary)
+
+
+def generate(
+    app: Celery,
+    task: Task,
+    model: str,
+    version: int | None,
+    prompt: str,
+    params: dict[str, Any] | None,
+    deadline_at: float | None,
+) -> dict[str, Any]:
+    ctx = current()
+    holdings.hold(ctx.redis, ctx.worker_name, task.request.id, finished=ctx.last_held)
+    ctx.last_held = task.request.id
+    if ledger.answered(ctx.redis, task.request.id):
+        raise Ignore()  # redelivered after its result was stored: answered once
+    loaded = ctx.cache.get(model, version)
+    if loaded is None:
+        if not ctx.cache.versions_of(model):
+            queue = (task.request.delivery_info or {}).get("routing_key") or model_queue(model)
+            _give_back(ctx, model, (task.request.id, queue))
+        raise NotLoaded(f"{model}:{version} is not loaded; this replica serves {ctx.cache.versions_of(model)}")
+    own = generating.Request(task.request.id, model, version, prompt, params, deadline_at, _submitted_at(task))
+    return generating.serve(app, ctx, loaded, own)
 
 
 def _give_back(ctx: WorkerContext, model: str, delivery: tuple[str, str] | None) -> None:
@@ -227,6 +251,31 @@ def _redelivered(task: Task) -> bool:
     return bool(info.get("redelivered") or headers.get("redelivered") or getattr(task.request, "redelivered", False))
 
 
+def _infer_task(app: Celery, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """One request: recorded as held, fenced if this worker was declared lost, skipped if already answered."""
+    model, version, inputs, deadline_at, ref, dedup = _infer_args(args, kwargs)
+    ctx = current()
+    # Recorded while it runs, so that if this worker dies the request goes back to the queue at once
+    # (app.broker.holdings) rather than after the visibility timeout.
+    lost_at = holdings.hold(ctx.redis, ctx.worker_name, task.request.id, finished=ctx.last_held)
+    ctx.last_held = task.request.id
+    if fencing.is_fenced(ctx, lost_at):
+        # Declared lost while cut off: what this worker holds may have been replaced. Reconcile, and let a
+        # replica the fleet owns serve the request.
+        fencing.reconcile(ctx, f"declared lost at epoch {lost_at}; this worker registered at {ctx.epoch}")
+        raise Reject(f"{ctx.worker_name} was fenced; request given back", requeue=True)
+    if _redelivered(task) and ledger.answered(ctx.redis, task.request.id):
+        # Given back after its worker died between storing the answer and acknowledging the message: the
+        # caller has its answer, so it is not run (and answered) a second time.
+        raise Ignore()
+    if dedup:
+        model, version, inputs, deadline_at = _dedup(
+            ctx.redis, task.request.id, ref, (model, version, inputs, deadline_at)
+        )
+    queue = (task.request.delivery_info or {}).get("routing_key") or model_queue(model)
+    return infer(app, model, version, inputs, deadline_at, _submitted_at(task), (task.request.id, queue))
+
+
 def register(app: Celery) -> None:
     """Define every serving-worker task on ``app``."""
 
@@ -234,27 +283,19 @@ def register(app: Celery) -> None:
     # client knows), not with Python's TypeError.
     @app.task(name="maas.infer", throws=(MaasError,), bind=True, typing=False)
     def infer_task(task: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        model, version, inputs, deadline_at, ref, dedup = _infer_args(args, kwargs)
-        ctx = current()
-        # Recorded while it runs, so that if this worker dies the request goes back to the queue at once
-        # (app.broker.holdings) rather than after the visibility timeout.
-        lost_at = holdings.hold(ctx.redis, ctx.worker_name, task.request.id, finished=ctx.last_held)
-        ctx.last_held = task.request.id
-        if fencing.is_fenced(ctx, lost_at):
-            # Declared lost while cut off: what this worker holds may have been replaced. Reconcile, and let a
-            # replica the fleet owns serve the request.
-            fencing.reconcile(ctx, f"declared lost at epoch {lost_at}; this worker registered at {ctx.epoch}")
-            raise Reject(f"{ctx.worker_name} was fenced; request given back", requeue=True)
-        if _redelivered(task) and ledger.answered(ctx.redis, task.request.id):
-            # Given back after its worker died between storing the answer and acknowledging the message: the
-            # caller has its answer, so it is not run (and answered) a second time.
-            raise Ignore()
-        if dedup:
-            model, version, inputs, deadline_at = _dedup(
-                ctx.redis, task.request.id, ref, (model, version, inputs, deadline_at)
-            )
-        queue = (task.request.delivery_info or {}).get("routing_key") or model_queue(model)
-        return infer(app, model, version, inputs, deadline_at, _submitted_at(task), (task.request.id, queue))
+        return _infer_task(app, task, args, kwargs)
+
+    @app.task(name="maas.generate", throws=(MaasError,), bind=True)
+    def generate_task(
+        task: Task,
+        model: str,
+        version: int | None,
+        prompt: str,
+        params: dict[str, Any] | None,
+        deadline_at: float | None = None,
+    ) -> dict[str, Any]:
+        """One generation, joined by the waiting ones of its model (continuous batching, ``workers.generating``)."""
+        return generate(app, task, model, version, prompt, params, deadline_at)
 
     @app.task(name="maas.chunk")
     def chunk_task(job_id: str, index: int) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from typing import Any
 
 import psutil
 
-from app.broker.stats import bucket_of
+from app.broker.stats import bucket_of, token_bucket_of
 from app.db.devices import DeviceInfo
 from app.service_time import device_class as class_of
 from workers import nvml
@@ -76,6 +76,16 @@ class RequestStats:
             d[f"b:{bucket_of(request_s)}"] += 1
             d["latency_s"] += request_s
             d["last_ms"] = round(time.time() * 1000)
+
+    def tokens(self, model: str, version: int, *, ttft_s: list[float], itl_s: list[float], tokens: int) -> None:
+        """One token step's generation figures: first-token times, inter-token gaps, tokens made."""
+        with self._lock:
+            d = self._deltas[(model, version)]
+            d["gen_tokens"] += tokens
+            for name, values in (("ttft", ttft_s), ("itl", itl_s)):
+                for value in values:
+                    d[f"{name}:b:{token_bucket_of(value)}"] += 1
+                    d[f"{name}_s"] += value
 
     def execution(self, model: str, version: int) -> None:
         with self._lock:

@@ -116,3 +116,20 @@ def _is_infer(raw: bytes | str) -> bool:
         return bool(message.get("headers", {}).get("task") == "maas.infer")
     except (ValueError, TypeError, AttributeError, IndexError, KeyError):
         return False
+
+
+def delivery_tag(client: redis.Redis, task_id: str) -> str | None:
+    """kombu's delivery tag of the message ``task_id`` a worker holds unacknowledged (a scan: call it once)."""
+    for tag, raw in client.hscan_iter(KOMBU_UNACKED):
+        if task_id_of(raw) == task_id:
+            return text(tag)
+    return None
+
+
+def keep_alive(client: redis.Redis, tag: str) -> None:
+    """Restart the visibility clock of a held message that is still running (a long generation).
+
+    kombu restores a message whose ``unacked_index`` score is older than the visibility timeout; a generation may
+    run longer than that, so its worker moves the score to now every so often. Only an existing entry is touched.
+    """
+    client.zadd(KOMBU_UNACKED_INDEX, {tag: time.time()}, xx=True)

@@ -43,6 +43,12 @@ COMPONENT_HEARTBEATS = "maas:heartbeats"
 DEAD_LETTERS = "maas:dlq"
 _REDELIVERED = "maas:redelivered:{task_id}"  # string with a TTL: deliveries to workers that could not serve it
 
+_GEN_STREAM = "maas:gen:{task_id}"  # stream: one generation's text chunks, then its end (MAXLEN-trimmed, expiring)
+_GEN_CANCEL = "maas:gen:cancel:{task_id}"  # string with a TTL: the caller cancelled this generation
+
+#: hash: "<worker>|<model>" -> JSON {"seqs", "kv_bytes", "at"}: each worker's running generations, for /metrics.
+GENERATION_LIVE = "maas:gen:live"
+
 #: pub/sub channel nobody publishes on: a gateway stays subscribed to it between requests.
 GATEWAY_IDLE_CHANNEL = "maas:gateway:idle"
 
@@ -78,3 +84,11 @@ def alive(worker: str) -> str:
 
 def fence(worker: str) -> str:
     return _FENCE.format(worker=worker)
+
+
+def generation_stream(task_id: str) -> str:
+    return _GEN_STREAM.format(task_id=task_id)
+
+
+def generation_cancel(task_id: str) -> str:
+    return _GEN_CANCEL.format(task_id=task_id)

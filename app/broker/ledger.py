@@ -67,6 +67,17 @@ def original(client: redis.Redis, task_id: str) -> tuple[str, int | None, list[A
     return model, version, inputs, message.get("kwargs", {}).get("deadline_at")
 
 
+def touch(client: redis.Redis, task_ids: Iterable[str]) -> None:
+    """Mark requests as still running (a long generation taken off its queue): the sweep sees them as young.
+
+    A generation a worker took straight from its queue is in no list and not unacknowledged; without this the
+    sweep would resend it while it runs. If the worker dies, the touches stop and the sweep resends it as usual.
+    """
+    ids = list(task_ids)
+    if ids:
+        client.zadd(SINCE, dict.fromkeys(ids, time.time()), xx=True)
+
+
 def forget(pipe: redis.client.Pipeline, task_id: str) -> None:
     """Take back a record whose request was refused or never published (the caller executes ``pipe``)."""
     pipe.zrem(SINCE, task_id)

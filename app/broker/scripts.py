@@ -163,8 +163,8 @@ def withdraw(client: redis.Redis, model: str, task_id: str, counted: bool = True
 
 
 # --- take_batch.lua -------------------------------------------------------------------------------------------------
-def take_batch(client: redis.Redis, queue: str, count: int) -> list[bytes]:
-    """Pop up to ``count`` waiting infer messages of ``queue``, highest level first (see take_batch.lua)."""
+def take_batch(client: redis.Redis, queue: str, count: int, task: str = "maas.infer") -> list[bytes]:
+    """Pop up to ``count`` waiting ``task`` messages of ``queue``, highest level first (see take_batch.lua)."""
     if count <= 0:
         return []
-    return list(script(client, "take_batch")(keys=priority_lists(queue), args=[count]))
+    return list(script(client, "take_batch")(keys=priority_lists(queue), args=[count, task]))

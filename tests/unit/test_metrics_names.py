@@ -13,7 +13,9 @@ def _snapshot() -> metrics._Snapshot:
     snap = metrics._Snapshot()
     snap.counts = {
         ("iris", "1"): {"success": 3, "fail:INVALID_INPUT": 1, "inference_count": 5, "exec_count": 2, "b:2": 3},
+        ("lm", "1"): {"success": 1, "gen_tokens": 9, "ttft:b:3": 1, "ttft_s": 0.01, "itl:b:1": 8, "itl_s": 0.02},
     }
+    snap.live = {("w0", "lm"): {"seqs": 2, "kv_bytes": 4096}}
     snap.depths = {"iris": [0] * len(PRIORITY_LEVELS)}
     snap.promotions = {"iris": 1}
     snap.fleet_counters = {"ledger_resent": 2}

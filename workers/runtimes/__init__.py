@@ -19,6 +19,7 @@ IMPLEMENTATIONS: dict[str, tuple[str, str]] = {
     "skops": ("workers.runtimes.skops_runtime", "SkopsRuntime"),
     "entrypoint": ("workers.runtimes.entrypoint", "EntryPointRuntime"),
     "sentence_transformers": ("workers.runtimes.sentence_transformers_runtime", "SentenceTransformersRuntime"),
+    "causal_lm": ("workers.runtimes.causal_lm", "CausalLMRuntime"),
 }
 
 

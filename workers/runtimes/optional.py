@@ -18,6 +18,7 @@ NEEDS: dict[str, tuple[tuple[str, str], ...]] = {
     "skops": (("skops", "skops"), ("sklearn", "scikit-learn")),
     "entrypoint": (),
     "sentence_transformers": (("torch", "torch==2.13.0"), ("sentence_transformers", "sentence-transformers")),
+    "causal_lm": (("torch", "torch==2.13.0"), ("transformers", "transformers")),
 }
 
 

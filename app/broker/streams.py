@@ -1,0 +1,111 @@
+"""Token streaming: one Redis Stream per generation request, written by the worker, read by the caller.
+
+Entries (all fields are strings):
+
+- ``{"k": "text", "o": offset, "x": text}``: new text, starting at character ``o`` of the generation's text. A
+  redelivered request (its worker died) streams again from offset 0 and makes the same text (greedy, or sampled
+  with the request's seed), so a reader keeps only what lies past what it already has: no chunk twice.
+- ``{"k": "end", "r": finish reason, "u": JSON usage}``: the last entry of a generation that finished.
+- ``{"k": "error", "c": code, "m": message}``: the last entry of a generation that failed.
+
+Each stream is trimmed to about ``MAXLEN`` entries and expires ``ttl_s`` after its last write, so an abandoned one
+goes by itself. Cancelling sets a key with a TTL that the worker reads at its next token step.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+import redis
+import redis.asyncio
+
+from app.broker.keys import generation_cancel, generation_stream
+from app.broker.layout import text
+
+#: Entries kept per stream (approximate trimming); far more than any reader lags behind.
+MAXLEN = 10_000
+#: Default lifetime of a stream after its last entry, and of a cancel mark.
+TTL_S = 3600
+
+
+def text_entry(offset: int, chunk: str) -> dict[str, str]:
+    return {"k": "text", "o": str(offset), "x": chunk}
+
+
+def end_entry(finish_reason: str, usage: dict[str, int]) -> dict[str, str]:
+    return {"k": "end", "r": finish_reason, "u": json.dumps(usage)}
+
+
+def error_entry(code: str, message: str) -> dict[str, str]:
+    return {"k": "error", "c": code, "m": message}
+
+
+def add(pipe: redis.client.Pipeline, task_id: str, entry: dict[str, str], ttl_s: int = TTL_S) -> None:
+    """Queue one entry on ``pipe`` (the worker sends one pipeline per token step, for all its sequences)."""
+    key = generation_stream(task_id)
+    pipe.xadd(key, entry, maxlen=MAXLEN, approximate=True)  # type: ignore[arg-type]
+    pipe.expire(key, ttl_s)
+
+
+def decode(fields: dict[Any, Any]) -> dict[str, str]:
+    return {text(k): text(v) for k, v in fields.items()}
+
+
+def read(client: redis.Redis, task_id: str, after: str, block_ms: int) -> list[tuple[str, dict[str, str]]]:
+    """Entries after the id ``after`` ("0" for all), waiting up to ``block_ms`` for the first."""
+    reply: Any = client.xread({generation_stream(task_id): after}, block=block_ms, count=256)
+    return [(text(i), decode(f)) for _key, entries in reply or [] for i, f in entries]
+
+
+async def read_async(
+    client: redis.asyncio.Redis, task_id: str, after: str, block_ms: int
+) -> list[tuple[str, dict[str, str]]]:
+    reply: Any = await client.xread({generation_stream(task_id): after}, block=block_ms, count=256)
+    return [(text(i), decode(f)) for _key, entries in reply or [] for i, f in entries]
+
+
+def cancel(client: redis.Redis, task_id: str, ttl_s: int = TTL_S) -> None:
+    client.set(generation_cancel(task_id), 1, ex=ttl_s)
+
+
+async def cancel_async(client: redis.asyncio.Redis, task_id: str, ttl_s: int = TTL_S) -> None:
+    await client.set(generation_cancel(task_id), 1, ex=ttl_s)
+
+
+def cancelled(client: redis.Redis, task_ids: Iterable[str]) -> set[str]:
+    """Which of these generations their callers cancelled (one round trip)."""
+    ids = list(task_ids)
+    if not ids:
+        return set()
+    marks = client.mget([generation_cancel(i) for i in ids])
+    return {i for i, mark in zip(ids, marks, strict=True) if mark is not None}
+
+
+class Reader:
+    """Turns a stream's entries into new text, skipping what a redelivered run streams again."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.finish_reason: str | None = None
+        self.usage: dict[str, int] = {}
+        self.error: tuple[str, str] | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None or self.error is not None
+
+    def feed(self, entry: dict[str, str]) -> str:
+        """The text this entry adds (maybe empty); sets ``finish_reason``/``usage`` or ``error`` at the end."""
+        kind = entry.get("k")
+        if kind == "text":
+            offset, chunk = int(entry["o"]), entry["x"]
+            new = chunk[max(0, len(self.text) - offset) :] if offset <= len(self.text) else ""
+            self.text += new
+            return new
+        if kind == "end":
+            self.finish_reason, self.usage = entry["r"], json.loads(entry.get("u") or "{}")
+        elif kind == "error":
+            self.error = (entry.get("c", "MAAS_ERROR"), entry.get("m", ""))
+        return ""

@@ -1,0 +1,300 @@
+"""Serving generation requests with continuous batching inside the worker.
+
+The worker's solo pool runs one task at a time, so continuous batching happens inside one ``maas.generate`` task:
+it starts an :class:`~workers.generation.Engine` with its own request, and at every token step takes more waiting
+``maas.generate`` messages of the same model straight from the model's priority lists (highest level first, the
+Lua take that dynamic batching uses) while the engine has free slots. Sequences join and leave between steps;
+each one's text goes to its own Redis Stream as it is made (one pipeline per step for all of them), and each gets
+its own result under its own task id the moment it finishes. The task returns once no sequence is left.
+
+No request is lost, and each is answered once:
+
+- The task's own message is acknowledged late (``task_acks_late``): only when the task returns. While it runs it
+  is in kombu's ``unacked`` hash and recorded as held (``app.broker.holdings``); if the worker dies it goes back
+  to its queue at once (reaper, or the worker's restart) under the same id.
+- A message taken from the queue mid-generation is in no list and not unacknowledged. The request ledger still
+  holds it, and the sweep resends a ledger entry found nowhere; so that a long generation is not resent while it
+  runs, the worker marks the ledger entries of its running sequences as young every ``reap_period_s / 2``
+  (``ledger.touch``). When the worker dies the touches stop, and the sweep resends them.
+- A long generation must not outlive kombu's visibility timeout either (kombu would redeliver the message while
+  it runs): the same period moves the own message's ``unacked_index`` score to now (``holdings.keep_alive``).
+- A request that comes back after a result was stored for it (a copy, or its worker died after storing it) is
+  dropped (``ledger.answered``). A redelivered one streams again from offset 0, with the same seed, so makes the
+  same text; the reader skips what it already has (``app.broker.streams.Reader``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Celery
+
+from app import logs
+from app.broker import holdings, layout, ledger, scripts, stats, streams
+from app.broker.layout import model_queue
+from app.errors import (
+    Cancelled,
+    DeadlineExceeded,
+    InvalidInput,
+    MaasError,
+    MalformedMessage,
+    ModelExecutionError,
+    NotLoaded,
+)
+from app.generation import GENERATE_TASK, SamplingParams, check_prompt, parse_params
+from workers.cache import Loaded
+from workers.context import WorkerContext
+from workers.runtimes.failures import translated
+from workers.telemetry import device_class
+
+log = logging.getLogger("maas.worker")
+#: How often a worker shows its running sequences and KV-cache bytes (the /metrics gauges).
+LIVE_PERIOD_S = 0.5
+
+
+@dataclass
+class Request:
+    task_id: str
+    model: str
+    version: int | None
+    prompt: Any
+    params: Any  # the JSON parameters as sent; checked when the request starts
+    deadline_at: float | None = None
+    submitted_at: float | None = None
+    started_at: float = 0.0
+    last_token_at: float | None = None
+    result: dict[str, Any] | None = None
+    error: MaasError | None = None
+
+
+def decode_message(raw: bytes) -> Request | None:
+    """A ``maas.generate`` message taken from the queue; None (logged) when it is unreadable."""
+    try:
+        envelope = layout.decode(raw)
+        if len(envelope.args) != 4:
+            raise MalformedMessage(f"a generate message has args [model, version, prompt, params], got {envelope.args}")
+    except MalformedMessage as exc:
+        logs.event(log, "message_dropped", logging.ERROR, reason=exc.message, head=raw[:200].decode(errors="replace"))
+        return None
+    model, version, prompt, params = envelope.args
+    submitted = envelope.headers.get("maas_submitted_at")
+    return Request(
+        envelope.task_id,
+        model,
+        version,
+        prompt,
+        params,
+        envelope.kwargs.get("deadline_at"),
+        float(submitted) if isinstance(submitted, int | float) else None,
+    )
+
+
+def serve(app: Celery, ctx: WorkerContext, loaded: Loaded, own: Request) -> dict[str, Any]:
+    """Generate ``own`` and every request that joins it; returns ``own``'s result or raises its error."""
+    runtime: Any = loaded.runtime
+    client = ctx.redis
+    settings = ctx.settings
+    running: dict[str, Request] = {}
+    try:
+        if not getattr(runtime, "generative", False):
+            raise InvalidInput(f"model {loaded.model} ({runtime.name}) is not a generative model")
+        engine = runtime.engine(
+            max_sequences=settings.generation_max_sequences, max_kv_bytes=settings.generation_kv_bytes
+        )
+        _start(engine, loaded, own, running)
+    except MaasError as exc:
+        own.error = exc
+        _publish(app, ctx, loaded, [own])  # its stream ends with the error too
+        raise
+    try:
+        return _loop(app, ctx, engine, loaded, own, running)
+    finally:
+        stats.set_live(client, ctx.worker_name, loaded.model, 0, 0)
+
+
+def _loop(
+    app: Celery, ctx: WorkerContext, engine: Any, loaded: Loaded, own: Request, running: dict[str, Request]
+) -> dict[str, Any]:
+    client, settings = ctx.redis, ctx.settings
+    queue = model_queue(loaded.model)
+    tag: str | None = None
+    period = settings.reap_period_s / 2
+    alive_at = shown_at = time.monotonic()
+    stats.set_live(client, ctx.worker_name, loaded.model, len(running), 0)
+    while engine.busy:
+        free = engine.max_sequences - len(running)
+        if free > 0:
+            _join(app, ctx, engine, loaded, running, scripts.take_batch(client, queue, free, GENERATE_TASK))
+        if not _step(app, ctx, engine, loaded, running):
+            break
+        if time.monotonic() - shown_at > LIVE_PERIOD_S:
+            shown_at = time.monotonic()
+            stats.set_live(client, ctx.worker_name, loaded.model, len(running), engine.kv_bytes)
+        if time.monotonic() - alive_at > period:
+            alive_at = time.monotonic()
+            ledger.touch(client, [i for i in running if i != own.task_id])
+            tag = tag or holdings.delivery_tag(client, own.task_id)
+            if tag is not None:
+                holdings.keep_alive(client, tag)
+    if own.error is not None:
+        raise own.error
+    assert own.result is not None
+    return own.result
+
+
+def _step(app: Celery, ctx: WorkerContext, engine: Any, loaded: Loaded, running: dict[str, Request]) -> bool:
+    """One token step: cancellations, the engine's step, streaming, results; False when the model failed."""
+    for task_id in streams.cancelled(ctx.redis, running):
+        engine.cancel(task_id)
+    try:
+        with translated("model raised", ModelExecutionError):
+            events = engine.step()
+    except MaasError as exc:
+        for request in running.values():
+            request.error = exc
+        _publish(app, ctx, loaded, list(running.values()))
+        return False
+    _observe(ctx, loaded, running, events)
+    chunks = []
+    for event in events:
+        request = running[event.sequence.id]
+        if event.finished == "cancelled":
+            request.error = Cancelled(f"the caller cancelled the generation after {len(event.sequence.text)} chars")
+        elif event.finished is not None:
+            request.result = _result(loaded, ctx, request, event.sequence)
+        if event.text or event.finished:
+            chunks.append((request, event.text, len(event.sequence.text) - len(event.text)))
+    _stream(ctx, chunks)
+    done = [r for r in running.values() if r.result is not None or r.error is not None]
+    _publish(app, ctx, loaded, done)
+    for request in done:
+        running.pop(request.task_id)
+    return True
+
+
+def _observe(ctx: WorkerContext, loaded: Loaded, running: dict[str, Request], events: list[Any]) -> None:
+    """Time to first token (from submission), the gap since each sequence's previous token, tokens made."""
+    now = time.time()
+    ttft, itl = [], []
+    made = 0
+    for event in events:
+        if event.finished == "cancelled":
+            continue
+        request = running[event.sequence.id]
+        made += 1
+        if request.last_token_at is None:
+            ttft.append(max(0.0, now - (request.submitted_at or request.started_at)))
+        else:
+            itl.append(now - request.last_token_at)
+        request.last_token_at = now
+    ctx.stats.tokens(loaded.model, loaded.version, ttft_s=ttft, itl_s=itl, tokens=made)
+
+
+def _start(engine: Any, loaded: Loaded, request: Request, running: dict[str, Request]) -> None:
+    """Check one request and add it to the engine; raise its MaasError when it cannot run."""
+    if request.model != loaded.model or request.version not in (None, loaded.version):
+        # As for a batched infer request: one taken for a version this replica does not hold is answered so.
+        raise NotLoaded(f"{request.model}:{request.version} is not loaded; this replica serves {loaded.version}")
+    if request.deadline_at is not None and time.time() > request.deadline_at:
+        raise DeadlineExceeded("the deadline passed before the generation could start; not executed")
+    params: SamplingParams = parse_params(request.params).seeded(request.task_id)
+    request.started_at = time.time()
+    engine.add(request.task_id, check_prompt(request.prompt), params)
+    running[request.task_id] = request
+
+
+def _join(
+    app: Celery,
+    ctx: WorkerContext,
+    engine: Any,
+    loaded: Loaded,
+    running: dict[str, Request],
+    raws: list[bytes],
+) -> None:
+    refused = []
+    for raw in raws:
+        request = decode_message(raw)
+        if request is None or request.task_id in running or ledger.answered(ctx.redis, request.task_id):
+            continue  # unreadable, or a copy of one running or answered
+        try:
+            _start(engine, loaded, request, running)
+        except MaasError as exc:
+            request.error = exc
+            refused.append(request)
+    _publish(app, ctx, loaded, refused)
+
+
+def _stream(ctx: WorkerContext, chunks: list[tuple[Request, str, int]]) -> None:
+    """One pipeline for the step: each sequence's new text, and the end entry of those that finished."""
+    if not chunks:
+        return
+    pipe = ctx.redis.pipeline(transaction=False)
+    ttl = int(ctx.settings.result_expires_s)
+    for request, text, offset in chunks:
+        if text:
+            streams.add(pipe, request.task_id, streams.text_entry(offset, text), ttl)
+        if request.result is not None:
+            streams.add(
+                pipe, request.task_id, streams.end_entry(request.result["finish_reason"], request.result["usage"])
+            )
+    pipe.execute()
+
+
+def _publish(app: Celery, ctx: WorkerContext, loaded: Loaded, requests: list[Request]) -> None:
+    """Store each finished request's result (or error) under its own id: its caller need not wait for the batch."""
+    if not requests:
+        return
+    pipe = ctx.redis.pipeline(transaction=False)
+    for request in requests:
+        if request.error is not None:
+            streams.add(pipe, request.task_id, streams.error_entry(request.error.code, request.error.message))
+    pipe.execute()
+    now = time.time()
+    for request in requests:
+        if request.error is not None:
+            logs.event(
+                log,
+                "request_failed",
+                logging.WARNING,
+                model=request.model,
+                worker=ctx.worker_name,
+                code=request.error.code,
+                reason=request.error.message,
+                task_id=request.task_id,
+            )
+            app.backend.mark_as_failure(request.task_id, request.error)
+        else:
+            app.backend.mark_as_done(request.task_id, request.result)
+            tokens = (request.result or {}).get("usage", {}).get("completion_tokens", 0)
+            if tokens:  # the service-time estimator learns seconds per token (a request's size is its max_tokens)
+                ctx.observations.add(loaded.model, device_class(ctx.device), tokens, now - request.started_at)
+        submitted = request.submitted_at or request.started_at or now
+        ctx.stats.request(
+            loaded.model,
+            loaded.version,
+            error_code=request.error.code if request.error is not None else None,
+            rows=1,
+            request_s=max(0.0, now - submitted),
+            queue_s=max(0.0, (request.started_at or now) - submitted),
+            compute_s=max(0.0, now - (request.started_at or now)),
+        )
+
+
+def _result(loaded: Loaded, ctx: WorkerContext, request: Request, sequence: Any) -> dict[str, Any]:
+    first = sequence.first_token_at
+    return {
+        "model_name": loaded.model,
+        "model_version": str(loaded.version),
+        "text": sequence.text,
+        "finish_reason": sequence.finish_reason,
+        "usage": {
+            "prompt_tokens": len(sequence.prompt_ids),
+            "completion_tokens": len(sequence.generated),
+            "total_tokens": len(sequence.prompt_ids) + len(sequence.generated),
+        },
+        "worker": ctx.worker_name,
+        "time_to_first_token_s": None if first is None else round(first - sequence.enqueued_at, 6),
+    }
