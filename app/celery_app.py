@@ -88,7 +88,9 @@ def create_app(settings: Settings | None = None) -> Celery:
     )
     ssl_options = broker_ssl(settings.redis_url)
     if ssl_options is not None:
+        # The result backend reads the same options, so a rediss:// URL without ssl_cert_reqs works for both.
         app.conf.broker_use_ssl = ssl_options
+        app.conf.redis_backend_use_ssl = ssl_options
     if settings.uses_sentinel:
         # A failover takes the primary away for a few seconds: a result read or write retries (backing off up to
         # 2 s) while the Sentinels promote the replica, instead of failing the caller or the worker at once.

@@ -361,6 +361,18 @@ class Client:
         )
 
     def _send(self, order: InferOrder, timeout_s: float | None) -> Handle:
+        # Subscribe to the result first, as send_task does, so an answer that comes at once is not missed.
+        self.retry(lambda: self.app.backend.on_task_call(None, order.task_id), "subscribing to the result")
+        backlog = self._admit(order)
+        self.scheduler.admit(order.model, backlog)
+        return Handle(
+            AsyncResult(order.task_id, app=self.app),
+            timeout_s or self.settings.infer_timeout_s,
+            withdraw=lambda: self._cancel(order),
+        )
+
+    def _admit(self, order: InferOrder) -> int:
+        """Size check, then the atomic admission (retried through a short outage); returns the backlog ahead."""
         admission = order.admission
         size = len(admission.message or b"")
         limit = self.scheduler.facts(order.model).max_request_bytes
@@ -369,8 +381,6 @@ class Client:
                 f"the request is {size} bytes, over {order.model!r}'s limit of {limit} "
                 "(MAAS_MAX_REQUEST_BYTES, or `maas model set --max-request-bytes`); nothing was sent"
             )
-        # Subscribe to the result first, as send_task does, so an answer that comes at once is not missed.
-        self.retry(lambda: self.app.backend.on_task_call(None, order.task_id), "subscribing to the result")
         # One atomic Redis call checks the queue's limit and, only when there is room, records the request in the
         # ledger (and the aging index), counts the arrival and queues the message: a refused request leaves nothing.
         try:
@@ -381,12 +391,7 @@ class Client:
             # never runs later (by a worker, or by the ledger's resend) for a caller who was told it failed.
             self._take_back(order)
             raise BrokerUnavailable(f"{exc.message}; {order.task_id} was not sent") from exc
-        self.scheduler.admit(order.model, backlog)
-        return Handle(
-            AsyncResult(order.task_id, app=self.app),
-            timeout_s or self.settings.infer_timeout_s,
-            withdraw=lambda: self._cancel(order),
-        )
+        return int(backlog)
 
     def _take_back(self, order: InferOrder) -> bool:
         """Best effort after a failed admission: remove the message and the ledger's record if they were written."""
@@ -438,7 +443,7 @@ class Client:
         order = self.prepare_generation(
             ref, prompt, parse_params(raw), priority=priority, request_class=request_class, deadline_s=deadline_s
         )
-        backlog = scripts.admit(self._redis, order.admission)
+        backlog = self._admit(order)
         self.scheduler.admit(order.model, backlog)
         return Generation(order.task_id, self._redis, timeout_s or self.settings.infer_timeout_s)
 

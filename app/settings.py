@@ -321,7 +321,10 @@ class Settings:
         "MAAS_TYPICAL_SERVICE_S", _positive_float, 0.3, "Typical request time; scales SJF bands and the aging clock"
     )
     generation_max_sequences: int = _env(
-        "MAAS_GEN_MAX_SEQUENCES", int, 8, "Continuous batching: most sequences a worker generates at once, per model"
+        "MAAS_GEN_MAX_SEQUENCES",
+        _positive_int,
+        8,
+        "Continuous batching: most sequences a worker generates at once, per model",
     )
     generation_kv_bytes: int = _env(
         "MAAS_GEN_KV_CACHE_BYTES",
@@ -462,6 +465,11 @@ class Settings:
             )
         if self.redis_wait_replicas < 0 or self.redis_wait_timeout_ms < 0:
             raise ConfigError("MAAS_REDIS_WAIT_REPLICAS and MAAS_REDIS_WAIT_TIMEOUT_MS must be >= 0")
+        if self.redis_wait_replicas > 0 and not 1 <= self.redis_wait_timeout_ms < 30_000:
+            # Redis reads WAIT 0 as "block for ever", and a wait past the 30 s socket timeout is a lost connection.
+            raise ConfigError(
+                "MAAS_REDIS_WAIT_TIMEOUT_MS must be between 1 and 29999 when MAAS_REDIS_WAIT_REPLICAS > 0"
+            )
 
     @property
     def uses_sentinel(self) -> bool:

@@ -143,8 +143,3 @@ def _task_id_in(raw: str) -> str | None:
         return None
     task_id = value.get("task_id") if isinstance(value, dict) else None
     return task_id if isinstance(task_id, str) else None
-
-
-def backend_url(redis_url: str) -> str:
-    """The ``result_backend`` URL that makes Celery use :class:`SignedRedisBackend` on ``redis_url``."""
-    return f"{SignedRedisBackend.__module__}:{SignedRedisBackend.__name__}+{redis_url}"

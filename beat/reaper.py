@@ -32,6 +32,10 @@ def reap(settings: Settings) -> list[str]:
                 # Its database heartbeats stopped but its Redis ones did not: the database was away (an outage
                 # the worker rode out), not the worker. Reaping it would fail replicas that serve.
                 continue
+            # Locked and read again: a worker registering meanwhile bumps the same epoch (app.db.devices.register).
+            session.refresh(device, with_for_update=True)
+            if device.status != DeviceStatus.ONLINE or devices.is_alive(device, settings.heartbeat_timeout_s, now):
+                continue
             silent_s = (now - devices.as_utc(device.heartbeat_at)).total_seconds()
             reason = f"worker lost: no heartbeat from {device.worker_name} for {silent_s:.0f}s"
             device.status = DeviceStatus.LOST
@@ -50,17 +54,6 @@ def reap(settings: Settings) -> list[str]:
                     reason=reason,
                 )
             lost.append((device.worker_name, device.epoch))
-    # Requests a worker took but died before recording (app.broker.holdings.give_back_orphans): every pass, since
-    # one taken just before its worker died is only old enough to be sure of a pass or two after the reap.
-    orphans = holdings.give_back_orphans(client, settings.heartbeat_timeout_s)
-    if orphans:
-        logs.event(
-            log,
-            "requests_given_back",
-            logging.WARNING,
-            task_ids=orphans,
-            reason="taken by a worker that died before it recorded them: requeued, not left to the visibility timeout",
-        )
     for worker, epoch in lost:
         holdings.declare_lost(client, worker, epoch)
         given_back = holdings.give_back(client, worker)
@@ -73,4 +66,16 @@ def reap(settings: Settings) -> list[str]:
                 task_ids=given_back,
                 reason="their worker was lost: requeued now, not after the visibility timeout",
             )
+    # Requests a worker took but died before recording (app.broker.holdings.give_back_orphans): every pass, since
+    # one taken just before its worker died is only old enough to be sure of a pass or two after the reap. Last,
+    # after the lost workers are fenced and their held requests given back, so a failure here costs only itself.
+    orphans = holdings.give_back_orphans(client, settings.heartbeat_timeout_s)
+    if orphans:
+        logs.event(
+            log,
+            "requests_given_back",
+            logging.WARNING,
+            task_ids=orphans,
+            reason="taken by a worker that died before it recorded them: requeued, not left to the visibility timeout",
+        )
     return [worker for worker, _ in lost]

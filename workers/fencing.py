@@ -37,8 +37,11 @@ def is_fenced(ctx: WorkerContext, lost_at: int | None) -> bool:
     return lost_at is not None and lost_at >= ctx.epoch
 
 
-def reconcile(ctx: WorkerContext, reason: str) -> dict[str, Any]:
-    """Drop what the database no longer says this worker holds, then register again. Task thread only."""
+def reconcile(ctx: WorkerContext, reason: str, fenced_at: int | None = None) -> dict[str, Any]:
+    """Drop what the database no longer says this worker holds, then register again. Task thread only.
+
+    ``fenced_at``: the epoch the fence says this worker was declared lost at; a new life is registered whenever it
+    is this one's, even if the row's epoch happens to equal it (a reap and a restart that raced)."""
     with session_scope(ctx.settings.sqlalchemy_url) as session:
         live = {r.id for r in replicas.live_on_device(session, ctx.device_id)}
     dropped = []
@@ -56,7 +59,7 @@ def reconcile(ctx: WorkerContext, reason: str) -> dict[str, Any]:
     old = ctx.epoch
     with session_scope(ctx.settings.sqlalchemy_url) as session:
         row = devices.by_worker(session, ctx.worker_name)
-        if row is not None and row.epoch != ctx.epoch:
+        if row is not None and (row.epoch != ctx.epoch or is_fenced(ctx, fenced_at)):
             ctx.epoch = devices.register(session, ctx.worker_name, ctx.settings.host, ctx.device).epoch
     logs.event(
         log,

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
+from celery.exceptions import Ignore
 
 from app import logs
 from app.broker import holdings, layout, ledger, scripts, stats, streams
@@ -108,7 +109,8 @@ def serve(app: Celery, ctx: WorkerContext, loaded: Loaded, own: Request) -> dict
     except MaasError as exc:
         own.error = exc
         _publish(app, ctx, loaded, [own])  # its stream ends with the error too
-        raise
+        # Stored by _publish already: a second store would be dropped and counted as answered twice.
+        raise Ignore() from exc
     try:
         return _loop(app, ctx, engine, loaded, own, running)
     finally:
@@ -139,10 +141,11 @@ def _loop(
             tag = tag or holdings.delivery_tag(client, own.task_id)
             if tag is not None:
                 holdings.keep_alive(client, tag)
-    if own.error is not None:
-        raise own.error
-    assert own.result is not None
-    return own.result
+    # The own request's answer was stored by _publish the moment its sequence finished (so its caller is not held
+    # until the whole batch drains); storing it again as the task's return value would be dropped and counted as
+    # answered twice.
+    assert own.result is not None or own.error is not None
+    raise Ignore()
 
 
 def _step(app: Celery, ctx: WorkerContext, engine: Any, loaded: Loaded, running: dict[str, Request]) -> bool:

@@ -59,8 +59,8 @@ class Heartbeat(threading.Thread):
         else:
             if not current and self._fenced_epoch != epoch and self.on_fenced is not None:
                 # Declared lost while this worker could not reach the fleet (workers.fencing).
-                self._fenced_epoch = epoch
                 self.on_fenced(f"heartbeat refused: the device row moved past epoch {epoch}")
+                self._fenced_epoch = epoch  # after the send: a send that failed is tried again next beat
         if failed:
             raise failed[0]
 

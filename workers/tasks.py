@@ -66,8 +66,9 @@ def generate(
     deadline_at: float | None,
 ) -> dict[str, Any]:
     ctx = current()
-    holdings.hold(ctx.redis, ctx.worker_name, task.request.id, finished=ctx.last_held)
+    lost_at = holdings.hold(ctx.redis, ctx.worker_name, task.request.id, finished=ctx.last_held)
     ctx.last_held = task.request.id
+    _give_back_if_fenced(ctx, lost_at)
     if ledger.answered(ctx.redis, task.request.id):
         raise Ignore()  # redelivered after its result was stored: answered once
     loaded = ctx.cache.get(model, version)
@@ -251,6 +252,19 @@ def _redelivered(task: Task) -> bool:
     return bool(info.get("redelivered") or headers.get("redelivered") or getattr(task.request, "redelivered", False))
 
 
+def _give_back_if_fenced(ctx: WorkerContext, lost_at: int | None) -> None:
+    """Declared lost while cut off: what this worker holds may have been replaced. Reconcile, and give the request
+    back for a replica the fleet owns, whatever the reconcile meets (a database still out of reach included)."""
+    if not fencing.is_fenced(ctx, lost_at):
+        return
+    try:
+        fencing.reconcile(
+            ctx, f"declared lost at epoch {lost_at}; this worker registered at {ctx.epoch}", fenced_at=lost_at
+        )
+    finally:
+        raise Reject(f"{ctx.worker_name} was fenced; request given back", requeue=True)
+
+
 def _infer_task(app: Celery, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
     """One request: recorded as held, fenced if this worker was declared lost, skipped if already answered."""
     model, version, inputs, deadline_at, ref, dedup = _infer_args(args, kwargs)
@@ -259,11 +273,7 @@ def _infer_task(app: Celery, task: Task, args: tuple[Any, ...], kwargs: dict[str
     # (app.broker.holdings) rather than after the visibility timeout.
     lost_at = holdings.hold(ctx.redis, ctx.worker_name, task.request.id, finished=ctx.last_held)
     ctx.last_held = task.request.id
-    if fencing.is_fenced(ctx, lost_at):
-        # Declared lost while cut off: what this worker holds may have been replaced. Reconcile, and let a
-        # replica the fleet owns serve the request.
-        fencing.reconcile(ctx, f"declared lost at epoch {lost_at}; this worker registered at {ctx.epoch}")
-        raise Reject(f"{ctx.worker_name} was fenced; request given back", requeue=True)
+    _give_back_if_fenced(ctx, lost_at)
     if _redelivered(task) and ledger.answered(ctx.redis, task.request.id):
         # Given back after its worker died between storing the answer and acknowledging the message: the
         # caller has its answer, so it is not run (and answered) a second time.
@@ -329,9 +339,12 @@ def register(app: Celery) -> None:
         (replica_id,) = _control_args(task.name, args, kwargs, 1)
         return lifecycle.unload(current(), replica_id)
 
-    @app.task(name="maas.reconcile")
-    def reconcile_task(reason: str = "") -> dict[str, Any]:
-        return fencing.reconcile(current(), reason or "asked to reconcile")
+    @app.task(name="maas.reconcile", throws=(MaasError,), bind=True, typing=False)
+    def reconcile_task(task: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        # It drops models and registers a new life: an order like load and unload, signed and checked the same way.
+        _check_signed(task)
+        (reason,) = _control_args(task.name, args, kwargs, 1)
+        return fencing.reconcile(current(), str(reason) or "asked to reconcile")
 
     @app.task(name="maas.ping")
     def ping_task(payload: Any = None) -> Any:

@@ -10,17 +10,22 @@ counters). Other keys (chords, groups) are written as Celery does.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery.backends.redis import SentinelBackend
 from celery.exceptions import BackendStoreError
 
+from app import logs
 from app.broker import scripts
 from app.broker.clients import UNREPLICATED, replicated, wait_replicas
 from app.broker.keys import FLEET_COUNTERS
 from app.broker.layout import RESULT_PREFIX
 from app.broker.stats import count_fleet_event
-from app.signing import SignedRedisBackend
+from app.errors import ForgedMessage
+from app.signing import SignedRedisBackend, verify_result
+
+log = logging.getLogger("maas.results")
 
 #: the fleet counter a dropped second answer increments
 ANSWERED_TWICE = "answered_twice"
@@ -31,9 +36,12 @@ class _FirstResult(SignedRedisBackend):
     :class:`app.signing.SignedRedisBackend` signs and checks results)."""
 
     def __init__(self, app: Any = None, url: str | None = None, **kwargs: Any) -> None:
-        # Named by class (not URL) in create_app, Celery hands over no URL: take the fleet's.
+        # Named by class (not URL) in create_app, Celery hands over no URL: take the fleet's. Celery's own lookup
+        # by URL turns redis+socket:// into socket:// for its backend; do the same.
         if url is None and app is not None:
             url = app.maas_settings.redis_url
+        if url is not None and url.startswith("redis+socket://"):
+            url = url[len("redis+") :]
         super().__init__(app=app, url=url, **kwargs)
 
     def _store_result(
@@ -65,6 +73,24 @@ class _FirstResult(SignedRedisBackend):
         replies = pipe.execute()
         if not replicated(replies, settings):
             count_fleet_event(client, UNREPLICATED)
+        if replies and replies[0] == 0 and settings.signing_key:
+            self._replace_if_forged(name, value, ttl)
+
+    def _replace_if_forged(self, name: str, value: Any, ttl: int) -> None:
+        """A "first" answer that fails the fleet's signature was written by someone else: the genuine one replaces
+        it (else whoever can write Redis could pre-empt any answer), and it is not counted as answered twice."""
+        old = self.client.get(name)
+        if old is None:
+            return
+        try:
+            verify_result(self.app.maas_settings.signing_key, old.decode(errors="replace"))  # type: ignore[attr-defined]
+        except ForgedMessage as exc:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.set(name, value, ex=ttl or None)
+            pipe.publish(name, value)
+            pipe.hincrby(FLEET_COUNTERS, ANSWERED_TWICE, -1)
+            pipe.execute()
+            logs.event(log, "forged_result_replaced", logging.ERROR, key=name, reason=exc.message)
 
 
 class FirstResultBackend(_FirstResult):

@@ -113,7 +113,8 @@ def give_back_orphans(client: redis.Redis, older_than_s: float, now: float | Non
 def _is_infer(raw: bytes | str) -> bool:
     try:
         message = json.loads(raw)[0]
-        return bool(message.get("headers", {}).get("task") == "maas.infer")
+        # Generations are held the moment they start too, so an unheld one is as orphaned as an infer request.
+        return bool(message.get("headers", {}).get("task") in ("maas.infer", "maas.generate"))
     except (ValueError, TypeError, AttributeError, IndexError, KeyError):
         return False
 

@@ -26,7 +26,8 @@ class DeviceInfo:
 
 def register(session: Session, worker_name: str, host: str, info: DeviceInfo) -> Device:
     """Insert or refresh the device row of a starting worker."""
-    device = session.scalars(select(Device).where(Device.worker_name == worker_name)).first()
+    # Locked: the reaper bumps the same epoch; two read-then-writes could otherwise both land on the same value.
+    device = session.scalars(select(Device).where(Device.worker_name == worker_name).with_for_update()).first()
     if device is None:
         device = Device(worker_name=worker_name)
         session.add(device)
