@@ -185,8 +185,8 @@ def test_a_request_whose_admission_reply_was_lost_is_taken_back(client, register
     register("add", add_one(tmp_path / "add.onnx"))
     real_admit = scripts.admit
 
-    def admitted_then_lost(redis_client, admission):
-        real_admit(redis_client, admission)  # the script ran on the real Redis ...
+    def admitted_then_lost(redis_client, admission, *settings):
+        real_admit(redis_client, admission, *settings)  # the script ran on the real Redis ...
         raise redis_lib.ConnectionError("connection reset while reading the reply")  # ... and its reply was lost
 
     monkeypatch.setattr(client_module.scripts, "admit", admitted_then_lost)
