@@ -343,8 +343,9 @@ def register(app: Celery) -> None:
     def reconcile_task(task: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
         # It drops models and registers a new life: an order like load and unload, signed and checked the same way.
         _check_signed(task)
-        (reason,) = _control_args(task.name, args, kwargs, 1)
-        return fencing.reconcile(current(), str(reason) or "asked to reconcile")
+        if kwargs or len(args) > 1 or (args and not isinstance(args[0], str)):
+            raise MalformedMessage(f"maas.reconcile takes one reason string; got {args!r:.80}")
+        return fencing.reconcile(current(), (args[0] if args else "") or "asked to reconcile")
 
     @app.task(name="maas.ping")
     def ping_task(payload: Any = None) -> Any:
