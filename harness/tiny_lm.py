@@ -7,7 +7,10 @@ writes gibberish, deterministically, which is all a test of the serving path nee
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 CORPUS = [
     "the quick brown fox jumps over the lazy dog",
@@ -64,3 +67,24 @@ def packed(directory: Path, out: Path, **kw: int) -> Path:
     from workers.runtimes.archive import pack
 
     return pack(build(directory, **kw), out)
+
+
+@contextlib.contextmanager
+def loaded(root: Path, context: int) -> Iterator[tuple[Path, Any]]:
+    """The tiny model packed under ``root`` and an in-process ``causal_lm`` runtime of it: (artifact, runtime)."""
+    from workers.runtimes import create
+
+    artifact = packed(root / "tiny", root / "tiny.tar", context=context)
+    runtime = create("causal_lm")
+    runtime.load(artifact, use_gpu=False)
+    try:
+        yield artifact, runtime
+    finally:
+        runtime.unload()
+
+
+def solo(runtime: Any, prompt: str, **params: Any) -> str:
+    """What the runtime generates for ``prompt`` alone, in process: what the fleet must answer."""
+    from app.generation import SamplingParams
+
+    return "".join(runtime.generate(prompt, SamplingParams(**params)))

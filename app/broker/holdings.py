@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -63,10 +64,18 @@ def give_back(client: redis.Redis, worker: str) -> list[str]:
     held = {text(k) for k in client.hkeys(key)}
     if not held:
         return []
+    restored = _restore_where(client, lambda task_id, raw, tag: task_id in held)
+    client.hdel(key, *held)
+    return restored
+
+
+def _restore_where(client: redis.Redis, wanted: Callable[[str, bytes, bytes], bool]) -> list[str]:
+    """Requeue each message in kombu's ``unacked`` that ``wanted(task_id, raw, tag)`` picks, atomically against an
+    acknowledgement (``lua/restore.lua``), marked redelivered; returns the task ids requeued."""
     restored = []
     for tag, raw in client.hscan_iter(KOMBU_UNACKED):
         task_id = task_id_of(raw)
-        if task_id not in held:
+        if task_id is None or not wanted(task_id, raw, tag):
             continue
         target = _redelivered(raw)
         if target is None:
@@ -75,7 +84,6 @@ def give_back(client: redis.Redis, worker: str) -> list[str]:
         keys = [KOMBU_UNACKED, KOMBU_UNACKED_INDEX, list_key]
         if int(scripts.script(client, "restore")(keys=keys, args=[text(tag), message])):
             restored.append(task_id)
-    client.hdel(key, *held)
     return restored
 
 
@@ -92,22 +100,14 @@ def give_back_orphans(client: redis.Redis, older_than_s: float, now: float | Non
     for key in client.scan_iter(match=held_by("*")):
         held |= {text(k) for k in client.hkeys(key)}
     cutoff = (time.time() if now is None else now) - older_than_s
-    restored = []
-    for tag, raw in client.hscan_iter(KOMBU_UNACKED):
-        task_id = task_id_of(raw)
-        if task_id is None or task_id in held or not _is_infer(raw):
-            continue
+
+    def orphaned(task_id: str, raw: bytes, tag: bytes) -> bool:
+        if task_id in held or not _is_infer(raw):
+            return False
         taken_at = client.zscore(KOMBU_UNACKED_INDEX, tag)
-        if taken_at is None or taken_at > cutoff:
-            continue
-        target = _redelivered(raw)
-        if target is None:
-            continue
-        list_key, message = target
-        keys = [KOMBU_UNACKED, KOMBU_UNACKED_INDEX, list_key]
-        if int(scripts.script(client, "restore")(keys=keys, args=[text(tag), message])):
-            restored.append(task_id)
-    return restored
+        return taken_at is not None and taken_at <= cutoff
+
+    return _restore_where(client, orphaned)
 
 
 def _is_infer(raw: bytes | str) -> bool:

@@ -24,18 +24,11 @@ PROMPTS = ["the quick brown", "tokens flow", "a model as a service", "continuous
 @pytest.fixture(scope="module")
 def lm(tmp_path_factory: pytest.TempPathFactory):
     """The packed tiny model and an in-process runtime of it, to say what the fleet must answer."""
-    from workers.runtimes import create
-
-    root = tmp_path_factory.mktemp("lm")
-    artifact = tiny_lm.packed(root / "tiny", root / "tiny.tar", context=1024)
-    runtime = create("causal_lm")
-    runtime.load(artifact, use_gpu=False)
-    yield artifact, runtime
-    runtime.unload()
+    with tiny_lm.loaded(tmp_path_factory.mktemp("lm"), context=1024) as found:
+        yield found
 
 
-def solo(runtime, prompt: str, **params) -> str:
-    return "".join(runtime.generate(prompt, SamplingParams(**params)))
+solo = tiny_lm.solo
 
 
 @pytest.fixture

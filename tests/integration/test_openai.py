@@ -9,7 +9,6 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.generation import SamplingParams
 from harness import tiny_lm
 from harness.fleet import wait_for
 
@@ -22,18 +21,11 @@ API_KEY = "sk-test-key-0123456789abcdef"
 
 @pytest.fixture(scope="module")
 def lm(tmp_path_factory: pytest.TempPathFactory):
-    from workers.runtimes import create
-
-    root = tmp_path_factory.mktemp("lm")
-    artifact = tiny_lm.packed(root / "tiny", root / "tiny.tar", context=512)
-    runtime = create("causal_lm")
-    runtime.load(artifact, use_gpu=False)
-    yield artifact, runtime
-    runtime.unload()
+    with tiny_lm.loaded(tmp_path_factory.mktemp("lm"), context=512) as found:
+        yield found
 
 
-def solo(runtime, prompt: str, **params) -> str:
-    return "".join(runtime.generate(prompt, SamplingParams(**params)))
+solo = tiny_lm.solo
 
 
 @pytest.fixture
