@@ -18,33 +18,51 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
-SCENARIOS = {
-    "host_lost": "tests/multihost/test_host_loss.py",
-    "partition": "tests/multihost/test_partition.py",
-    "redis_failover": "tests/multihost/test_failover.py",
+#: scenario -> the pytest runs that make it: (test file, -k selection, extra environment)
+SCENARIOS: dict[str, list[tuple[str, str, dict[str, str]]]] = {
+    "host_lost": [("tests/multihost/test_host_loss.py", "", {})],
+    "partition": [("tests/multihost/test_partition.py", "", {})],
+    # Without WAIT (what a failover may lose, measured) and with it (nothing lost), each in a fresh pytest.
+    "redis_failover": [
+        ("tests/multihost/test_failover.py", "no_wait", {"MAAS_FAILOVER_NO_WAIT": "1"}),
+        ("tests/multihost/test_failover.py", "wait_1", {}),
+    ],
 }
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_scenario(name: str, timeout_s: float) -> dict:
+def run_scenario(name: str, timeout_s: float) -> list[dict]:
+    found: list[dict] = []
+    for path, selection, extra_env in SCENARIOS[name]:
+        found += _run_one(name, path, selection, extra_env, timeout_s)
+    return found
+
+
+def _run_one(name: str, path: str, selection: str, extra_env: dict[str, str], timeout_s: float) -> list[dict]:
+    argv = [sys.executable, "-m", "pytest", path, "-q", "-s", "-rs", "-p", "no:cacheprovider"]
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", SCENARIOS[name], "-q", "-s", "-rs", "-p", "no:cacheprovider"],
+        [*argv, *(["-k", selection] if selection else [])],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=timeout_s,
+        env={**os.environ, **extra_env},
     )
+    found = []
     for line in done.stdout.splitlines():
         if line.startswith('{"scenario"'):
-            found = json.loads(line)
-            found["lost"] = found["sent"] - found["answered"]
-            return found
+            row = json.loads(line)
+            row["lost"] = row["sent"] - row["answered"]
+            found.append(row)
+    if found:
+        return found  # one line per run of the test (the Redis failover runs without and with WAIT)
     tail = [line for line in done.stdout.splitlines() if "SKIPPED" in line or "FAILED" in line or "Error" in line]
-    return {"scenario": name, "error": tail[-1] if tail else f"pytest exited {done.returncode} without a result"}
+    return [{"scenario": name, "error": tail[-1] if tail else f"pytest exited {done.returncode} without a result"}]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,9 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     for name in args.scenarios or list(SCENARIOS):
         for _ in range(args.repeat):
-            result = run_scenario(name, args.timeout)
-            failed |= "error" in result
-            print(json.dumps(result), flush=True)
+            for result in run_scenario(name, args.timeout):
+                failed |= "error" in result
+                print(json.dumps(result), flush=True)
     return 1 if failed else 0
 
 
