@@ -213,30 +213,35 @@ class Services:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+def _redis_argv(host: Host, workdir: Path) -> list[str]:
+    """A throwaway redis-server on ``host``'s namespace address (no persistence, noeviction)."""
+    return [
+        redis_binary(),
+        "--bind",
+        host.address,
+        "--port",
+        str(REDIS_PORT),
+        # Bound to a namespace address on a private bridge that only this machine's test can reach.
+        "--protected-mode",
+        "no",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--maxmemory-policy",
+        "noeviction",
+        "--dir",
+        str(workdir),
+    ]
+
+
 def start_services(network: Network, timeout_s: float = 60.0) -> Services:
     host = network.add_host("services")
     workdir = Path(tempfile.mkdtemp(prefix="maas-mh-"))
     shutil.chown(workdir, "postgres", "postgres")  # initdb refuses root; the cluster runs as postgres
     redis = host.spawn(
         "redis",
-        [
-            redis_binary(),
-            "--bind",
-            host.address,
-            "--port",
-            str(REDIS_PORT),
-            # Bound to a namespace address on a private bridge that only this machine's test can reach.
-            "--protected-mode",
-            "no",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--maxmemory-policy",
-            "noeviction",
-            "--dir",
-            str(workdir),
-        ],
+        _redis_argv(host, workdir),
         dict(os.environ),
     )
     bindir = postgres_bindir()
@@ -421,25 +426,7 @@ def start_sentinel_redis(network: Network, extra: Host, timeout_s: float = 60.0)
     servers: dict[str, Proc] = {}
     argvs: dict[str, list[str]] = {}
     for host in (r1, r2):
-        argv = [
-            redis_binary(),
-            "--bind",
-            host.address,
-            "--port",
-            str(REDIS_PORT),
-            "--protected-mode",
-            "no",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--maxmemory-policy",
-            "noeviction",
-            "--dir",
-            str(workdir),
-            "--dbfilename",
-            f"{host.name}.rdb",
-        ]
+        argv = [*_redis_argv(host, workdir), "--dbfilename", f"{host.name}.rdb"]
         if host is r2:
             argv += ["--replicaof", r1.address, str(REDIS_PORT)]
         argvs[host.name] = argv
