@@ -16,12 +16,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from app import registry
+from app.allocation_states import RunStatus
 from app.broker import demand as demand_records
 from app.broker.layout import model_queue
 from app.broker.queues import depths
 from app.db import devices as device_rows
 from app.db import replicas as replica_rows
-from app.db.schema import Model
+from app.db.schema import AllocationRun, Model
 from app.errors import DatabaseUnavailable
 from app.lifecycle import HOLDS_MEMORY, ReplicaState
 from app.service_time import device_class
@@ -50,6 +51,26 @@ def read(session: Session, client: redis.Redis, settings: Settings, now: float |
         raise DatabaseUnavailable(f"cannot read the fleet state from the database: {exc}") from exc
 
 
+#: runs whose plan was (or is being) carried out: their demand is what the current placement was planned for
+_CARRIED_OUT = (RunStatus.EXECUTING, RunStatus.KEPT, RunStatus.DONE, RunStatus.DONE_WITH_FAILURES)
+
+
+def planned_demands(session: Session) -> dict[str, float]:
+    """Per model, the demand the last carried-out allocation run planned for (its recorded input); the solver
+    charges switching only for models whose demand has not moved since (`Snapshot.switch_cost_share`)."""
+    run = session.scalars(
+        select(AllocationRun).where(AllocationRun.status.in_(_CARRIED_OUT)).order_by(AllocationRun.id.desc()).limit(1)
+    ).first()
+    if run is None or not isinstance(run.inputs, dict):
+        return {}
+    demand = run.inputs.get("demand") or {}
+    return {
+        name: float(row["demand_per_s"])
+        for name, row in demand.items()
+        if isinstance(row, dict) and isinstance(row.get("demand_per_s"), int | float)
+    }
+
+
 def _read(session: Session, client: redis.Redis, settings: Settings, now: float) -> FleetState:
     alive = [d for d in device_rows.all_devices(session) if device_rows.is_alive(d, settings.heartbeat_timeout_s)]
     names = {d.id: d.worker_name for d in alive}
@@ -58,6 +79,7 @@ def _read(session: Session, client: redis.Redis, settings: Settings, now: float)
     last_arrival = demand_records.last_arrivals(client)
     # A model without versions is not placeable; asking resolve() for one would only raise UnknownVersion.
     models = list(session.scalars(select(Model).where(Model.versions.any()).order_by(Model.name)))
+    planned = planned_demands(session)
     backlog = depths(client, [model_queue(m.name) for m in models]) if models else {}
     footprints = replica_rows.measured_footprints(session)
     used_unmanaged = {d.id: 0 for d in alive}
@@ -107,6 +129,7 @@ def _read(session: Session, client: redis.Redis, settings: Settings, now: float)
                 max_replicas=model.max_replicas,
                 pinned=pinned,
                 current=current,
+                planned_demand_per_s=planned.get(model.name) if current else None,
                 load_cost_s=DEFAULT_LOAD_S,
             )
         )

@@ -235,7 +235,7 @@ def reshuffled(snapshot: Snapshot, placement: dict[str, tuple[str, ...]], *, see
     for src, dst in zip(chosen.tolist(), rng.permutation(chosen).tolist(), strict=True):
         shuffled[dst] = demands[src]
     models = tuple(
-        dataclasses.replace(m, demand_per_s=d, current=placement.get(m.name, ()))
+        dataclasses.replace(m, demand_per_s=d, current=placement.get(m.name, ()), planned_demand_per_s=m.demand_per_s)
         for m, d in zip(snapshot.models, shuffled, strict=True)
     )
     return dataclasses.replace(snapshot, models=models)
@@ -263,7 +263,12 @@ def drifted(snapshot: Snapshot, placement: dict[str, tuple[str, ...]], *, seed: 
     rng = np.random.default_rng(seed)
     factors = rng.uniform(1.0 - amount, 1.0 + amount, size=len(snapshot.models))
     models = tuple(
-        dataclasses.replace(m, demand_per_s=m.demand_per_s * float(f), current=placement.get(m.name, ()))
+        dataclasses.replace(
+            m,
+            demand_per_s=m.demand_per_s * float(f),
+            current=placement.get(m.name, ()),
+            planned_demand_per_s=m.demand_per_s,
+        )
         for m, f in zip(snapshot.models, factors, strict=True)
     )
     return dataclasses.replace(snapshot, models=models)

@@ -125,6 +125,13 @@ def build_problem(
     # A load stalls one replica's worth of serving for load_cost_s; amortised over H seconds of that replica.
     load = snapshot.migration_weight * weight[pm] * rate_cap * load_cost / snapshot.horizon_s
     load = np.maximum(load, MOVE_COST_FLOOR) if snapshot.migration_weight > 0 else load
+    if current and snapshot.migration_weight > 0:
+        # A re-solve: a new replica of a model whose demand has not changed must be worth a share of what it could
+        # serve (Snapshot.switch_cost_share); one whose demand changed moves for any net gain.
+        steady = np.array([demand_unchanged(snapshot, m) for m in models], dtype=bool)
+        load = load + np.where(steady[pm], snapshot.migration_weight * snapshot.switch_cost_share, 0.0) * (
+            weight[pm] * rate_cap
+        )
     unload = UNLOAD_COST_FRACTION * load
     x_gain = np.where(is_current, unload, -load)
     # Dropped current replicas pay their unload cost, kept ones get it back through x_gain.
@@ -163,6 +170,17 @@ def build_problem(
     )
 
 
+def demand_unchanged(snapshot: Snapshot, model: ModelDemand) -> bool:
+    """Whether `model`'s demand is within `Snapshot.demand_change_share` of what its placement was planned for.
+
+    A model never planned for (None) counts as changed: its first replicas are a response to something new.
+    """
+    if model.planned_demand_per_s is None:
+        return False
+    planned, now = max(0.0, model.planned_demand_per_s), max(0.0, model.demand_per_s)
+    return abs(now - planned) <= snapshot.demand_change_share * max(planned, now)
+
+
 def _unload_cost_outside(
     snapshot: Snapshot,
     models: tuple[ModelDemand, ...],
@@ -182,6 +200,8 @@ def _unload_cost_outside(
         load = snapshot.migration_weight * m.weight * cap * m.load_cost_s / snapshot.horizon_s
         if snapshot.migration_weight > 0:
             load = max(load, MOVE_COST_FLOOR)
+            if demand_unchanged(snapshot, m):
+                load += snapshot.migration_weight * snapshot.switch_cost_share * m.weight * cap
         total += UNLOAD_COST_FRACTION * load
     return total
 

@@ -55,6 +55,9 @@ class ModelDemand:
     pinned: tuple[str, ...] = ()
     #: device ids the model is loaded on now
     current: tuple[str, ...] = ()
+    #: the demand the current replicas were placed for (the last plan's input); None = not known. A model whose
+    #: demand is within `Snapshot.demand_change_share` of it counts as unchanged (see `Snapshot.switch_cost_share`)
+    planned_demand_per_s: float | None = None
     #: seconds to load one replica; the migration cost is derived from it
     load_cost_s: float = 30.0
     #: seconds per request measured (or declared) on a class of device, by `Device.device_class`; it overrides
@@ -82,6 +85,14 @@ class Snapshot:
     #: what the models it moves serve now, on top of the amortised migration cost the objective already charges;
     #: 0 = move for any net gain
     hysteresis: float = 0.05
+    #: stability: in a re-solve (replicas loaded), a new replica of a model whose demand has not changed must be
+    #: worth this share of what it could serve, on top of the amortised load cost (its unload pays the unload
+    #: fraction of that). Without it a re-solve with no change in demand moved 3-6% of the replicas at 1000 x 64
+    #: for 0.3% more served: gains the time-limited cold solve had left, not answers to anything new. Models
+    #: whose demand did change (or was never planned for) move for any net gain. 0 = off
+    switch_cost_share: float = 0.1
+    #: a model's demand counts as changed when it moved by more than this share since the last plan
+    demand_change_share: float = 0.2
     #: theta, weight of the max-min fairness term (share of every model's demand served)
     fairness_weight: float = 0.05
     #: wall-clock budget for the whole solve (build, LP, MILP, polish)

@@ -64,10 +64,12 @@ charge. Fields:
      "models": [{"name": "llama", "mem_bytes": 16000000000, "demand_per_s": 12.0, "service_s": 0.05,
                  "service_s_by_class": {"h100-80": 0.05, "t4-16": 0.31}, "p99_ms": 250.0,
                  "weight": 1.0, "min_replicas": 0, "max_replicas": null, "pinned": [], "current": [],
-                 "load_cost_s": 30.0}, ...],
+                 "load_cost_s": 30.0, "planned_demand_per_s": null}, ...],
      "rho": 0.9, "time_limit_s": 5.0, ...}          (any other `beat.snapshot.Snapshot` field, optional)
 "service_s_by_class" gives a model's seconds per request on each device class, overriding service_s / speed on
-devices of that class; "p99_ms" keeps the model off devices whose service time exceeds it.
+devices of that class; "p99_ms" keeps the model off devices whose service time exceeds it;
+"planned_demand_per_s" is the demand its "current" replicas were placed for (a re-solve charges switching only
+for models whose demand has not moved from it: `Snapshot.switch_cost_share`).
 Only "id"/"mem_bytes" per device and "name"/"mem_bytes"/"demand_per_s"/"service_s" per model are required;
 `beat.fleetgen.snapshot_to_dict` writes this form. "current" is ignored for the cold solve's comparison baselines
 but used by the solver (the cold solve is then a warm one).

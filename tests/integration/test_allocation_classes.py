@@ -117,3 +117,28 @@ def latest_reason(client) -> str | None:
     with session_scope(client.settings.sqlalchemy_url) as session:
         run = session.scalars(select(AllocationRun).order_by(AllocationRun.id.desc()).limit(1)).first()
         return None if run is None else run.reason
+
+
+def test_planned_demand_is_the_last_carried_out_runs_input(settings) -> None:
+    """The solver's switch charge needs the demand the current placement was planned for: the last run whose
+    plan was carried out (not a dry run, not a failed one)."""
+    from app.allocation_states import RunStatus
+    from app.db.schema import AllocationRun
+    from app.db.session import session_scope
+    from beat.fleet_state import planned_demands
+
+    def run(status: RunStatus, demand_per_s: float) -> AllocationRun:
+        demand = {"m": {"rate_per_s": demand_per_s, "waiting": 0, "demand_per_s": demand_per_s}}
+        return AllocationRun(status=status, reason="", solver="test", inputs={"demand": demand}, moves=[])
+
+    with session_scope(settings.sqlalchemy_url) as session:
+        assert planned_demands(session) == {}
+        session.add(run(RunStatus.DONE, 4.0))
+        session.flush()
+        session.add(run(RunStatus.DRY_RUN, 40.0))
+        session.add(run(RunStatus.FAILED, 400.0))
+        session.flush()
+        assert planned_demands(session) == {"m": 4.0}
+        session.add(run(RunStatus.KEPT, 5.5))
+        session.flush()
+        assert planned_demands(session) == {"m": 5.5}

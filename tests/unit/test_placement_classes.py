@@ -145,3 +145,41 @@ def test_the_objective_does_not_fall_as_the_move_budget_grows() -> None:
     assert all(b >= a - tolerance * abs(a) for a, b in zip(objectives, objectives[1:], strict=False))
     assert objectives[-1] > objectives[0]
     assert np.isfinite(objectives).all()
+
+
+# --- stability: switching is charged only for models whose demand has not changed ---------------------------
+
+
+def _one_model_two_cards(demand_per_s: float, planned: float | None) -> Snapshot:
+    """One replica (9 requests/s at rho 0.9) loaded on g0; demand a little above it, so a second replica on g1
+    would serve only the excess."""
+    devices = (Device("g0", 16 * GB), Device("g1", 16 * GB))
+    model = ModelDemand("m", 8 * GB, demand_per_s, 0.1, current=("g0",), planned_demand_per_s=planned, load_cost_s=1.0)
+    return Snapshot(devices=devices, models=(model,), time_limit_s=3.0)
+
+
+def test_a_model_whose_demand_changed_by_more_than_the_share_counts_as_changed() -> None:
+    from beat.problem import demand_unchanged
+
+    snap = Snapshot(devices=(), models=())
+    assert demand_unchanged(snap, ModelDemand("m", GB, 10.0, 0.1, planned_demand_per_s=9.0))
+    assert not demand_unchanged(snap, ModelDemand("m", GB, 10.0, 0.1, planned_demand_per_s=7.0))
+    assert not demand_unchanged(snap, ModelDemand("m", GB, 7.0, 0.1, planned_demand_per_s=10.0))
+    # never planned for: its replicas answer something new
+    assert not demand_unchanged(snap, ModelDemand("m", GB, 10.0, 0.1))
+
+
+def test_an_unchanged_model_gets_no_replica_worth_less_than_the_switch_share() -> None:
+    # The second replica would serve 0.7 of its 9 requests/s (7.8%): above the hysteresis margin (5% of what the
+    # model serves now), below the switch share (10%). Unchanged demand: no load. Changed demand: loaded.
+    steady = solve(_one_model_two_cards(9.7, planned=9.7))
+    assert steady.placement["m"] == ("g0",)
+    grown = solve(_one_model_two_cards(9.7, planned=5.0))
+    assert grown.placement["m"] == ("g0", "g1")
+    assert grown.served_per_s == pytest.approx(9.7, rel=1e-6)
+
+
+def test_switch_charge_off_restores_any_net_gain() -> None:
+    snap = dataclasses.replace(_one_model_two_cards(9.7, planned=9.7), switch_cost_share=0.0)
+    assert solve(snap).placement["m"] == ("g0", "g1")
+
