@@ -67,10 +67,13 @@ class _FirstResult(SignedRedisBackend):
         client = self.client
         settings = self.app.maas_settings  # type: ignore[attr-defined]
         # One pipeline, so one connection: WAIT covers the writes of the connection it is sent on.
-        pipe = client.pipeline(transaction=False)
-        scripts.script(client, "store_result")(keys=[name, FLEET_COUNTERS], args=[value, ttl], client=pipe)
-        wait_replicas(pipe, settings)
-        replies = pipe.execute()
+
+        def durable(pipe: Any) -> None:
+            wait_replicas(pipe, settings)
+
+        replies = scripts.pipelined(client, "store_result", [name, FLEET_COUNTERS], [value, ttl], then=durable)
+        if isinstance(replies[0], Exception):
+            raise replies[0]
         if not replicated(replies, settings):
             count_fleet_event(client, UNREPLICATED)
         if replies and replies[0] == 0 and settings.signing_key:

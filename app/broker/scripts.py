@@ -11,8 +11,10 @@ Each script's header documents its KEYS and ARGV; the functions here are their o
 
 from __future__ import annotations
 
+import hashlib
 import json
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -20,7 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 import redis.asyncio
+from redis.client import Pipeline
 from redis.commands.core import AsyncScript, Script
+from redis.exceptions import NoScriptError
 
 from app.broker import clients, keys
 from app.broker.layout import PRIORITY_LEVELS, priority_lists
@@ -52,6 +56,37 @@ def async_script(client: redis.asyncio.Redis, name: str) -> AsyncScript:
     if name not in registered:
         registered[name] = client.register_script(source(name))
     return registered[name]
+
+
+@cache
+def _sha(name: str) -> str:
+    return hashlib.sha1(source(name).encode()).hexdigest()  # noqa: S324  # the script's name on the server, not security
+
+
+def pipelined(
+    client: redis.Redis, name: str, keys: list[Any], args: list[Any], then: Callable[[Pipeline], None] | None = None
+) -> list[Any]:
+    """Script ``name`` by its SHA, then what ``then`` queues, in one round trip; the replies (the script's error,
+    if any, as its reply: the caller decides; an error of what ``then`` queued is raised).
+
+    redis-py's ``Script`` in a pipeline sends ``SCRIPT EXISTS`` before every ``execute``: a second round trip on
+    the hottest path there is (every stored result). Here a server that lost the script (a restart, ``SCRIPT
+    FLUSH``) answers NOSCRIPT, which means the script did not run; it is loaded and the round trip made again.
+    """
+    for attempt in range(2):
+        pipe = client.pipeline(transaction=False)
+        pipe.evalsha(_sha(name), len(keys), *keys, *args)
+        if then is not None:
+            then(pipe)
+        replies = pipe.execute(raise_on_error=False)
+        if attempt == 0 and isinstance(replies[0], NoScriptError):
+            client.script_load(source(name))
+            continue
+        for reply in replies[1:]:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
+    raise AssertionError("unreachable: the second attempt returns")
 
 
 # --- admit.lua ------------------------------------------------------------------------------------------------------
@@ -114,10 +149,9 @@ def admit(client: redis.Redis, admission: Admission, settings: Settings | None =
     """
     if settings is None or settings.redis_wait_replicas <= 0:
         return admission.outcome(script(client, "admit")(keys=admission.keys(), args=admission.args()))
-    pipe = client.pipeline(transaction=False)
-    script(client, "admit")(keys=admission.keys(), args=admission.args(), client=pipe)
-    clients.wait_replicas(pipe, settings)
-    replies = pipe.execute(raise_on_error=False)
+    replies = pipelined(
+        client, "admit", admission.keys(), admission.args(), then=lambda pipe: clients.wait_replicas(pipe, settings)
+    )
     _count_unreplicated(client, replies, settings)
     return admission.outcome(_raise_error(replies[0]))
 

@@ -136,3 +136,18 @@ def test_admitting_the_same_task_id_twice_queues_it_once(r: redis.Redis) -> None
     assert (first, second) == (0, 1)  # the second sees the first's message waiting, and adds none
     assert sum(r.llen(q) for q in priority_lists(QUEUE)) == 1
     assert r.hget(keys.ARRIVALS, "iris") == b"1"
+
+
+def test_a_pipelined_script_survives_a_flush_and_runs_once(r: redis.Redis) -> None:
+    """The result store's path: EVALSHA in a pipeline with no SCRIPT EXISTS round trip; after SCRIPT FLUSH the
+    NOSCRIPT reply (the script did not run) loads it and the round trip is made again, once."""
+    key = "celery-task-meta-pipelined"
+    value = json.dumps({"status": "SUCCESS", "result": 1})
+    r.script_flush()
+    replies = scripts.pipelined(r, "store_result", [key, keys.FLEET_COUNTERS], [value, 60], then=lambda p: p.ping())
+    assert replies == [1, True]
+    assert r.get(key) == value.encode()
+    assert r.hget(keys.FLEET_COUNTERS, "answered_twice") is None
+    # Loaded now: the second answer is dropped and counted, by SHA alone.
+    assert scripts.pipelined(r, "store_result", [key, keys.FLEET_COUNTERS], [value, 60]) == [0]
+    assert r.hget(keys.FLEET_COUNTERS, "answered_twice") == b"1"

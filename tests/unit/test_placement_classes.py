@@ -182,4 +182,3 @@ def test_an_unchanged_model_gets_no_replica_worth_less_than_the_switch_share() -
 def test_switch_charge_off_restores_any_net_gain() -> None:
     snap = dataclasses.replace(_one_model_two_cards(9.7, planned=9.7), switch_cost_share=0.0)
     assert solve(snap).placement["m"] == ("g0", "g1")
-
