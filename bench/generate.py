@@ -74,8 +74,20 @@ def drain(fleet: BenchFleet, sequences: int, tokens: int) -> dict[str, Any]:
     }
 
 
+def cpu_s(fleet: BenchFleet) -> dict[str, float]:
+    """CPU seconds used so far by the worker, the gateway and this process (the ``openai`` clients)."""
+    import psutil
+
+    used = {"this": time.process_time()}
+    for proc in fleet.procs:
+        times = psutil.Process(proc.popen.pid).cpu_times()
+        used[proc.name] = times.user + times.system
+    return used
+
+
 def stream_round(url: str, api_key: str, fleet: BenchFleet, sequences: int, tokens: int) -> dict[str, Any]:
-    """``sequences`` OpenAI streaming completions at once; tokens per second generated vs delivered."""
+    """``sequences`` OpenAI streaming completions at once; tokens per second generated vs delivered, and where the
+    machine's CPU went (this machine has two cores for worker, gateway and clients together)."""
     import openai
 
     api = openai.OpenAI(base_url=f"{url}/v1", api_key=api_key, max_retries=0, timeout=600)
@@ -95,10 +107,12 @@ def stream_round(url: str, api_key: str, fleet: BenchFleet, sequences: int, toke
         texts[i] = "".join(pieces)
 
     threads = [threading.Thread(target=read, args=(i,)) for i in range(sequences)]
+    cpu_before = cpu_s(fleet)
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    cpu = {name: used - cpu_before[name] for name, used in cpu_s(fleet).items()}
 
     made, generated_tokens, streamed = worker_side(fleet, task_ids)
     same_text = streamed == texts
@@ -115,6 +129,11 @@ def stream_round(url: str, api_key: str, fleet: BenchFleet, sequences: int, toke
         "event_lag_p50_ms": round(1000 * lags[len(lags) // 2], 1),
         "event_lag_p99_ms": round(1000 * lags[int(len(lags) * 0.99)], 1),
         "delivered_text_equals_streamed": same_text,
+        "cpu_ms_per_token": {
+            "worker": round(1000 * cpu["bench0@local"] / generated_tokens, 2),
+            "gateway": round(1000 * cpu["gateway"] / generated_tokens, 2),
+            "openai_clients": round(1000 * cpu["this"] / generated_tokens, 2),
+        },
         "events_received": sum(len(r) for r in received),
         "text_entries": sum(len(m) for m in made),
     }
