@@ -138,7 +138,7 @@ def test_a_streaming_client_that_leaves_cancels_its_generation(served, client):
     result = client.app.AsyncResult(running[0])
     wait_for(result.ready, 60, "the generation to end")
     assert result.state == "FAILURE" and "CANCELLED" in str(result.result)
-    # Its sequence is free: a short request is answered at once, with its solo text.
+    # The engine dropped it (CANCELLED, above) and serves on: a short request gets its solo text.
     status, _, raw = post(url, "/v2/models/tiny-gpt/generate", {"text_input": "tokens flow", "max_tokens": 3})
     assert status == 200 and json.loads(raw)["text_output"] == tiny_lm.solo(runtime, "tokens flow", max_tokens=3)
 
