@@ -158,11 +158,11 @@ class Generation:
     cancelled generation raises its MaasError (after the chunks made before). ``text``, ``finish_reason`` and
     ``usage`` are filled as it goes."""
 
-    def __init__(self, task_id: str, client: redis.Redis, timeout_s: float) -> None:
+    def __init__(self, task_id: str, client: redis.Redis, timeout_s: float, signing_key: str) -> None:
         self.id = task_id
         self._redis = client
         self._timeout_s = timeout_s
-        self._reader = streams.Reader()
+        self._reader = streams.Reader(task_id, signing_key)
         self._after = "0"
 
     @property
@@ -445,7 +445,8 @@ class Client:
         )
         backlog = self._admit(order)
         self.scheduler.admit(order.model, backlog)
-        return Generation(order.task_id, self._redis, timeout_s or self.settings.infer_timeout_s)
+        timeout_s = timeout_s or self.settings.infer_timeout_s
+        return Generation(order.task_id, self._redis, timeout_s, self.settings.signing_key)
 
     def prepare_generation(
         self,

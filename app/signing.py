@@ -1,11 +1,15 @@
-"""Signatures on what crosses Redis and would otherwise be believed as is: control orders and stored results.
+"""Signatures on what crosses Redis and would otherwise be believed as is: control orders, stored results and the
+entries of a generation's token stream.
 
 Anyone who can write to Redis can push a message onto a worker's control queue or overwrite a result key. With a
 fleet key (``MAAS_SIGNING_KEY``), every ``maas.load``/``maas.drain``/``maas.unload`` message carries an
 HMAC-SHA256 of its canonical JSON (task name, id, args, kwargs) in the ``maas_sig`` header, and every result
 Celery stores carries an HMAC of its exact JSON text in a trailing ``maas_sig`` field. Workers refuse control
 messages without a valid signature (they do nothing and log ``forged_message``); clients refuse results without
-one (``FORGED_MESSAGE``). Infer requests are not signed (see README, "Limits and signing": the cost per request,
+one (``FORGED_MESSAGE``). Each entry a worker appends to a generation's stream carries an HMAC of the request's id
+and the entry's fields in its ``s`` field, and readers (client, CLI, gateway) refuse an entry without a valid one
+with ``FORGED_MESSAGE``: the final result was signed, and the text streamed before it must be believed no less.
+Infer requests are not signed (see README, "Limits and signing": the cost per request,
 and a forged request can only ask for work the fleet would do for any client anyway).
 
 What signing does not do: hide anything (messages and results are readable by whoever reads Redis), stop a
@@ -96,6 +100,38 @@ def verify_result(key: str, payload: str) -> str:
     if not hmac.compare_digest(digest(key, body.encode()), found.group(1)):
         raise ForgedMessage("the stored result's signature does not match the fleet key; refused")
     return body
+
+
+# --- stream entries -------------------------------------------------------------------------------------------------
+#: The field of a stream entry that holds its signature.
+STREAM_FIELD = "s"
+
+
+def stream_entry_signature(key: str, task_id: str, entry: dict[str, str]) -> str:
+    """The HMAC of one stream entry. The request id is signed with it, so a genuine entry copied into another
+    request's stream is refused; the entry's own id is not (Redis assigns it), so a genuine entry replayed in its
+    own stream is believed, which the reader's offsets make harmless (text already read is skipped)."""
+    fields = {k: v for k, v in entry.items() if k != STREAM_FIELD}
+    return digest(key, canonical([task_id, fields]))
+
+
+def sign_stream_entry(key: str, task_id: str, entry: dict[str, str]) -> dict[str, str]:
+    """The entry with its signature (no key: as it is)."""
+    if not key:
+        return entry
+    return {**entry, STREAM_FIELD: stream_entry_signature(key, task_id, entry)}
+
+
+def check_stream_entry(key: str, task_id: str, entry: dict[str, str]) -> None:
+    """Raise ForgedMessage unless the entry carries its valid signature under ``key`` (no key: accept, warn once)."""
+    if not key:
+        warn_unsigned("stream reader")
+        return
+    signature = entry.get(STREAM_FIELD)
+    if signature is None:
+        raise ForgedMessage(f"an entry of the stream of {task_id} carries no signature; refused")
+    if not hmac.compare_digest(stream_entry_signature(key, task_id, entry), signature):
+        raise ForgedMessage(f"an entry of the stream of {task_id} has a signature that does not match the fleet key")
 
 
 class SignedRedisBackend(RedisBackend):

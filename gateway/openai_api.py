@@ -125,15 +125,15 @@ class OpenAI:
         await self.gw.fleet.publish(order)
         created = int(time.time())
         ident = f"{'chatcmpl' if chat else 'cmpl'}-{order.task_id}"
-        reader = streams.Reader()
-        chunks = _chunks(self.gw.fleet.redis, order.task_id, reader, self.gw.settings.infer_timeout_s)
+        reader = streams.Reader(order.task_id, self.gw.settings.signing_key)
+        chunks = text_chunks(self.gw.fleet.redis, order.task_id, reader, self.gw.settings.infer_timeout_s)
         if stream:
             return StreamingResponse(
                 _events(chunks, reader, self.gw.fleet.redis, order.task_id, ident, created, model, chat),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        await _collect_unless_gone(request, chunks, self.gw.fleet.redis, order.task_id)
+        await collect_unless_gone(request, chunks, self.gw.fleet.redis, order.task_id)
         body = {
             "id": ident,
             "object": "chat.completion" if chat else "text_completion",
@@ -145,7 +145,7 @@ class OpenAI:
         return Response(orjson.dumps(body), media_type="application/json")
 
 
-async def _collect_unless_gone(
+async def collect_unless_gone(
     request: Request, chunks: AsyncIterator[str], client: redis.asyncio.Redis, task_id: str
 ) -> None:
     """Read the whole generation; if the caller leaves first, cancel it on the worker and stop reading."""
@@ -169,7 +169,7 @@ async def _collect_unless_gone(
     reading.result()  # its MaasError, if it failed
 
 
-async def _chunks(
+async def text_chunks(
     client: redis.asyncio.Redis, task_id: str, reader: streams.Reader, quiet_s: float
 ) -> AsyncIterator[str]:
     """New text of one generation as it comes; raises its MaasError, or TIMEOUT after ``quiet_s`` of silence."""

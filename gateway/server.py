@@ -1,5 +1,6 @@
-"""``maas serve``: the HTTP front door. The Open Inference Protocol (KServe v2 / Triton) REST API, the
-OpenAI-compatible API for generative models (``gateway.openai_api``), Prometheus metrics and the fleet page, as one
+"""``maas serve``: the HTTP front door. The Open Inference Protocol (KServe v2 / Triton) REST API with Triton's
+generate extension (``gateway.generate_ext``), the OpenAI-compatible API for generative models
+(``gateway.openai_api``), Prometheus metrics and the fleet page, as one
 ASGI app (Starlette) served by uvicorn.
 
 Stateless: everything it knows comes from Redis and the database, so any number of gateway processes or hosts
@@ -49,7 +50,7 @@ from app.celery_app import create_app
 from app.client import Client, Resolved
 from app.errors import MaasError
 from app.settings import Settings
-from gateway import metrics, oip, openai_api, ui
+from gateway import generate_ext, metrics, oip, openai_api, ui
 from gateway.fleet import Fleet, ref_for
 from gateway.results import ResultWaiter
 
@@ -431,6 +432,7 @@ def build_app(settings: Settings, listening: Callable[[], bool] | None = None) -
         Route("/v2/repository/models/{model}/load", h(gw.repository_load), methods=["POST"]),
         Route("/v2/repository/models/{model}/unload", h(gw.repository_unload), methods=["POST"]),
         Route("/metrics", h(gw.metrics)),
+        *generate_ext.routes(gw, h),
         *openai_api.routes(gw, h),
         *ui.routes(gw, h),
     ]

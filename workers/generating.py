@@ -235,14 +235,13 @@ def _stream(ctx: WorkerContext, chunks: list[tuple[Request, str, int]]) -> None:
     if not chunks:
         return
     pipe = ctx.redis.pipeline(transaction=False)
-    ttl = int(ctx.settings.result_expires_s)
+    ttl, key = int(ctx.settings.result_expires_s), ctx.settings.signing_key
     for request, text, offset in chunks:
         if text:
-            streams.add(pipe, request.task_id, streams.text_entry(offset, text), ttl)
+            streams.add(pipe, request.task_id, streams.text_entry(offset, text), key, ttl)
         if request.result is not None:
-            streams.add(
-                pipe, request.task_id, streams.end_entry(request.result["finish_reason"], request.result["usage"])
-            )
+            end = streams.end_entry(request.result["finish_reason"], request.result["usage"])
+            streams.add(pipe, request.task_id, end, key, ttl)
     pipe.execute()
 
 
@@ -253,7 +252,8 @@ def _publish(app: Celery, ctx: WorkerContext, loaded: Loaded, requests: list[Req
     pipe = ctx.redis.pipeline(transaction=False)
     for request in requests:
         if request.error is not None:
-            streams.add(pipe, request.task_id, streams.error_entry(request.error.code, request.error.message))
+            error = streams.error_entry(request.error.code, request.error.message)
+            streams.add(pipe, request.task_id, error, ctx.settings.signing_key, int(ctx.settings.result_expires_s))
     pipe.execute()
     now = time.time()
     for request in requests:

@@ -8,6 +8,10 @@ Entries (all fields are strings):
 - ``{"k": "end", "r": finish reason, "u": JSON usage}``: the last entry of a generation that finished.
 - ``{"k": "error", "c": code, "m": message}``: the last entry of a generation that failed.
 
+With a fleet key (``MAAS_SIGNING_KEY``) every entry also carries ``s``, its HMAC bound to the request's id
+(:func:`app.signing.sign_stream_entry`), and a :class:`Reader` given the key refuses an entry without a valid one
+(``FORGED_MESSAGE``).
+
 Each stream is trimmed to about ``MAXLEN`` entries and expires ``ttl_s`` after its last write, so an abandoned one
 goes by itself. Cancelling sets a key with a TTL that the worker reads at its next token step.
 """
@@ -21,6 +25,7 @@ from typing import Any
 import redis
 import redis.asyncio
 
+from app import signing
 from app.broker.keys import generation_cancel, generation_stream
 from app.broker.layout import text
 
@@ -42,10 +47,12 @@ def error_entry(code: str, message: str) -> dict[str, str]:
     return {"k": "error", "c": code, "m": message}
 
 
-def add(pipe: redis.client.Pipeline, task_id: str, entry: dict[str, str], ttl_s: int = TTL_S) -> None:
-    """Queue one entry on ``pipe`` (the worker sends one pipeline per token step, for all its sequences)."""
+def add(pipe: redis.client.Pipeline, task_id: str, entry: dict[str, str], signing_key: str, ttl_s: int = TTL_S) -> None:
+    """Queue one entry, signed under ``signing_key`` when there is one, on ``pipe`` (the worker sends one pipeline
+    per token step, for all its sequences)."""
     key = generation_stream(task_id)
-    pipe.xadd(key, entry, maxlen=MAXLEN, approximate=True)  # type: ignore[arg-type]
+    signed = signing.sign_stream_entry(signing_key, task_id, entry)
+    pipe.xadd(key, signed, maxlen=MAXLEN, approximate=True)  # type: ignore[arg-type]
     pipe.expire(key, ttl_s)
 
 
@@ -84,9 +91,12 @@ def cancelled(client: redis.Redis, task_ids: Iterable[str]) -> set[str]:
 
 
 class Reader:
-    """Turns a stream's entries into new text, skipping what a redelivered run streams again."""
+    """Turns one request's stream entries into new text, skipping what a redelivered run streams again. With a
+    ``signing_key``, an entry without its valid signature raises ForgedMessage (and nothing of it is believed)."""
 
-    def __init__(self) -> None:
+    def __init__(self, task_id: str, signing_key: str) -> None:
+        self.task_id = task_id
+        self.signing_key = signing_key
         self.text = ""
         self.finish_reason: str | None = None
         self.usage: dict[str, int] = {}
@@ -98,6 +108,7 @@ class Reader:
 
     def feed(self, entry: dict[str, str]) -> str:
         """The text this entry adds (maybe empty); sets ``finish_reason``/``usage`` or ``error`` at the end."""
+        signing.check_stream_entry(self.signing_key, self.task_id, entry)
         kind = entry.get("k")
         if kind == "text":
             offset, chunk = int(entry["o"]), entry["x"]
