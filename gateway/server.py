@@ -57,7 +57,7 @@ from gateway.results import ResultWaiter
 log = logging.getLogger("maas.gateway")
 
 SERVER_NAME = "maas-fleet"
-EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics", "schedule_policy"]
+EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics", "schedule_policy", "generate"]
 #: After a request's deadline, how long a worker may still be about to take it before the gateway takes it back.
 DEADLINE_GRACE_S = 0.05
 #: Repository loads / unloads waited on at once; more queue behind them.

@@ -60,7 +60,8 @@ def test_tritonclient_metadata_json_and_binary_infer_with_ids(served, iris):
     meta = triton.get_model_metadata("iris", headers=auth())
     assert meta["versions"] == ["1", "2"] and meta["platform"] == "onnxruntime_onnx"
     assert meta["inputs"] == [{"name": "X", "datatype": "FP32", "shape": [-1, 4]}]
-    assert "binary_tensor_data" in triton.get_server_metadata(headers=auth())["extensions"]
+    extensions = triton.get_server_metadata(headers=auth())["extensions"]
+    assert "binary_tensor_data" in extensions and "generate" in extensions
 
     x = iris["x"][:7]
     for binary_in in (False, True):
