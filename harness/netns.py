@@ -118,6 +118,24 @@ class Host:
     def reconnect(self) -> None:
         _ip("link", "set", self.veth, "up")
 
+    def cut_port(self, address: str, port: int) -> None:
+        """Cut this host's path to ``address:port`` only (PostgreSQL on the services host, say): new connections
+        are refused at once (a policy-routing rule, ``prohibit``) and open ones aborted (``ss -K``), as when that
+        server went away for this host alone. Every other path stays up."""
+        _ip("-n", self.netns, "rule", "add", *self._port_rule(address, port), "prohibit")
+        subprocess.run(
+            ["ip", "netns", "exec", self.netns, "ss", "-K", "dst", address, "dport", "=", str(port)],
+            capture_output=True,
+            check=True,
+        )
+
+    def restore_port(self, address: str, port: int) -> None:
+        _ip("-n", self.netns, "rule", "del", *self._port_rule(address, port), "prohibit")
+
+    @staticmethod
+    def _port_rule(address: str, port: int) -> list[str]:
+        return ["to", f"{address}/32", "ipproto", "tcp", "dport", str(port)]
+
     def kill_all(self) -> None:
         """The machine dies: SIGKILL every process this harness started on it."""
         for proc in self.procs:
