@@ -74,7 +74,9 @@ def test_a_lost_host_fails_its_replicas_and_every_waiting_request_is_answered_on
     env, settings, client, hosts, register, configure, tmp_path
 ):
     register("mlp", wide_mlp(tmp_path / "mlp.onnx"))
-    configure("mlp", min_replicas=2)
+    # Exactly two: a replica the allocator added for the burst's demand would read as a replacement (and one already
+    # on b before the loss would make the model "recovered" at once).
+    configure("mlp", min_replicas=2, max_replicas=2)
     a, b, ctl = hosts.host("a"), hosts.host("b"), hosts.host("ctl")
     procs = [hosts.worker(a, 0), hosts.worker(b, 0), hosts.worker(b, 1), hosts.controller(ctl)]
     hosts.wait_ready(procs)
