@@ -438,7 +438,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         ]
         or [["beat", "never seen", ""]],
     )
-    leader_line = "beat leader: " + (
+    leader_line = "BEAT LEADER  " + (
         "none (no beat holds the lease)" if leader is None else f"{leader[0]} (lease {leader[1]:.1f} s left)"
     )
     beat_table = f"{beat_table}\n{leader_line}"
