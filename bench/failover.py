@@ -67,7 +67,8 @@ def _run_one(name: str, path: str, selection: str, extra_env: dict[str, str], ti
             found.append(row)
     if found:
         return found  # one line per run of the test (the Redis failover runs without and with WAIT)
-    tail = [line for line in done.stdout.splitlines() if "SKIPPED" in line or "FAILED" in line or "Error" in line]
+    # pytest's own verdict lines ("E   ..." for the failing assertion or exception), not a traceback's source lines
+    tail = [line for line in done.stdout.splitlines() if line.startswith(("E ", "SKIPPED", "FAILED"))]
     return [{"scenario": name, "error": tail[-1] if tail else f"pytest exited {done.returncode} without a result"}]
 
 

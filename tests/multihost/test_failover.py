@@ -93,6 +93,13 @@ def test_the_primary_dies_mid_burst_the_replica_takes_over_and_every_request_is_
     procs = [hosts.worker(a, 0), hosts.worker(a, 1), hosts.controller(ctl)]
     hosts.wait_ready(procs)
     hosts.beat(ctl)  # the ledger sweep resends what a failover may drop between a pop and its unacked record
+
+    # On a machine busy enough to hold a heartbeat thread past the 3 s timeout, the reaper may declare a worker
+    # lost as it starts (it then re-registers): load only on workers the database sees online.
+    def both_online() -> bool:
+        return sum(d["status"] == "online" for d in client.devices() if d["worker"].endswith("@a")) == 2
+
+    wait_for(both_online, 60, "both workers online")
     for worker in ("gpu0@a", "gpu1@a"):
         client.load("mlp", worker=worker).wait(timeout_s=120)
 
