@@ -79,8 +79,8 @@ def env(env, sentinel_redis, wait_replicas):
     return {
         **env,
         "REDIS_URL": sentinel_redis.url,
+        # With WAIT: the default MAAS_REDIS_WAIT_TIMEOUT_MS (200 ms), as a fleet would run it.
         "MAAS_REDIS_WAIT_REPLICAS": str(wait_replicas),
-        "MAAS_REDIS_WAIT_TIMEOUT_MS": "500",
         "MAAS_WORKER_SYSTEM_TASKS": "false",
     }
 
