@@ -121,7 +121,8 @@ def summarize(rows: list[dict]) -> list[dict]:
         for key in SUMMARIZED:
             values = [run[key] for run in runs if key in run]
             if values:
-                line[key] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
+                median = round(statistics.median(values), 2)
+                line[key] = {"median": median, "min": min(values), "max": max(values)}
         found.append(line)
     return found
 

@@ -126,16 +126,15 @@ def test_the_primary_dies_mid_burst_the_replica_takes_over_and_every_request_is_
     promoted_s = time.time() - killed_at
 
     # And every request is answered, the burst's and the probes'
-    answers, typed = [], []
+    answers, typed, lost_ids = [], [], []
     for h in [*handles, *probes]:
         try:
             answers.append(h.wait(timeout_s=240))
         except MaasError as exc:  # a request the promotion lost: a typed error by its timeout, never a hang
             typed.append(exc.code)
+            lost_ids.append(("probe" if h in probes else "burst", h.id))
     assert all(ans["outputs"][0]["shape"] == [40, 8] for ans in answers)
     assert len(answers) + len(typed) == REQUESTS + len(probes)
-    if wait_replicas:
-        assert typed == [], f"accepted with WAIT yet lost: {typed}"
     serving_again_s = seconds_after(killed_at, min(done_at(client, probes)))
     recovery_s = seconds_after(killed_at, max(done_at(client, handles)))
     twice = int(client.redis.hget(FLEET_COUNTERS, ANSWERED_TWICE) or 0)
@@ -147,7 +146,10 @@ def test_the_primary_dies_mid_burst_the_replica_takes_over_and_every_request_is_
     name = "redis_failover_wait" if wait_replicas else "redis_failover_no_wait"
     extra = {"wait_replicas": wait_replicas, "probes": len(probes), "unreplicated_writes": unreplicated}
     extra |= {"lost_codes": sorted(set(typed)), "replicas": len(sentinel_redis.replicas)}
+    extra |= {"promoted": sentinel_redis.current_primary(), "lost_ids": lost_ids}
     print(json.dumps({"scenario": name, **report, **extra, **timing}))
+    if wait_replicas:
+        assert typed == [], f"accepted with WAIT yet lost: {typed} {lost_ids}"
     assert recovery_s <= RECOVERY_TARGET_S, f"recovered in {recovery_s:.1f} s, over the {RECOVERY_TARGET_S} s target"
 
 
