@@ -111,7 +111,7 @@ def test_a_lost_host_fails_its_replicas_and_every_waiting_request_is_answered_on
         return all(r["state"] == "FAILED" for r in reps) and reps
 
     reps_a = wait_for(failed_on_a, 60, "beat to reap host a's worker")
-    assert all(r["reason"].startswith("worker lost: no heartbeat from gpu0@a") for r in reps_a)
+    assert all(r["reason"].startswith("worker lost: no heartbeat from gpu0@a") for r in reps_a), reps_a
     devices = {d["worker"]: d for d in client.devices()}
     assert devices["gpu0@a"]["status"] == "lost"
 
@@ -135,7 +135,8 @@ def test_a_lost_host_fails_its_replicas_and_every_waiting_request_is_answered_on
     given_back = [e for e in events(controller, "requests_given_back") if e.get("worker") == "gpu0@a"]
     held = {t for e in given_back for t in e["task_ids"]}
     by_id = {h.id: ans for h, ans in zip(handles, answers, strict=True)}
-    assert all(by_id[t]["parameters"]["worker"].endswith("@b") for t in held if t in by_id)
+    answered_by = {t: by_id[t]["parameters"]["worker"] for t in held if t in by_id}
+    assert all(w.endswith("@b") for w in answered_by.values()), answered_by
     twice = int(client.redis.hget(FLEET_COUNTERS, ANSWERED_TWICE) or 0)
     assert twice == 0  # the lost host's processes are dead: nothing can answer a second time
     report = {"sent": REQUESTS, "answered": len(answers), "twice": twice, "given_back": len(held)}
