@@ -83,7 +83,6 @@ def create_app(settings: Settings | None = None) -> Celery:
         task_send_sent_event=True,
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
-        beat_schedule_filename=str(settings.home / "beat-schedule"),
         timezone="UTC",
     )
     ssl_options = broker_ssl(settings.redis_url)

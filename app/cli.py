@@ -338,9 +338,10 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     import time
 
-    from app.broker import heartbeats
+    from app.broker import heartbeats, leases
     from app.broker.clients import for_settings
     from app.broker.demand import read_rates
+    from app.broker.keys import BEAT_LEADER
     from app.broker.layout import model_queue
     from app.broker.queues import depths
 
@@ -421,11 +422,26 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     )
     beats = heartbeats.read(redis_client)
     value["heartbeats"] = {name: {"at": at, "age_s": time.time() - at} for name, at in beats.items()}
+    leader = leases.holder(redis_client, BEAT_LEADER)
+    value["beat_leader"] = None if leader is None else {"beat": leader[0], "lease_left_s": leader[1]}
+
+    def role(name: str) -> str:
+        if not name.startswith("beat"):
+            return ""
+        return "leader" if leader is not None and leader[0] == name else "standby"
+
     beat_table = render(
-        ["COMPONENT", "LAST HEARTBEAT"],
-        [[name, heartbeats.describe(at, settings.heartbeat_timeout_s)] for name, at in sorted(beats.items())]
-        or [["beat", "never seen"]],
+        ["COMPONENT", "LAST HEARTBEAT", "ROLE"],
+        [
+            [name, heartbeats.describe(at, settings.heartbeat_timeout_s), role(name)]
+            for name, at in sorted(beats.items())
+        ]
+        or [["beat", "never seen", ""]],
     )
+    leader_line = "BEAT LEADER  " + (
+        "none (no beat holds the lease)" if leader is None else f"{leader[0]} (lease {leader[1]:.1f} s left)"
+    )
+    beat_table = f"{beat_table}\n{leader_line}"
     _print(args, value, f"{host_table}\n\n{dev_table}\n\n{rep_table}\n\n{m_table}\n\n{beat_table}")
     return 0
 
@@ -740,7 +756,6 @@ def _config_where(variables: list[Any], settings: Settings) -> dict[str, str]:
     return {
         "database": database,
         "artifact store": str(settings.artifact_dir),
-        "beat schedule": str(settings.home / "beat-schedule"),
     }
 
 

@@ -291,6 +291,13 @@ class Settings:
         "MAAS_HEARTBEAT_TIMEOUT_S", _positive_float, 30.0, "A worker silent this long is marked lost"
     )
     reap_period_s: float = _env("MAAS_REAP_PERIOD_S", _positive_float, 10.0, "Beat: how often lost workers are reaped")
+    beat_lease_s: float = _env(
+        "MAAS_BEAT_LEASE_S",
+        _positive_float,
+        15.0,
+        "Beat leadership: the leader's lock lives this long unless renewed (every third of it); another beat takes "
+        "over at most this plus a third of it after the leader dies",
+    )
     max_artifact_bytes: int = _env(
         "MAAS_MAX_ARTIFACT_BYTES",
         parse_size_bytes,

@@ -1,4 +1,5 @@
-"""``maas beat``: the fleet's one periodic scheduler. It only sends messages; workers do the work."""
+"""``maas beat``: the fleet's periodic scheduler. It only sends messages; workers do the work. Several may run:
+the one holding the beat lease sends, the others stand by (:mod:`beat.leader`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from app.broker import heartbeats
 from app.broker.layout import SYSTEM_QUEUE
 from app.celery_app import create_app
 from app.settings import Settings
+from beat.leader import beat_name
 
 
 def schedule(settings: Settings) -> dict[str, dict[str, object]]:
@@ -45,6 +47,9 @@ def run(settings: Settings, loglevel: str | None = None) -> None:
     settings.home.mkdir(parents=True, exist_ok=True)
     app = create_app(settings)
     app.conf.beat_schedule = schedule(settings)
-    # `maas status` shows beat's last heartbeat ("dead for N s" once it stops).
-    heartbeats.Stamper(settings.redis_url, "beat", settings.heartbeat_s, settings.redis_sentinel_master).start()
+    # Several beats may run (one per control host); only the holder of the beat lease sends (beat.leader).
+    app.conf.beat_scheduler = "beat.leader:LeaderScheduler"
+    # `maas status` shows each beat's last heartbeat ("dead for N s" once it stops) and which one leads.
+    name = beat_name(settings.host)
+    heartbeats.Stamper(settings.redis_url, name, settings.heartbeat_s, settings.redis_sentinel_master).start()
     app.start(["beat", "--loglevel", loglevel or settings.log_level])

@@ -7,10 +7,15 @@ runs. Each test prints one line ``{"scenario": ..., "sent", "answered", "twice",
 - ``host_lost``: every process of a host SIGKILLed mid-burst (``given_back``: requests it held, requeued at once);
 - ``partition``: a host's link cut mid-burst, then restored after the fleet replaced it (``stale_after_return``:
   answers by the replaced replica after the link returned);
-- ``redis_failover``: the Redis primary killed mid-burst, the Sentinels promote the replica
-  (``promoted_s``; ``unreplicated_writes``: WAITs that timed out while the new primary had no replica).
+- ``host_lost`` also gives ``failed_s`` (the loss to the lost replica FAILED), ``replaced_s`` (to the model's
+  replacement READY on the host left) and ``bound_s`` (heartbeat timeout + two allocation periods, as run);
+- ``redis_failover``: the Redis primary (of a primary and two replicas) killed mid-burst and left dead, the
+  Sentinels promote a replica (``promoted_s``; ``unreplicated_writes``: WAITs that timed out short of a replica).
 
-``lost`` is sent minus answered; ``recovery_s`` runs from the fault to the last answer. Needs root and
+``lost`` is sent minus answered; ``recovery_s`` runs from the fault to the last answer of the requests that were
+waiting; ``serving_again_s`` (Redis failover) from the fault to the first answer of a request sent after it;
+``bound_s`` (host loss) is the target computed from the settings the run used. With ``--repeat N`` (N > 1) a
+``{"summary": ...}`` line per scenario follows: median, min and max of each figure over the runs. Needs root and
 ``ip netns`` (and redis-sentinel for the last), like the tests; where a test skips, its line says why.
 """
 
@@ -19,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -61,7 +67,8 @@ def _run_one(name: str, path: str, selection: str, extra_env: dict[str, str], ti
             found.append(row)
     if found:
         return found  # one line per run of the test (the Redis failover runs without and with WAIT)
-    tail = [line for line in done.stdout.splitlines() if "SKIPPED" in line or "FAILED" in line or "Error" in line]
+    # pytest's own verdict lines ("E   ..." for the failing assertion or exception), not a traceback's source lines
+    tail = [line for line in done.stdout.splitlines() if line.startswith(("E ", "SKIPPED", "FAILED"))]
     return [{"scenario": name, "error": tail[-1] if tail else f"pytest exited {done.returncode} without a result"}]
 
 
@@ -75,12 +82,49 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
     failed = False
+    rows: list[dict] = []
     for name in args.scenarios or list(SCENARIOS):
         for _ in range(args.repeat):
             for result in run_scenario(name, args.timeout):
                 failed |= "error" in result
+                rows.append(result)
                 print(json.dumps(result), flush=True)
+    if args.repeat > 1:
+        for line in summarize(rows):
+            print(json.dumps(line), flush=True)
     return 1 if failed else 0
+
+
+#: the figures a summary line gives the median and spread of, where a scenario's rows have them
+SUMMARIZED = (
+    "recovery_s",
+    "serving_again_s",
+    "promoted_s",
+    "failed_s",
+    "replaced_s",
+    "bound_s",
+    "lost",
+    "twice",
+    "submit_p50_ms",
+)
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """One line per scenario over its runs: ``{"summary": name, "runs": n, "<figure>": {"median", "min", "max"}}``."""
+    by_name: dict[str, list[dict]] = {}
+    for row in rows:
+        if "error" not in row:
+            by_name.setdefault(row["scenario"], []).append(row)
+    found = []
+    for name, runs in by_name.items():
+        line: dict = {"summary": name, "runs": len(runs)}
+        for key in SUMMARIZED:
+            values = [run[key] for run in runs if key in run]
+            if values:
+                median = round(statistics.median(values), 2)
+                line[key] = {"median": median, "min": min(values), "max": max(values)}
+        found.append(line)
+    return found
 
 
 if __name__ == "__main__":

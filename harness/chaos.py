@@ -502,6 +502,11 @@ def beat_controller_kill(r: Rig) -> Outcome:
     traffic = Traffic(r.client, "small", _rows(4, 1), count=120, rate=10.0)
     traffic.start()
     wait_for(lambda: len(traffic.sent) >= 20, 60, "traffic to be under way")
+
+    def beats_seen() -> list[str]:  # a beat stamps as beat@<host>:<pid>, so a restarted one is another name
+        return [c for c in heartbeats.read(r.client.redis) if c.startswith("beat@")]
+
+    (old_beat,) = wait_for(beats_seen, 30, "beat's first heartbeat")
     r.procs["beat"].kill()
     r.procs["ctl@chaos"].kill()
     fault_at = time.monotonic()
@@ -510,7 +515,7 @@ def beat_controller_kill(r: Rig) -> Outcome:
         beats = heartbeats.read(r.client.redis)
         return all(
             heartbeats.describe(beats[c], r.settings.heartbeat_timeout_s).startswith("dead")
-            for c in ("beat", "ctl@chaos")
+            for c in (old_beat, "ctl@chaos")
         )
 
     wait_for(reported_dead, 30, "beat and the controller to be reported dead")
@@ -521,11 +526,12 @@ def beat_controller_kill(r: Rig) -> Outcome:
     probe = r.client.app.send_task("maas.reap", queue=SYSTEM_QUEUE, priority=0)
     probe.get(timeout=60)
     system_back_s = time.monotonic() - fault_at
-    wait_for(
-        lambda: heartbeats.describe(heartbeats.read(r.client.redis)["beat"], 3).startswith("alive"),
-        60,
-        "beat's heartbeat",
-    )
+
+    def new_beat_alive() -> bool:
+        beats = heartbeats.read(r.client.redis)
+        return any(heartbeats.describe(beats[c], 3).startswith("alive") for c in beats_seen() if c != old_beat)
+
+    wait_for(new_beat_alive, 60, "the restarted beat's heartbeat")
     outcome = settle("beat_controller_kill", traffic, r.monitor, fault_at, wait_s=90)
     outcome.extra = {"reported_dead_after_s": round(dead_seen_s, 2), "system_tasks_back_s": round(system_back_s, 2)}
     return outcome

@@ -118,6 +118,24 @@ class Host:
     def reconnect(self) -> None:
         _ip("link", "set", self.veth, "up")
 
+    def cut_port(self, address: str, port: int) -> None:
+        """Cut this host's path to ``address:port`` only (PostgreSQL on the services host, say): new connections
+        are refused at once (a policy-routing rule, ``prohibit``) and open ones aborted (``ss -K``), as when that
+        server went away for this host alone. Every other path stays up."""
+        _ip("-n", self.netns, "rule", "add", *self._port_rule(address, port), "prohibit")
+        subprocess.run(
+            ["ip", "netns", "exec", self.netns, "ss", "-K", "dst", address, "dport", "=", str(port)],
+            capture_output=True,
+            check=True,
+        )
+
+    def restore_port(self, address: str, port: int) -> None:
+        _ip("-n", self.netns, "rule", "del", *self._port_rule(address, port), "prohibit")
+
+    @staticmethod
+    def _port_rule(address: str, port: int) -> list[str]:
+        return ["to", f"{address}/32", "ipproto", "tcp", "dport", str(port)]
+
     def kill_all(self) -> None:
         """The machine dies: SIGKILL every process this harness started on it."""
         for proc in self.procs:
@@ -370,14 +388,23 @@ class MultiHostFleet:
 
 SENTINEL_PORT = 26379
 
+#: Sentinel timings of the harness (and what docs/scaling.md recommends for a LAN, where a 1 s silence is already
+#: a dead server): the primary is judged down after this silence, and a failover that has not finished in
+#: ``SENTINEL_FAILOVER_TIMEOUT_MS`` is given up and retried by another Sentinel.
+SENTINEL_DOWN_AFTER_MS = 1000
+SENTINEL_FAILOVER_TIMEOUT_MS = 5000
+
 
 @dataclass
 class SentinelRedis:
-    """A Redis primary and replica on two hosts, and three Sentinels (one on each and one on the services host)
-    watching them under the master name ``maas``; ``url`` is the fleet's REDIS_URL for them."""
+    """A Redis primary and two replicas on three hosts, and a Sentinel on each of those hosts (quorum 2) watching
+    them under the master name ``maas``, as production would run them; ``url`` is the fleet's REDIS_URL for them.
+
+    Two replicas, not one: after the promotion the other replica follows the new primary at once, so a
+    ``WAIT 1`` is met again within a resync instead of timing out until the dead primary returns."""
 
     primary: Host
-    replica: Host
+    replicas: list[Host]
     servers: dict[str, Proc]  # host name -> its redis-server
     sentinels: list[Proc]
     sentinel_hosts: list[Host]
@@ -385,13 +412,9 @@ class SentinelRedis:
     argv: dict[str, list[str]] = field(default_factory=dict)  # host name -> how its redis-server was started
     master: str = "maas"
 
-    def restart(self, name: str) -> Proc:
-        """Start a killed redis-server again on its host; the Sentinels make it a replica of the new primary."""
-        host = self.primary if name == self.primary.name else self.replica
-        proc = host.spawn(f"redis-{name}-again", self.argv[name], dict(os.environ))
-        self.servers[name] = proc
-        wait_tcp(host.address, REDIS_PORT, 60, f"redis-server on {name}", proc)
-        return proc
+    @property
+    def hosts(self) -> list[Host]:
+        return [self.primary, *self.replicas]
 
     @property
     def url(self) -> str:
@@ -406,11 +429,28 @@ class SentinelRedis:
                 client = redis_lib.Redis(host.address, SENTINEL_PORT, socket_timeout=2, socket_connect_timeout=2)
                 found = client.sentinel_get_master_addr_by_name(self.master)
                 if found:
-                    host = found[0]
-                    return host.decode() if isinstance(host, bytes) else str(host)
+                    address = found[0]
+                    return address.decode() if isinstance(address, bytes) else str(address)
             except redis_lib.RedisError:
                 continue
         return None
+
+    def sentinels_ready(self, servers: int) -> bool:
+        """Whether every Sentinel sees the other Sentinels and ``servers - 1`` replicas (found by gossip and
+        INFO a few seconds after start; a kill before that may find a Sentinel that cannot vote or promote)."""
+        import redis as redis_lib
+
+        for host in self.sentinel_hosts:
+            try:
+                client = redis_lib.Redis(host.address, SENTINEL_PORT, socket_timeout=2, socket_connect_timeout=2)
+                state = client.sentinel_master(self.master)
+            except redis_lib.RedisError:
+                return False
+            if int(state.get("num-slaves", 0)) < servers - 1:
+                return False
+            if int(state.get("num-other-sentinels", 0)) < len(self.sentinel_hosts) - 1:
+                return False
+        return True
 
     def stop(self) -> None:
         for proc in [*self.sentinels, *self.servers.values()]:
@@ -418,24 +458,24 @@ class SentinelRedis:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def start_sentinel_redis(network: Network, extra: Host, timeout_s: float = 60.0) -> SentinelRedis:
-    """Primary on a new host ``r1``, replica on ``r2``, Sentinels on r1, r2 and ``extra``; quorum 2, a primary
-    silent for 1 s is down. The hosts join the network and go with it."""
+def start_sentinel_redis(network: Network, timeout_s: float = 60.0) -> SentinelRedis:
+    """Primary on a new host ``r1``, replicas on ``r2`` and ``r3``, a Sentinel on each; quorum 2. The hosts join
+    the network and go with it."""
     workdir = Path(tempfile.mkdtemp(prefix="maas-sentinel-"))
-    r1, r2 = network.add_host("r1"), network.add_host("r2")
+    hosts = [network.add_host(name) for name in ("r1", "r2", "r3")]
+    primary, replicas = hosts[0], hosts[1:]
     servers: dict[str, Proc] = {}
     argvs: dict[str, list[str]] = {}
-    for host in (r1, r2):
+    for host in hosts:
         argv = [*_redis_argv(host, workdir), "--dbfilename", f"{host.name}.rdb"]
-        if host is r2:
-            argv += ["--replicaof", r1.address, str(REDIS_PORT)]
+        if host is not primary:
+            argv += ["--replicaof", primary.address, str(REDIS_PORT)]
         argvs[host.name] = argv
         servers[host.name] = host.spawn(f"redis-{host.name}", argv, dict(os.environ))
     sentinel_binary = shutil.which("redis-sentinel")
     if sentinel_binary is None:
         raise RuntimeError("redis-sentinel is not installed (scripts/ensure-services.sh installs it)")
     sentinels = []
-    hosts = [r1, r2, extra]
     for host in hosts:
         conf = workdir / f"sentinel-{host.name}.conf"  # Sentinel rewrites its config: one file each
         conf.write_text(
@@ -443,23 +483,31 @@ def start_sentinel_redis(network: Network, extra: Host, timeout_s: float = 60.0)
             f"bind {host.address}\n"
             "protected-mode no\n"
             f"dir {workdir}\n"
-            f"sentinel monitor maas {r1.address} {REDIS_PORT} 2\n"
-            "sentinel down-after-milliseconds maas 1000\n"
-            "sentinel failover-timeout maas 5000\n"
-            "sentinel parallel-syncs maas 1\n"
+            f"sentinel monitor maas {primary.address} {REDIS_PORT} 2\n"
+            f"sentinel down-after-milliseconds maas {SENTINEL_DOWN_AFTER_MS}\n"
+            f"sentinel failover-timeout maas {SENTINEL_FAILOVER_TIMEOUT_MS}\n"
+            # Both replicas follow the new primary at once: with one at a time, a WAIT waits out the first resync.
+            "sentinel parallel-syncs maas 2\n"
         )
         sentinels.append(host.spawn(f"sentinel-{host.name}", [sentinel_binary, str(conf)], dict(os.environ)))
-    found = SentinelRedis(r1, r2, servers, sentinels, hosts, workdir, argvs)
+    found = SentinelRedis(primary, replicas, servers, sentinels, hosts, workdir, argvs)
     try:
-        for host in (r1, r2):
+        for host in hosts:
             wait_tcp(host.address, REDIS_PORT, timeout_s, f"redis-server on {host.name}", servers[host.name])
         for host, proc in zip(hosts, sentinels, strict=True):
             wait_tcp(host.address, SENTINEL_PORT, timeout_s, f"sentinel on {host.name}", proc)
         import redis as redis_lib
 
-        replica = redis_lib.Redis(r2.address, REDIS_PORT, socket_timeout=2)
-        wait_for(lambda: replica.info("replication").get("master_link_status") == "up", timeout_s, "the replica")
-        wait_for(lambda: found.current_primary() == r1.address, timeout_s, "the Sentinels to agree on r1")
+        for host in replicas:
+            replica = redis_lib.Redis(host.address, REDIS_PORT, socket_timeout=2)
+            wait_for(
+                lambda r=replica: r.info("replication").get("master_link_status") == "up",  # type: ignore[misc]
+                timeout_s,
+                f"the replica on {host.name}",
+            )
+        wait_for(lambda: found.current_primary() == primary.address, timeout_s, "the Sentinels to agree on r1")
+        # Each Sentinel must know both replicas and the other two Sentinels before a kill, or it cannot fail over.
+        wait_for(lambda: found.sentinels_ready(len(hosts)), timeout_s, "the Sentinels to know each other")
     except Exception:
         found.stop()
         raise

@@ -16,6 +16,8 @@ command -v redis-sentinel >/dev/null 2>&1 || missing+=(redis-sentinel)
 have_postgres || missing+=(postgresql)
 command -v runuser >/dev/null 2>&1 || missing+=(util-linux)
 command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
+# The multi-host tests: `ip netns` for the hosts, `ip rule` and `ss -K` to cut one host's path to PostgreSQL.
+{ command -v ip >/dev/null 2>&1 && command -v ss >/dev/null 2>&1; } || missing+=(iproute2)
 
 browser=()
 # The page test points Selenium at exactly these two paths; it never downloads a driver.

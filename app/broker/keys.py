@@ -56,6 +56,8 @@ GATEWAY_IDLE_CHANNEL = "maas:gateway:idle"
 ALLOCATION_TRIGGER = "maas:trigger:allocate"
 #: string with a TTL: held by the allocation run in progress, so two runs never overlap.
 ALLOCATION_LOCK = "maas:lock:allocation"
+#: string with a TTL (MAAS_BEAT_LEASE_S): the name of the beat that sends the periodic tasks, renewed by it.
+BEAT_LEADER = "maas:lock:beat"
 
 
 def aging_index(model: str) -> str:

@@ -216,3 +216,18 @@ def test_the_dashboard_reads_only_series_the_gateway_exports():
     )
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids)) and dashboard["uid"] == "maas-fleet"
+
+
+def test_several_hosts_share_one_services_host_through_two_variables():
+    # GPU hosts point at the services host with MAAS_SERVICES_HOST; without it, the compose network's names.
+    for name, svc in FLEET.items():
+        env = svc["environment"]
+        assert "@${MAAS_SERVICES_HOST:-redis}:6379/" in env["REDIS_URL"], name
+        assert "@${MAAS_SERVICES_HOST:-postgres}:5432/" in env["DATABASE_URL"], name
+    # The services host publishes Redis and PostgreSQL on loopback unless told its LAN address.
+    assert SERVICES["redis"]["ports"] == ["${MAAS_SERVICES_BIND:-127.0.0.1}:6379:6379"]
+    assert SERVICES["postgres"]["ports"] == ["${MAAS_SERVICES_BIND:-127.0.0.1}:5432:5432"]
+    # A worker names its machine, not its container: the allocator spreads replicas over MAAS_HOST.
+    for name in (n for n in SERVICES if n.startswith("worker-gpu")):
+        env = SERVICES[name]["environment"]
+        assert env["MAAS_WORKER_NAME"].endswith("@" + env["MAAS_HOST"]), name
