@@ -28,7 +28,7 @@ from redis.exceptions import NoScriptError
 
 from app.broker import clients, keys
 from app.broker.layout import PRIORITY_LEVELS, priority_lists
-from app.errors import QueueFull
+from app.errors import BrokerUnavailable, QueueFull
 
 if TYPE_CHECKING:
     from app.settings import Settings
@@ -145,15 +145,19 @@ def admit(client: redis.Redis, admission: Admission, settings: Settings | None =
     """Record the request if its queue has room; return the backlog it joins, or raise QueueFull.
 
     With ``settings`` asking for durability (MAAS_REDIS_WAIT_REPLICAS), the request is accepted only once that many
-    Redis replicas have it or the WAIT timed out (counted as an unreplicated write): a failover then keeps it.
+    Redis replicas have it: a failover then keeps it. When the WAIT times out first, the write is counted
+    (unreplicated_writes) and the admission refused with BrokerUnavailable; the caller takes back what it wrote.
     """
     if settings is None or settings.redis_wait_replicas <= 0:
         return admission.outcome(script(client, "admit")(keys=admission.keys(), args=admission.args()))
     replies = pipelined(
         client, "admit", admission.keys(), admission.args(), then=lambda pipe: clients.wait_replicas(pipe, settings)
     )
-    _count_unreplicated(client, replies, settings)
-    return admission.outcome(_raise_error(replies[0]))
+    waiting = admission.outcome(_raise_error(replies[0]))  # a full queue wrote nothing: nothing to replicate
+    if not clients.replicated(replies, settings):
+        client.hincrby(keys.FLEET_COUNTERS, clients.UNREPLICATED, 1)
+        raise _not_replicated(admission, settings)
+    return waiting
 
 
 async def admit_async(client: redis.asyncio.Redis, admission: Admission, settings: Settings | None = None) -> int:
@@ -165,20 +169,26 @@ async def admit_async(client: redis.asyncio.Redis, admission: Admission, setting
     await async_script(client, "admit")(keys=admission.keys(), args=admission.args(), client=pipe)
     clients.wait_replicas(pipe, settings)
     replies = await pipe.execute(raise_on_error=False)
+    waiting = admission.outcome(_raise_error(replies[0]))
     if not clients.replicated(replies, settings):
         await client.hincrby(keys.FLEET_COUNTERS, clients.UNREPLICATED, 1)
-    return admission.outcome(_raise_error(replies[0]))
+        raise _not_replicated(admission, settings)
+    return waiting
+
+
+def _not_replicated(admission: Admission, settings: Settings) -> BrokerUnavailable:
+    """Accepted means a replica has it (a failover can lose what only the primary has): this one was not."""
+    return BrokerUnavailable(
+        f"request {admission.task_id} reached the Redis primary, but fewer than {settings.redis_wait_replicas} "
+        f"replica(s) confirmed it within {settings.redis_wait_timeout_ms} ms (MAAS_REDIS_WAIT_REPLICAS, "
+        "MAAS_REDIS_WAIT_TIMEOUT_MS): not accepted, as a failover now could lose it; safe to send again"
+    )
 
 
 def _raise_error(reply: Any) -> Any:
     if isinstance(reply, Exception):
         raise reply
     return reply
-
-
-def _count_unreplicated(client: redis.Redis, replies: list[Any], settings: Settings) -> None:
-    if not clients.replicated(replies, settings):
-        client.hincrby(keys.FLEET_COUNTERS, clients.UNREPLICATED, 1)
 
 
 def withdraw(client: redis.Redis, model: str, task_id: str, counted: bool = True) -> None:

@@ -151,3 +151,36 @@ def test_a_pipelined_script_survives_a_flush_and_runs_once(r: redis.Redis) -> No
     # Loaded now: the second answer is dropped and counted, by SHA alone.
     assert scripts.pipelined(r, "store_result", [key, keys.FLEET_COUNTERS], [value, 60]) == [0]
     assert r.hget(keys.FLEET_COUNTERS, "answered_twice") == b"1"
+
+
+def test_a_durable_admission_no_replica_confirmed_is_refused_and_counted(r: redis.Redis, redis_url: str) -> None:
+    """MAAS_REDIS_WAIT_REPLICAS: accepted means a replica has it. This Redis has none, so the WAIT runs out and
+    the admission is refused with a typed error (the caller takes back what it wrote), never reported accepted."""
+    from app.broker.clients import UNREPLICATED
+    from app.errors import BrokerUnavailable
+    from app.settings import Settings
+
+    env = {"REDIS_URL": redis_url, "MAAS_REDIS_WAIT_REPLICAS": "1", "MAAS_REDIS_WAIT_TIMEOUT_MS": "20"}
+    settings = Settings.from_env(env)
+    with pytest.raises(BrokerUnavailable, match="fewer than 1 replica.* not accepted"):
+        scripts.admit(r, _admission("t1", limit=100), settings)
+    assert r.hget(keys.FLEET_COUNTERS, UNREPLICATED) == b"1"
+    # A full queue is refused as full: it wrote nothing, so there was nothing to replicate.
+    with pytest.raises(QueueFull):
+        scripts.admit(r, _admission("t2", limit=0), settings)
+    assert r.hget(keys.FLEET_COUNTERS, UNREPLICATED) == b"1"
+
+
+def test_the_client_takes_back_an_admission_no_replica_confirmed(env, register, iris) -> None:
+    from app.client import Client
+    from app.errors import BrokerUnavailable
+    from app.settings import Settings
+
+    register("iris", iris["path"])
+    settings = Settings.from_env({**env, "MAAS_REDIS_WAIT_REPLICAS": "1", "MAAS_REDIS_WAIT_TIMEOUT_MS": "20"})
+    client = Client(settings)
+    with pytest.raises(BrokerUnavailable, match="was not sent"):
+        client.infer("iris", {"X": iris["x"][:2]})
+    r = redis.Redis.from_url(env["REDIS_URL"])
+    assert r.hlen(keys.LEDGER_BODY) == 0
+    assert all(r.llen(name) == 0 for name in r.keys("m.iris*"))
