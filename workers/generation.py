@@ -3,9 +3,11 @@
 One :class:`Engine` per loaded generative model. Each :meth:`Engine.step` does, in order:
 
 1. drops the sequences cancelled since the last step (their KV cache goes with them);
-2. admits waiting sequences, fewest remaining tokens first (SRTF by tokens), while there is a free slot
-   (``max_sequences``) and the KV-cache bytes they could grow to fit in ``max_kv_bytes``; each admitted
-   sequence is prefilled on its own (its prompt in one forward pass), which gives its first token;
+2. admits waiting sequences in the order of :func:`app.generation.sequence_rank` while there is a free slot
+   (``max_sequences``) and the KV-cache bytes they could grow to fit in ``max_kv_bytes``. Under ``srtf`` and
+   ``aging`` a waiting sequence that finds no room takes the place of running sequences that rank after it (the
+   most remaining tokens first): a short request overtakes a long one at the next token step. Each admitted
+   sequence is prefilled on its own (its prompt in one forward pass), which gives its next token;
 3. runs one decode pass for every other running sequence together: their KV caches, of different lengths, are
    left-padded to the longest into one batch, with an attention mask hiding the padding and each sequence's
    own position ids, so every sequence sees exactly what it would see alone;
@@ -15,6 +17,15 @@ One :class:`Engine` per loaded generative model. Each :meth:`Engine.step` does, 
 Each sequence keeps its own cache (a list of per-layer key and value tensors), so joining and leaving costs
 nothing for the others. The price is the copy into the padded batch at every step, which is small next to the
 forward pass for the models one worker serves on a CPU, and is what a paged KV cache would remove.
+
+A preempted sequence keeps its tokens (and its sampling generator's state) but not its KV cache: it goes back to
+the waiting sequences, and when it is admitted again its prompt and the tokens it made are prefilled in one
+forward pass (recomputed), which gives the logits of its next token, as the decode step would have. Dropping the
+cache is what frees room: the engine's KV budget is what placement counts for the replica, so a kept cache would
+either break that budget or leave the short request nowhere to run; and recomputing costs one prefill pass,
+parallel over the tokens, a fraction of the decode steps that made them (vLLM recomputes by default for the
+same reasons). The remaining work of a preempted sequence counts its prompt again (it must be prefilled again),
+so it never ranks ahead of what preempted it, and two sequences cannot take each other's place back and forth.
 """
 
 from __future__ import annotations
@@ -26,13 +37,15 @@ from typing import Any
 
 import torch
 
+from app import generation as gen
 from app.errors import InvalidInput
-from app.generation import SamplingParams
+from app.generation import SamplingParams, SequenceFacts
+from app.policies import DEFAULT_PARAMS, Policy, PolicyParams, RequestClass
 
 KV = list[tuple[torch.Tensor, torch.Tensor]]
 
 
-@dataclass
+@dataclass(eq=False)  # identity: two sequences are never "equal" (and tensors do not compare to a bool)
 class Sequence:
     """One generation request inside the engine."""
 
@@ -47,10 +60,22 @@ class Sequence:
     enqueued_at: float = field(default_factory=time.monotonic)
     first_token_at: float | None = None
     admitted: bool = False
+    submitted_at: float = field(default_factory=time.time)  # wall clock, as the message's header says
+    request_class: str = RequestClass.INTERACTIVE
+    backlog_s: float = 0.0
+    preemptions: int = 0
 
     @property
     def remaining(self) -> int:
+        """Tokens it may still generate."""
         return self.params.max_tokens - len(self.generated)
+
+    @property
+    def remaining_tokens(self) -> int:
+        """Its remaining work: tokens to generate, plus its prompt while that is not in a KV cache."""
+        return gen.remaining_tokens(
+            len(self.prompt_ids), self.params.max_tokens, len(self.generated), self.kv is not None
+        )
 
     @property
     def kv_len(self) -> int:
@@ -76,10 +101,19 @@ class Engine:
         max_sequences: int = 8,
         max_kv_bytes: int = 256 * 1024**2,
         max_context: int | None = None,
+        bytes_per_token: int | None = None,
+        policy: Policy = Policy.FIFO,
+        policy_params: PolicyParams = DEFAULT_PARAMS,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.model, self.tokenizer, self.device = model, tokenizer, device
         self.max_sequences = max(1, max_sequences)
         self.max_kv_bytes = max_kv_bytes
+        self.policy, self.policy_params, self.clock = policy, policy_params, clock
+        #: Measured: a moving average of the wall time of one step, i.e. of one token of each running sequence.
+        #: It turns remaining tokens into the seconds the policies' bands and aging clock are written in.
+        self.seconds_per_token = 0.01
+        self.preemptions = 0
         config: Any = model.config
         context: Any = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", 1024)
         self.max_context = max_context or int(context)
@@ -88,15 +122,25 @@ class Engine:
         heads = int(getattr(config, "num_attention_heads", None) or config.n_head)
         kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
         element = torch.empty((), dtype=model.dtype).element_size()
-        #: Key and value, every layer, for one token.
-        self.bytes_per_token = 2 * layers * kv_heads * (hidden // heads) * element
+        #: Key and value, every layer, for one token: measured by the runtime at load when it could, else from
+        #: the configuration.
+        self.bytes_per_token = bytes_per_token or 2 * layers * kv_heads * (hidden // heads) * element
         self.eos = tokenizer.eos_token_id
         self.waiting: list[Sequence] = []
         self.running: list[Sequence] = []
-        self._cancelled: set[str] = set()
+        self._cancelled: dict[str, str] = {}
 
     # --- membership -------------------------------------------------------------------------------------------
-    def add(self, seq_id: str, prompt: str, params: SamplingParams) -> Sequence:
+    def add(
+        self,
+        seq_id: str,
+        prompt: str,
+        params: SamplingParams,
+        *,
+        submitted_at: float | None = None,
+        request_class: str = RequestClass.INTERACTIVE,
+        backlog_s: float = 0.0,
+    ) -> Sequence:
         ids = list(self.tokenizer(prompt)["input_ids"])
         if not ids:
             raise InvalidInput("the prompt has no tokens")
@@ -104,7 +148,9 @@ class Engine:
             raise InvalidInput(
                 f"prompt of {len(ids)} tokens + max_tokens {params.max_tokens} exceeds the context ({self.max_context})"
             )
-        seq = Sequence(seq_id, ids, params)
+        seq = Sequence(seq_id, ids, params, request_class=request_class, backlog_s=backlog_s)
+        if submitted_at is not None:
+            seq.submitted_at = submitted_at
         if self._reserve(seq) > self.max_kv_bytes:
             raise InvalidInput(
                 f"this request could need {self._reserve(seq)} bytes of KV cache, over the engine's {self.max_kv_bytes}"
@@ -114,9 +160,10 @@ class Engine:
         self.waiting.append(seq)
         return seq
 
-    def cancel(self, seq_id: str) -> None:
-        """Mark a sequence cancelled; it leaves (and frees its KV cache) at the next step boundary."""
-        self._cancelled.add(seq_id)
+    def cancel(self, seq_id: str, reason: str = "cancelled") -> None:
+        """Mark a sequence cancelled; it leaves (and frees its KV cache) at the next step boundary, its event
+        finished with ``reason`` (the worker ends a sequence past its deadline this way too)."""
+        self._cancelled[seq_id] = reason
 
     @property
     def busy(self) -> bool:
@@ -130,8 +177,46 @@ class Engine:
     def _reserve(self, seq: Sequence) -> int:
         return (len(seq.prompt_ids) + seq.params.max_tokens) * self.bytes_per_token
 
+    # --- order ------------------------------------------------------------------------------------------------
+    @property
+    def preemptive(self) -> bool:
+        return self.policy in gen.PREEMPTIVE
+
+    def _rank(self, seq: Sequence, now: float) -> tuple[int, float]:
+        # FIFO and SJF keep the admission order they had: fewest tokens still to generate first.
+        remaining = seq.remaining_tokens if self.preemptive else seq.remaining
+        facts = SequenceFacts(
+            remaining, max(0.0, now - seq.submitted_at), seq.submitted_at, seq.request_class, seq.backlog_s
+        )
+        return gen.sequence_rank(self.policy, facts, self.seconds_per_token, self.policy_params)
+
+    def would_take_a_place(
+        self, prompt_tokens: int, max_tokens: int, submitted_at: float, request_class: str, backlog_s: float
+    ) -> bool:
+        """Whether a request not yet added would preempt a running sequence at the next step: the worker asks
+        before it takes a request from the queue while every slot is busy."""
+        if not self.preemptive or not self.running:
+            return False
+        now = self.clock()
+        facts = SequenceFacts(
+            gen.remaining_tokens(prompt_tokens, max_tokens, 0, False),
+            max(0.0, now - submitted_at),
+            submitted_at,
+            request_class,
+            backlog_s,
+        )
+        mine = gen.sequence_rank(self.policy, facts, self.seconds_per_token, self.policy_params)
+        # Those already waiting here go first; a request must beat what is left once they took their places.
+        ahead = sorted((self._rank(s, now) for s in self.waiting), reverse=False)
+        placed = sorted((self._rank(s, now) for s in self.running), reverse=True)
+        for rank in ahead:
+            if placed and rank < placed[0]:
+                placed.pop(0)
+        return bool(placed) and mine < placed[0]
+
     # --- one token step ---------------------------------------------------------------------------------------
     def step(self) -> list[Event]:
+        started = time.monotonic()
         events = self._drop_cancelled()
         new = self._admit()
         with torch.inference_mode():
@@ -143,6 +228,8 @@ class Engine:
                 for seq, logits in zip(old, self._decode(old), strict=True):
                     events.append(self._advance(seq, logits))
         self.running = [s for s in self.running if s.finish_reason is None]
+        if new or old:
+            self.seconds_per_token = 0.8 * self.seconds_per_token + 0.2 * (time.monotonic() - started)
         return events
 
     def run(self, on_event: Callable[[Event], None] | None = None) -> None:
@@ -158,32 +245,72 @@ class Engine:
         gone = [s for s in self.waiting + self.running if s.id in self._cancelled]
         self.waiting = [s for s in self.waiting if s.id not in self._cancelled]
         self.running = [s for s in self.running if s.id not in self._cancelled]
-        self._cancelled.clear()
         events = []
         for seq in gone:
-            seq.kv, seq.finish_reason = None, "cancelled"
-            events.append(Event(seq, "", "cancelled"))
+            seq.kv, seq.finish_reason = None, self._cancelled[seq.id]
+            events.append(Event(seq, "", seq.finish_reason))
+        self._cancelled.clear()
         return events
 
     def _admit(self) -> list[Sequence]:
+        now = self.clock()
         admitted: list[Sequence] = []
+        preempted: list[Sequence] = []
         reserved = sum(self._reserve(s) for s in self.running)
-        # Shortest remaining first; arrival order among equals (sort is stable).
-        for seq in sorted(self.waiting, key=lambda s: s.remaining):
-            if len(self.running) >= self.max_sequences:
-                break
+        # Best rank first; arrival order among equals (sort is stable).
+        for seq in sorted(self.waiting, key=lambda s: self._rank(s, now)):
             need = self._reserve(seq)
-            if reserved + need > self.max_kv_bytes:
-                continue  # a shorter one behind it may still fit
+            if len(self.running) >= self.max_sequences or reserved + need > self.max_kv_bytes:
+                if not self.preemptive:
+                    if len(self.running) >= self.max_sequences:
+                        break
+                    continue  # a shorter one behind it may still fit
+                victims = self._victims(seq, need, reserved, now, admitted)
+                if victims is None:
+                    continue  # no room even in the places of all it outranks; one behind it may fit
+                for victim in victims:
+                    self._preempt(victim)
+                    reserved -= self._reserve(victim)
+                    preempted.append(victim)
             reserved += need
             seq.admitted = True
             self.running.append(seq)
             admitted.append(seq)
-        self.waiting = [s for s in self.waiting if not s.admitted]
+        # The preempted wait from the next step on: a place freed now goes to the one that asked for it.
+        self.waiting = [s for s in self.waiting if not s.admitted] + preempted
         return admitted
 
+    def _victims(
+        self, seq: Sequence, need: int, reserved: int, now: float, admitted: list[Sequence]
+    ) -> list[Sequence] | None:
+        """The running sequences ``seq`` would take the place of (worst ranked first), or None when even all that
+        rank after it would not make room for it."""
+        mine = self._rank(seq, now)
+        ranked = sorted(
+            ((self._rank(s, now), s) for s in self.running if s not in admitted), key=lambda rs: rs[0], reverse=True
+        )
+        victims: list[Sequence] = []
+        slots, kv = len(self.running), reserved + need
+        for rank, victim in ranked:
+            if slots < self.max_sequences and kv <= self.max_kv_bytes:
+                break
+            if not mine < rank:
+                return None
+            victims.append(victim)
+            slots, kv = slots - 1, kv - self._reserve(victim)
+        return victims if slots < self.max_sequences and kv <= self.max_kv_bytes else None
+
+    def _preempt(self, seq: Sequence) -> None:
+        """Back to waiting with its tokens and generator; its KV cache is dropped and recomputed on resume."""
+        self.running.remove(seq)
+        seq.kv, seq.admitted = None, False
+        seq.preemptions += 1
+        self.preemptions += 1
+
     def _prefill(self, seq: Sequence) -> torch.Tensor:
-        ids = torch.tensor([seq.prompt_ids], device=self.device)
+        """The prompt in one forward pass; for a preempted sequence, its prompt and every token it made (its next
+        token's logits come from the last one, as a decode step feeding that token would give them)."""
+        ids = torch.tensor([seq.prompt_ids + seq.generated], device=self.device)
         out = self.model(input_ids=ids, use_cache=True)
         seq.kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
         logits: torch.Tensor = out.logits[0, -1]
