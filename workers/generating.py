@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,19 +97,34 @@ def decode_message(raw: bytes) -> Request | None:
         logs.event(log, "message_dropped", logging.ERROR, reason=exc.message, head=raw[:200].decode(errors="replace"))
         return None
     model, version, prompt, params = envelope.args
-    headers = envelope.headers
+    return request_of(envelope.task_id, model, version, prompt, params, envelope.kwargs, envelope.headers.get)
+
+
+def request_of(
+    task_id: str,
+    model: str,
+    version: int | None,
+    prompt: Any,
+    params: Any,
+    kwargs: dict[str, Any],
+    header: Callable[[str], Any],
+) -> Request:
+    """A request from a message's arguments, keyword arguments and headers (``header(name)``, None when absent):
+    the task's own message and those taken from the queue are read alike."""
+    request_class = header("maas_class")
+    policy = header("maas_policy")
     return Request(
-        envelope.task_id,
+        task_id,
         model,
         version,
         prompt,
         params,
-        _number(envelope.kwargs.get("deadline_at")),
-        _number(headers.get("maas_submitted_at")),
-        _number(envelope.kwargs.get("first_token_deadline_at")),
-        str(headers["maas_class"]) if headers.get("maas_class") in tuple(RequestClass) else RequestClass.INTERACTIVE,
-        headers.get("maas_policy") if isinstance(headers.get("maas_policy"), str) else None,
-        _number(headers.get("maas_backlog_s")) or 0.0,
+        _number(kwargs.get("deadline_at")),
+        _number(header("maas_submitted_at")),
+        _number(kwargs.get("first_token_deadline_at")),
+        str(request_class) if request_class in tuple(RequestClass) else RequestClass.INTERACTIVE,
+        policy if isinstance(policy, str) else None,
+        _number(header("maas_backlog_s")) or 0.0,
     )
 
 
