@@ -335,6 +335,41 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _generation_rows(reps: list[dict[str, Any]], redis_client: Any, settings: Settings) -> tuple[list[list[Any]], list]:
+    """One row per generative replica (those with a KV cache in their footprint): sequences in flight and tokens
+    per second as its worker last said (nothing from a worker silent past the heartbeat timeout)."""
+    from app.broker import stats
+
+    live = stats.read_live_now(redis_client, settings.heartbeat_timeout_s)
+    rows, values = [], []
+    for r in reps:
+        if r.get("kv_cache_bytes") is None or r["state"] != ReplicaState.READY:
+            continue
+        now = live.get((r["worker"], r["model"]), {})
+        entry = {
+            "replica": r["replica"],
+            "model": r["model"],
+            "worker": r["worker"],
+            "sequences": int(now.get("seqs", 0)),
+            "tokens_per_s": now.get("tokens_per_s", 0.0),
+            "kv_bytes": int(now.get("kv_bytes", 0)),
+            "kv_cache_bytes": r["kv_cache_bytes"],
+        }
+        values.append(entry)
+        rows.append(
+            [
+                r["replica"],
+                f"{r['model']}:{r['version']}",
+                r["worker"],
+                entry["sequences"],
+                f"{entry['tokens_per_s']:.1f}",
+                mib(entry["kv_bytes"]),
+                mib(r["kv_cache_bytes"]),
+            ]
+        )
+    return rows, values
+
+
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     import time
 
@@ -419,6 +454,11 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         ["MODEL", "POLICY", "WAITING", "LIMIT", "ARRIVALS/S", "EST MS (1 ROW)", "EST MS (32 ROWS)", "LEARNED ON"],
         model_rows,
     )
+    gen_rows, value["generation"] = _generation_rows(reps, redis_client, settings)
+    if gen_rows:
+        m_table += "\n\n" + render(
+            ["REPLICA", "MODEL", "WORKER", "SEQUENCES", "TOKENS/S", "KV USED", "KV RESERVED"], gen_rows
+        )
     beats = heartbeats.read(redis_client)
     value["heartbeats"] = {name: {"at": at, "age_s": time.time() - at} for name, at in beats.items()}
     beat_table = render(

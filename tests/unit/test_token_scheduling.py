@@ -156,3 +156,17 @@ def test_aging_bounds_the_wait_of_a_long_request_that_srtf_starves(runtime):
         finished_at[policy] = done.index("long")
     assert finished_at[Policy.SRTF] == len(done) - 1  # starved until the stream ended
     assert finished_at[Policy.AGING] < len(done) // 2
+
+
+def test_a_generative_footprint_reserves_its_kv_cache(runtime):
+    """Weights plus the KV cache it may grow to: max sequences x context x measured bytes per token, or the
+    configured KV budget when that is less; nothing for a model that does not generate."""
+    from app.settings import Settings
+    from workers.lifecycle import generative_reserve_bytes
+
+    full = runtime.kv_bytes_per_token * 3 * 512
+    roomy = Settings.from_env({"MAAS_GEN_MAX_SEQUENCES": "3", "MAAS_GEN_KV_CACHE_BYTES": str(10 * full)})
+    assert generative_reserve_bytes(runtime, roomy) == full
+    tight = Settings.from_env({"MAAS_GEN_MAX_SEQUENCES": "3", "MAAS_GEN_KV_CACHE_BYTES": str(full // 2)})
+    assert generative_reserve_bytes(runtime, tight) == full // 2
+    assert generative_reserve_bytes(object(), roomy) == 0
