@@ -105,17 +105,23 @@ def check_prompt(prompt: Any) -> str:
 PREEMPTIVE = frozenset({Policy.SRTF, Policy.AGING})
 
 
-def remaining_tokens(prompt_tokens: int, max_tokens: int, generated_tokens: int, prefilled: bool) -> int:
-    """A sequence's remaining work in tokens: the tokens it may still generate, plus its prompt while that is not
-    in a KV cache (a waiting sequence, or a preempted one whose cache was dropped and must be recomputed)."""
-    return max(0, max_tokens - generated_tokens) + (0 if prefilled else prompt_tokens)
+def remaining_tokens(
+    prompt_tokens: int, max_tokens: int, generated_tokens: int, prefilled: bool, prefill_weight: float = 1.0
+) -> float:
+    """A sequence's remaining work in decode-token equivalents: the tokens it may still generate, plus, while it
+    holds no KV cache, the tokens a prefill must compute first (its prompt; and the tokens it made, for one whose
+    cache was dropped when it was preempted). ``prefill_weight`` is a prefilled token's cost against a generated
+    one's, which the engine measures: prefill computes every prompt token in one forward pass, so on the trace's
+    long prompts a weight of 1 would rank requests by their prompts rather than by the steps they need."""
+    to_prefill = 0 if prefilled else prompt_tokens + generated_tokens
+    return max(0, max_tokens - generated_tokens) + prefill_weight * to_prefill
 
 
 @dataclass(frozen=True)
 class SequenceFacts:
     """What the engine knows about one sequence when it orders them (see :func:`sequence_rank`)."""
 
-    remaining_tokens: int
+    remaining_tokens: float
     waited_s: float  # since its submission, as aging counts a request's wait
     submitted_at: float  # arrival order among aged sequences
     request_class: str = policies.RequestClass.INTERACTIVE

@@ -177,14 +177,14 @@ def _loop(
     period = settings.reap_period_s / 2
     alive_at = shown_at = time.monotonic()
     made = 0  # tokens since the gauges were last shown
-    prompt_tokens: dict[str, int] = {}  # task id -> its prompt's tokens, for the queue's head looked at each step
+    seen: dict[bytes, Candidate | None] = {}  # the queue's head as read, for the look at each busy step
     stats.set_live(client, ctx.worker_name, loaded.model, len(running), 0)
     while engine.busy:
         free = engine.max_sequences - len(running)
         if free > 0:
             _join(app, ctx, engine, loaded, running, scripts.take_batch(client, queue, free, GENERATE_TASK))
         elif engine.preemptive and len(running) < 2 * engine.max_sequences:
-            _join(app, ctx, engine, loaded, running, _out_of_turn(ctx, engine, queue, running, prompt_tokens))
+            _join(app, ctx, engine, loaded, running, _out_of_turn(ctx, engine, queue, running, seen))
         _expire(engine, running)
         tokens = _step(app, ctx, engine, loaded, running)
         if tokens is None:
@@ -207,35 +207,53 @@ def _loop(
     raise Ignore()
 
 
-def _out_of_turn(
-    ctx: WorkerContext, engine: Any, queue: str, running: dict[str, Request], prompt_tokens: dict[str, int]
-) -> list[bytes]:
-    """The waiting requests at the head of the queue that would preempt a running sequence, taken from it.
+@dataclass(frozen=True)
+class Candidate:
+    """A waiting request seen at the head of the queue, read once (its prompt tokenized) however often seen."""
 
-    Looked at in the order a consumer pops them; the first that would not take a place ends the look (under
-    SRTF the rest are longer or younger), except that an older one further back may have aged past it."""
-    taken: list[bytes] = []
-    if len(prompt_tokens) > 4096:
-        prompt_tokens.clear()  # only the queue's head is ever asked about; forget what left it
+    request: Request
+    prompt_tokens: int
+    max_tokens: int
+
+
+def _candidate(engine: Any, raw: bytes) -> Candidate | None:
+    request = decode_message(raw)
+    if request is None:
+        return None
+    try:
+        tokens = len(engine.tokenizer(check_prompt(request.prompt))["input_ids"])
+        return Candidate(request, tokens, parse_params(request.params).max_tokens)
+    except MaasError:
+        return None  # a bad request is answered so when it is taken in its turn
+
+
+def _out_of_turn(
+    ctx: WorkerContext, engine: Any, queue: str, running: dict[str, Request], seen: dict[bytes, Candidate | None]
+) -> list[bytes]:
+    """The first waiting request at the head of the queue that would preempt a running sequence, taken from it.
+
+    Every level's head is looked at, not only the highest level's: under aging an older request deeper down may
+    rank first. What was read is kept (by the message's bytes), so each step costs one round trip and no parsing.
+    """
+    if len(seen) > 4096:
+        seen.clear()  # only the queue's head is ever looked at; forget what left it
+    threshold = engine.place_threshold()
+    if threshold is None:
+        return []
     for key, raw in queues.peek(ctx.redis, queue, PEEK_PER_LEVEL):
-        request = decode_message(raw)
-        if request is None or request.task_id in running:
+        if raw not in seen:
+            seen[raw] = _candidate(engine, raw)
+        found = seen[raw]
+        if found is None or found.request.task_id in running:
             continue
-        if request.task_id not in prompt_tokens:
-            try:
-                prompt_tokens[request.task_id] = len(engine.tokenizer(check_prompt(request.prompt))["input_ids"])
-                max_tokens = parse_params(request.params).max_tokens
-            except MaasError:
-                continue  # a bad request is answered so when it is taken in its turn
-        else:
-            max_tokens = parse_params(request.params).max_tokens
+        request = found.request
         submitted = request.submitted_at or time.time()
-        if engine.would_take_a_place(
-            prompt_tokens[request.task_id], max_tokens, submitted, request.request_class, request.backlog_s
-        ) and queues.take(ctx.redis, key, raw):
-            taken.append(raw)
-            break  # one per step: the next look sees the engine with it in
-    return taken
+        rank = engine.rank_new(
+            found.prompt_tokens, found.max_tokens, submitted, request.request_class, request.backlog_s
+        )
+        if rank < threshold and queues.take(ctx.redis, key, raw):
+            return [raw]  # one per step: the next look sees the engine with it in
+    return []
 
 
 def _expire(engine: Any, running: dict[str, Request]) -> None:

@@ -18,14 +18,18 @@ Each sequence keeps its own cache (a list of per-layer key and value tensors), s
 nothing for the others. The price is the copy into the padded batch at every step, which is small next to the
 forward pass for the models one worker serves on a CPU, and is what a paged KV cache would remove.
 
-A preempted sequence keeps its tokens (and its sampling generator's state) but not its KV cache: it goes back to
-the waiting sequences, and when it is admitted again its prompt and the tokens it made are prefilled in one
-forward pass (recomputed), which gives the logits of its next token, as the decode step would have. Dropping the
-cache is what frees room: the engine's KV budget is what placement counts for the replica, so a kept cache would
-either break that budget or leave the short request nowhere to run; and recomputing costs one prefill pass,
-parallel over the tokens, a fraction of the decode steps that made them (vLLM recomputes by default for the
-same reasons). The remaining work of a preempted sequence counts its prompt again (it must be prefilled again),
-so it never ranks ahead of what preempted it, and two sequences cannot take each other's place back and forth.
+A preempted sequence keeps its tokens, its sampling generator's state and, while the KV budget allows, its KV
+cache: it goes back to the waiting sequences and, admitted again, simply decodes on from where it stopped. When the
+bytes are needed (the budget, not the slots, is what is short), the caches of sequences that rank after the
+newcomer are dropped, those already waiting first; such a sequence is recomputed when it resumes: its prompt and
+the tokens it made are prefilled in one forward pass, which gives the logits of its next token as the decode step
+would have. Keeping is the default because recomputing costs a prefill of everything the sequence holds at every
+preemption, and under SRTF a long sequence may be preempted by each short arrival (measured: with caches always
+dropped, SRTF's mean completion on the trace was worse than FIFO's). Dropping is the fallback because the budget is
+what placement counts for the replica: a kept cache never makes the engine exceed it, as each one stays charged
+its full reservation. The remaining work of a sequence whose cache was dropped counts that prefill again (see
+:func:`app.generation.remaining_tokens`), so it never ranks ahead of what preempted it, and two sequences cannot
+take each other's place back and forth.
 """
 
 from __future__ import annotations
@@ -70,11 +74,10 @@ class Sequence:
         """Tokens it may still generate."""
         return self.params.max_tokens - len(self.generated)
 
-    @property
-    def remaining_tokens(self) -> int:
-        """Its remaining work: tokens to generate, plus its prompt while that is not in a KV cache."""
+    def remaining_tokens(self, prefill_weight: float = 1.0) -> float:
+        """Its remaining work: tokens to generate, plus what must be prefilled while it holds no KV cache."""
         return gen.remaining_tokens(
-            len(self.prompt_ids), self.params.max_tokens, len(self.generated), self.kv is not None
+            len(self.prompt_ids), self.params.max_tokens, len(self.generated), self.kv is not None, prefill_weight
         )
 
     @property
@@ -110,9 +113,11 @@ class Engine:
         self.max_sequences = max(1, max_sequences)
         self.max_kv_bytes = max_kv_bytes
         self.policy, self.policy_params, self.clock = policy, policy_params, clock
-        #: Measured: a moving average of the wall time of one step, i.e. of one token of each running sequence.
-        #: It turns remaining tokens into the seconds the policies' bands and aging clock are written in.
+        #: Measured: a moving average of the wall time of one decode pass, i.e. of one token of each running
+        #: sequence. It turns remaining tokens into the seconds the policies' bands and aging clock are written in.
         self.seconds_per_token = 0.01
+        #: Measured: a moving average of a prefill's wall time per token it computes (see ``prefill_weight``).
+        self.prefill_seconds_per_token: float | None = None
         self.preemptions = 0
         config: Any = model.config
         context: Any = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", 1024)
@@ -171,8 +176,8 @@ class Engine:
 
     @property
     def kv_bytes(self) -> int:
-        """Bytes the running sequences' KV caches hold now."""
-        return sum(k.nbytes + v.nbytes for s in self.running if s.kv for k, v in s.kv)
+        """Bytes the sequences' KV caches hold now (running ones, and preempted ones that kept theirs)."""
+        return sum(k.nbytes + v.nbytes for s in self.running + self.waiting if s.kv for k, v in s.kv)
 
     def _reserve(self, seq: Sequence) -> int:
         return (len(seq.prompt_ids) + seq.params.max_tokens) * self.bytes_per_token
@@ -182,54 +187,69 @@ class Engine:
     def preemptive(self) -> bool:
         return self.policy in gen.PREEMPTIVE
 
+    @property
+    def prefill_weight(self) -> float:
+        """A prefilled token's cost against a generated one's, as measured here (1 until both were measured)."""
+        if self.prefill_seconds_per_token is None:
+            return 1.0
+        return min(1.0, self.prefill_seconds_per_token / max(self.seconds_per_token, 1e-9))
+
     def _rank(self, seq: Sequence, now: float) -> tuple[int, float]:
         # FIFO and SJF keep the admission order they had: fewest tokens still to generate first.
-        remaining = seq.remaining_tokens if self.preemptive else seq.remaining
+        remaining = seq.remaining_tokens(self.prefill_weight) if self.preemptive else seq.remaining
         facts = SequenceFacts(
             remaining, max(0.0, now - seq.submitted_at), seq.submitted_at, seq.request_class, seq.backlog_s
         )
         return gen.sequence_rank(self.policy, facts, self.seconds_per_token, self.policy_params)
 
-    def would_take_a_place(
-        self, prompt_tokens: int, max_tokens: int, submitted_at: float, request_class: str, backlog_s: float
-    ) -> bool:
-        """Whether a request not yet added would preempt a running sequence at the next step: the worker asks
-        before it takes a request from the queue while every slot is busy."""
+    def place_threshold(self) -> tuple[int, float] | None:
+        """The rank a request not yet added must beat to preempt a running sequence at the next step (None when
+        none would be preempted): the worst running rank once those already waiting here took their places. The
+        worker asks once per busy step, then compares each request at the queue's head with :meth:`rank_new`."""
         if not self.preemptive or not self.running:
-            return False
+            return None
+        now = self.clock()
+        placed = sorted((self._rank(s, now) for s in self.running), reverse=True)
+        for rank in sorted(self._rank(s, now) for s in self.waiting):
+            if placed and rank < placed[0]:
+                placed.pop(0)
+        return placed[0] if placed else None
+
+    def rank_new(
+        self, prompt_tokens: int, max_tokens: int, submitted_at: float, request_class: str, backlog_s: float
+    ) -> tuple[int, float]:
+        """The rank a request would have here if it were added now."""
         now = self.clock()
         facts = SequenceFacts(
-            gen.remaining_tokens(prompt_tokens, max_tokens, 0, False),
+            gen.remaining_tokens(prompt_tokens, max_tokens, 0, False, self.prefill_weight),
             max(0.0, now - submitted_at),
             submitted_at,
             request_class,
             backlog_s,
         )
-        mine = gen.sequence_rank(self.policy, facts, self.seconds_per_token, self.policy_params)
-        # Those already waiting here go first; a request must beat what is left once they took their places.
-        ahead = sorted((self._rank(s, now) for s in self.waiting), reverse=False)
-        placed = sorted((self._rank(s, now) for s in self.running), reverse=True)
-        for rank in ahead:
-            if placed and rank < placed[0]:
-                placed.pop(0)
-        return bool(placed) and mine < placed[0]
+        return gen.sequence_rank(self.policy, facts, self.seconds_per_token, self.policy_params)
 
     # --- one token step ---------------------------------------------------------------------------------------
     def step(self) -> list[Event]:
-        started = time.monotonic()
         events = self._drop_cancelled()
-        new = self._admit()
+        # A resumed sequence that kept its KV cache simply decodes with the others; the rest are prefilled.
+        new = [s for s in self._admit() if s.kv is None]
         with torch.inference_mode():
             for seq in new:
+                started = time.monotonic()
                 logits = self._prefill(seq)
+                per_token = (time.monotonic() - started) / seq.kv_len
+                last = self.prefill_seconds_per_token
+                self.prefill_seconds_per_token = per_token if last is None else 0.8 * last + 0.2 * per_token
                 events.append(self._advance(seq, logits))
             old = [s for s in self.running if s not in new and s.finish_reason is None]
             if old:
-                for seq, logits in zip(old, self._decode(old), strict=True):
+                started = time.monotonic()
+                logits_of = self._decode(old)
+                self.seconds_per_token = 0.8 * self.seconds_per_token + 0.2 * (time.monotonic() - started)
+                for seq, logits in zip(old, logits_of, strict=True):
                     events.append(self._advance(seq, logits))
         self.running = [s for s in self.running if s.finish_reason is None]
-        if new or old:
-            self.seconds_per_token = 0.8 * self.seconds_per_token + 0.2 * (time.monotonic() - started)
         return events
 
     def run(self, on_event: Callable[[Event], None] | None = None) -> None:
@@ -252,58 +272,66 @@ class Engine:
         self._cancelled.clear()
         return events
 
+    def _charge(self, seq: Sequence) -> int:
+        """KV bytes held against the budget for ``seq``: the most its cache may grow to while it runs or keeps a
+        cache (preempted), nothing otherwise."""
+        return self._reserve(seq) if seq.admitted or seq.kv is not None else 0
+
     def _admit(self) -> list[Sequence]:
         now = self.clock()
         admitted: list[Sequence] = []
-        preempted: list[Sequence] = []
-        reserved = sum(self._reserve(s) for s in self.running)
         # Best rank first; arrival order among equals (sort is stable).
         for seq in sorted(self.waiting, key=lambda s: self._rank(s, now)):
-            need = self._reserve(seq)
-            if len(self.running) >= self.max_sequences or reserved + need > self.max_kv_bytes:
+            charged = sum(self._charge(s) for s in self.running + self.waiting)
+            need = 0 if seq.kv is not None else self._reserve(seq)  # a kept cache is charged already
+            if len(self.running) >= self.max_sequences or charged + need > self.max_kv_bytes:
                 if not self.preemptive:
                     if len(self.running) >= self.max_sequences:
                         break
                     continue  # a shorter one behind it may still fit
-                victims = self._victims(seq, need, reserved, now, admitted)
-                if victims is None:
+                if not self._make_room(seq, need, charged, now, admitted):
                     continue  # no room even in the places of all it outranks; one behind it may fit
-                for victim in victims:
-                    self._preempt(victim)
-                    reserved -= self._reserve(victim)
-                    preempted.append(victim)
-            reserved += need
             seq.admitted = True
             self.running.append(seq)
             admitted.append(seq)
-        # The preempted wait from the next step on: a place freed now goes to the one that asked for it.
-        self.waiting = [s for s in self.waiting if not s.admitted] + preempted
+        self.waiting = [s for s in self.waiting if not s.admitted]
         return admitted
 
-    def _victims(
-        self, seq: Sequence, need: int, reserved: int, now: float, admitted: list[Sequence]
-    ) -> list[Sequence] | None:
-        """The running sequences ``seq`` would take the place of (worst ranked first), or None when even all that
-        rank after it would not make room for it."""
+    def _make_room(self, seq: Sequence, need: int, charged: int, now: float, admitted: list[Sequence]) -> bool:
+        """Preempt running sequences that rank after ``seq`` (worst first) for a slot, and drop kept caches of
+        sequences that rank after it for KV bytes; False (nothing changed) when even all of them would not do."""
         mine = self._rank(seq, now)
-        ranked = sorted(
-            ((self._rank(s, now), s) for s in self.running if s not in admitted), key=lambda rs: rs[0], reverse=True
-        )
-        victims: list[Sequence] = []
-        slots, kv = len(self.running), reserved + need
-        for rank, victim in ranked:
-            if slots < self.max_sequences and kv <= self.max_kv_bytes:
+
+        def after(pool: list[Sequence]) -> list[Sequence]:
+            ranked = [(self._rank(s, now), s) for s in pool if s is not seq and s not in admitted]
+            return [s for rank, s in sorted(ranked, key=lambda rs: rs[0], reverse=True) if mine < rank]
+
+        running = after(self.running)
+        kept = after([s for s in self.waiting if s.kv is not None])
+        slots = len(self.running) + 1 - self.max_sequences
+        if slots > len(running):
+            return False
+        victims = running[: max(0, slots)]
+        # Caches to drop for bytes: those already waiting first, then the victims', then more running ones.
+        drops, excess = [], charged + need - self.max_kv_bytes
+        for candidate in kept + victims + running[len(victims) :]:
+            if excess <= 0:
                 break
-            if not mine < rank:
-                return None
-            victims.append(victim)
-            slots, kv = slots - 1, kv - self._reserve(victim)
-        return victims if slots < self.max_sequences and kv <= self.max_kv_bytes else None
+            drops.append(candidate)
+            excess -= self._reserve(candidate)
+        if excess > 0:
+            return False
+        for victim in victims + [s for s in drops if s.admitted and s not in victims]:
+            self._preempt(victim)
+        for dropped in drops:
+            dropped.kv = None  # recomputed from its tokens when it resumes
+        return True
 
     def _preempt(self, seq: Sequence) -> None:
-        """Back to waiting with its tokens and generator; its KV cache is dropped and recomputed on resume."""
+        """Back to waiting with its tokens, its generator and (unless the budget takes it) its KV cache."""
         self.running.remove(seq)
-        seq.kv, seq.admitted = None, False
+        self.waiting.append(seq)
+        seq.admitted = False
         seq.preemptions += 1
         self.preemptions += 1
 

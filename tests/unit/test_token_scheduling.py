@@ -21,11 +21,12 @@ PARAMS = PolicyParams.around(0.3)
 
 
 # --- the pure core ----------------------------------------------------------------------------------------------
-def test_remaining_tokens_count_the_prompt_until_it_is_prefilled():
+def test_remaining_tokens_count_what_is_left_to_prefill():
     assert remaining_tokens(10, 50, 0, prefilled=False) == 60
     assert remaining_tokens(10, 50, 20, prefilled=True) == 30
-    assert remaining_tokens(10, 50, 20, prefilled=False) == 40  # preempted: its prompt must be recomputed
+    assert remaining_tokens(10, 50, 20, prefilled=False) == 60  # its cache dropped: prompt and tokens recomputed
     assert remaining_tokens(10, 50, 60, prefilled=True) == 0
+    assert remaining_tokens(100, 50, 0, prefilled=False, prefill_weight=0.1) == 60  # prefill measured cheaper
 
 
 def test_srtf_ranks_by_remaining_tokens_and_fifo_does_not_preempt():
