@@ -68,3 +68,40 @@ def test_deadlines_stop_a_generation_with_a_typed_error(lm, fleet, register, cli
     met = client.generate("lm", "tokens flow", max_tokens=200, first_token_deadline_s=30, timeout_s=60)
     assert met.result() == tiny_lm.solo(runtime, "tokens flow", max_tokens=200)
     long.result()
+
+
+def test_a_worker_killed_with_a_preempted_generation_loses_nothing(lm, env, fleet, register, configure, tmp_path):
+    """Killed while one generation is preempted (its own message, unacknowledged) and the request that preempted
+    it runs (taken out of turn, known only to the ledger): both are made again by another worker, whole."""
+    from app.broker import keys
+    from app.client import Client
+    from app.settings import Settings
+    from harness.fleet import wait_for
+
+    artifact, runtime = lm
+    fleet.env = {**env, "MAAS_REAP_PERIOD_S": "1", "MAAS_WORKER_SYSTEM_TASKS": "false"}
+    client = Client(Settings.from_env(fleet.env))
+    register("lm", artifact, runtime="causal_lm", service_ms=5.0)
+    configure("lm", policy="srtf")
+    client.scheduler.invalidate("lm")
+    fleet.controller()
+    fleet.beat()
+    doomed = fleet.worker(0, "w0@test", MAAS_GEN_MAX_SEQUENCES="1")
+    client.load("lm", worker="w0@test").wait(timeout_s=120)
+
+    long = client.generate("lm", "the quick brown", max_tokens=1000, timeout_s=120)
+    long_chunks = iter(long)
+    long_text = next(long_chunks)
+    short = client.generate("lm", "tokens flow", max_tokens=500, timeout_s=120)
+    short_chunks = iter(short)
+    short_text = next(short_chunks)  # it runs: it took the long one's only slot
+    assert client.redis.hexists(keys.held_by("w0@test"), long.id)
+    doomed.kill()
+
+    fleet.worker(1, "w1@test", MAAS_GEN_MAX_SEQUENCES="1")
+    client.load("lm", worker="w1@test").wait(timeout_s=120)
+    short_text += "".join(short_chunks)
+    long_text += "".join(long_chunks)
+    assert short_text == tiny_lm.solo(runtime, "tokens flow", max_tokens=500)
+    assert long_text == tiny_lm.solo(runtime, "the quick brown", max_tokens=1000)
+    wait_for(lambda: client.redis.hlen(keys.held_by("w0@test")) == 0, 30, "the dead worker's holdings to be given back")
