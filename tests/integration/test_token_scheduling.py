@@ -96,6 +96,7 @@ def test_a_worker_killed_with_a_preempted_generation_loses_nothing(lm, env, flee
     short_chunks = iter(short)
     short_text = next(short_chunks)  # it runs: it took the long one's only slot
     assert client.redis.hexists(keys.held_by("w0@test"), long.id)
+    assert not AsyncResult(long.id, app=client.app).ready()  # preempted, not finished
     doomed.kill()
 
     fleet.worker(1, "w1@test", MAAS_GEN_MAX_SEQUENCES="1")
@@ -104,4 +105,6 @@ def test_a_worker_killed_with_a_preempted_generation_loses_nothing(lm, env, flee
     long_text += "".join(long_chunks)
     assert short_text == tiny_lm.solo(runtime, "tokens flow", max_tokens=500)
     assert long_text == tiny_lm.solo(runtime, "the quick brown", max_tokens=1000)
+    for generation in (short, long):
+        assert AsyncResult(generation.id, app=client.app).get(timeout=30)["worker"] == "w1@test"
     wait_for(lambda: client.redis.hlen(keys.held_by("w0@test")) == 0, 30, "the dead worker's holdings to be given back")
