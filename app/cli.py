@@ -320,6 +320,8 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
         stop=args.stop or None,
         priority=args.priority,
         timeout_s=args.timeout,
+        deadline_s=args.deadline,
+        first_token_deadline_s=args.first_token_deadline,
     )
     try:
         for chunk in generation:
@@ -950,6 +952,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--stop", action="append", default=[], help="a stop string (repeatable)")
     gen.add_argument("--priority", type=int, help="0 (highest) to 9 (lowest); default MAAS_DEFAULT_PRIORITY")
     gen.add_argument("--timeout", type=float, help="seconds to wait for each next chunk")
+    gen.add_argument("--deadline", type=float, help="seconds after submission the whole generation must end in")
+    gen.add_argument("--first-token-deadline", type=float, help="seconds after submission for the first token")
     gen.add_argument("-v", "--verbose", action="store_true", help="then one JSON line: finish reason and usage")
     gen.set_defaults(func=cmd_generate)
 
