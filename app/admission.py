@@ -86,15 +86,26 @@ def generate_order(
     deadline_s: float | None,
     max_queue: int,
     now: float,
+    first_token_deadline_s: float | None = None,
+    policy: str | None = None,
+    backlog_s: float = 0.0,
 ) -> InferOrder:
     """A generation request (``maas.generate``): admitted, recorded and queued exactly as an infer request.
 
-    No aging copies: a generation is long, and its promotion would have to travel with its stream.
+    No aging copies: a generation is long, and its promotion would have to travel with its stream. Its wait is
+    aged inside the worker's engine instead, which the headers feed: the model's policy when it was admitted and
+    the wait FIFO would have given it (``maas_backlog_s``, which stretches the aging clock as for any request).
+    ``deadline_s`` bounds the whole generation, ``first_token_deadline_s`` its first token.
     """
     queue = model_queue(model)
     args: list[Any] = [model, send_version, prompt, params]
     kwargs: dict[str, Any] = {"deadline_at": now + deadline_s} if deadline_s else {}
-    headers = {"maas_submitted_at": now, "maas_class": request_class}
+    if first_token_deadline_s:
+        kwargs["first_token_deadline_at"] = now + first_token_deadline_s
+    headers: dict[str, Any] = {"maas_submitted_at": now, "maas_class": request_class}
+    if policy is not None:
+        headers["maas_policy"] = str(policy)
+        headers["maas_backlog_s"] = round(backlog_s, 6)
     ledger_body = {
         "name": GENERATE_TASK,
         "queue": queue,

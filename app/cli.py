@@ -320,6 +320,8 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
         stop=args.stop or None,
         priority=args.priority,
         timeout_s=args.timeout,
+        deadline_s=args.deadline,
+        first_token_deadline_s=args.first_token_deadline,
     )
     try:
         for chunk in generation:
@@ -333,6 +335,41 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
     if args.verbose:
         print(json.dumps({"id": generation.id, "finish_reason": generation.finish_reason, **generation.usage}))
     return 0
+
+
+def _generation_rows(reps: list[dict[str, Any]], redis_client: Any, settings: Settings) -> tuple[list[list[Any]], list]:
+    """One row per generative replica (those with a KV cache in their footprint): sequences in flight and tokens
+    per second as its worker last said (nothing from a worker silent past the heartbeat timeout)."""
+    from app.broker import stats
+
+    live = stats.read_live_now(redis_client, settings.heartbeat_timeout_s)
+    rows, values = [], []
+    for r in reps:
+        if r.get("kv_cache_bytes") is None or r["state"] != ReplicaState.READY:
+            continue
+        now = live.get((r["worker"], r["model"]), {})
+        entry = {
+            "replica": r["replica"],
+            "model": r["model"],
+            "worker": r["worker"],
+            "sequences": int(now.get("seqs", 0)),
+            "tokens_per_s": now.get("tokens_per_s", 0.0),
+            "kv_bytes": int(now.get("kv_bytes", 0)),
+            "kv_cache_bytes": r["kv_cache_bytes"],
+        }
+        values.append(entry)
+        rows.append(
+            [
+                r["replica"],
+                f"{r['model']}:{r['version']}",
+                r["worker"],
+                entry["sequences"],
+                f"{entry['tokens_per_s']:.1f}",
+                mib(entry["kv_bytes"]),
+                mib(r["kv_cache_bytes"]),
+            ]
+        )
+    return rows, values
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
@@ -420,6 +457,11 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         ["MODEL", "POLICY", "WAITING", "LIMIT", "ARRIVALS/S", "EST MS (1 ROW)", "EST MS (32 ROWS)", "LEARNED ON"],
         model_rows,
     )
+    gen_rows, value["generation"] = _generation_rows(reps, redis_client, settings)
+    if gen_rows:
+        m_table += "\n\n" + render(
+            ["REPLICA", "MODEL", "WORKER", "SEQUENCES", "TOKENS/S", "KV USED", "KV RESERVED"], gen_rows
+        )
     beats = heartbeats.read(redis_client)
     value["heartbeats"] = {name: {"at": at, "age_s": time.time() - at} for name, at in beats.items()}
     leader = leases.holder(redis_client, BEAT_LEADER)
@@ -925,6 +967,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--stop", action="append", default=[], help="a stop string (repeatable)")
     gen.add_argument("--priority", type=int, help="0 (highest) to 9 (lowest); default MAAS_DEFAULT_PRIORITY")
     gen.add_argument("--timeout", type=float, help="seconds to wait for each next chunk")
+    gen.add_argument("--deadline", type=float, help="seconds after submission the whole generation must end in")
+    gen.add_argument("--first-token-deadline", type=float, help="seconds after submission for the first token")
     gen.add_argument("-v", "--verbose", action="store_true", help="then one JSON line: finish reason and usage")
     gen.set_defaults(func=cmd_generate)
 

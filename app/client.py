@@ -431,17 +431,26 @@ class Client:
         request_class: str = "interactive",
         deadline_s: float | None = None,
         timeout_s: float | None = None,
+        first_token_deadline_s: float | None = None,
     ) -> Generation:
         """Queue one generation of a generative model; iterate the returned object for text chunks as they come.
 
         ``temperature`` 0 is greedy; otherwise tokens are sampled with nucleus ``top_p`` and ``seed``. ``stop``
         strings end the text before them. ``timeout_s`` bounds the wait for each next chunk, not the whole text.
+        ``deadline_s`` (after submission) bounds the whole generation and ``first_token_deadline_s`` its first
+        token: past either, it stops with DEADLINE_EXCEEDED (after the text made before, on the stream).
         """
         raw: dict[str, Any] = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "seed": seed}
         if stop:
             raw["stop"] = [stop] if isinstance(stop, str) else list(stop)
         order = self.prepare_generation(
-            ref, prompt, parse_params(raw), priority=priority, request_class=request_class, deadline_s=deadline_s
+            ref,
+            prompt,
+            parse_params(raw),
+            priority=priority,
+            request_class=request_class,
+            deadline_s=deadline_s,
+            first_token_deadline_s=first_token_deadline_s,
         )
         backlog = self._admit(order)
         self.scheduler.admit(order.model, backlog)
@@ -457,6 +466,7 @@ class Client:
         priority: int | None = None,
         request_class: str = "interactive",
         deadline_s: float | None = None,
+        first_token_deadline_s: float | None = None,
     ) -> InferOrder:
         """Resolve, check and schedule one generation without sending it (the gateway admits it itself)."""
         resolved = self._resolve(ref)
@@ -465,8 +475,9 @@ class Client:
         check_prompt(prompt)
         if request_class not in REQUEST_CLASSES:
             raise UnknownPolicy(f"request class {request_class!r} is not one of {', '.join(REQUEST_CLASSES)}")
-        if deadline_s is not None and not deadline_s > 0:
-            raise InvalidInput(f"deadline_s={deadline_s!r} must be a positive number of seconds")
+        for name, value in (("deadline_s", deadline_s), ("first_token_deadline_s", first_token_deadline_s)):
+            if value is not None and not value > 0:
+                raise InvalidInput(f"{name}={value!r} must be a positive number of seconds")
         decision = self.scheduler.decide(
             resolved.model,
             request_class=request_class,
@@ -485,6 +496,9 @@ class Client:
             deadline_s=deadline_s,
             max_queue=self.scheduler.facts(resolved.model).max_queue,
             now=time.time(),
+            first_token_deadline_s=first_token_deadline_s,
+            policy=decision.policy,
+            backlog_s=decision.backlog_s,
         )
 
     def submit_job(

@@ -13,7 +13,9 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from app import policies
 from app.errors import InvalidInput
+from app.policies import Policy, PolicyParams
 
 #: The task every generation request runs.
 GENERATE_TASK = "maas.generate"
@@ -95,3 +97,60 @@ def check_prompt(prompt: Any) -> str:
     if not prompt:
         raise InvalidInput("the prompt is empty")
     return prompt
+
+
+# --- scheduling by tokens inside the engine ---------------------------------------------------------------------------
+#: Policies under which a waiting sequence may take a running sequence's place at a token step. FIFO and SJF only
+#: order admission (as the fleet's queue does): a running sequence keeps its slot until it finishes.
+PREEMPTIVE = frozenset({Policy.SRTF, Policy.AGING})
+
+
+def remaining_tokens(
+    prompt_tokens: int, max_tokens: int, generated_tokens: int, prefilled: bool, prefill_weight: float = 1.0
+) -> float:
+    """A sequence's remaining work in decode-token equivalents: the tokens it may still generate, plus, while it
+    holds no KV cache, the tokens a prefill must compute first (its prompt; and the tokens it made, for one whose
+    cache was dropped when it was preempted). ``prefill_weight`` is a prefilled token's cost against a generated
+    one's, which the engine measures: prefill computes every prompt token in one forward pass, so on the trace's
+    long prompts a weight of 1 would rank requests by their prompts rather than by the steps they need."""
+    to_prefill = 0 if prefilled else prompt_tokens + generated_tokens
+    return max(0, max_tokens - generated_tokens) + prefill_weight * to_prefill
+
+
+@dataclass(frozen=True)
+class SequenceFacts:
+    """What the engine knows about one sequence when it orders them (see :func:`sequence_rank`)."""
+
+    remaining_tokens: float
+    waited_s: float  # since its submission, as aging counts a request's wait
+    submitted_at: float  # arrival order among aged sequences
+    request_class: str = policies.RequestClass.INTERACTIVE
+    backlog_s: float = 0.0  # the wait FIFO would have given it at admission (stretches the aging clock)
+
+
+def sequence_rank(
+    policy: Policy, facts: SequenceFacts, seconds_per_token: float, params: PolicyParams
+) -> tuple[int, float]:
+    """Order of sequences inside one engine, smallest first: (policy level, tie-break).
+
+    The level is the one the fleet's policy gives a request whose remaining work is ``remaining_tokens`` at the
+    engine's measured ``seconds_per_token``, so SRTF and aging here use the same bands and the same aging clock
+    (threshold, step, backlog stretch) as admission. Within a level the fewest remaining tokens go first, except
+    at the aged level, which is served in arrival order: that is what bounds an aged request's wait (see
+    :mod:`app.policies`), and it stops two aged sequences from taking each other's place back and forth.
+    FIFO and SJF rank by remaining tokens alone: they only order admission, as before.
+    """
+    if policy not in PREEMPTIVE:
+        return (0, float(facts.remaining_tokens))
+    remaining_s = facts.remaining_tokens * seconds_per_token
+    request = policies.RequestFacts(facts.request_class, remaining_s, remaining_s, facts.waited_s, facts.backlog_s)
+    level = policies.priority_for(policy, request, params)
+    if level == policies.AGED_LEVEL:
+        return (level, facts.submitted_at)
+    return (level, float(facts.remaining_tokens))
+
+
+def kv_reserve_bytes(bytes_per_token: int, max_sequences: int, context_tokens: int, max_kv_bytes: int) -> int:
+    """The KV cache a generative replica may grow to: every sequence it runs at once holding a full context,
+    unless the configured KV-byte budget, which the engine never exceeds, is less. Part of its footprint."""
+    return min(max_kv_bytes, bytes_per_token * max_sequences * context_tokens)

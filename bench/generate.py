@@ -1,24 +1,39 @@
-"""``python -m bench.generate``: continuous batching off and on, and the streaming overhead of the gateway, through
-the live system.
+"""``python -m bench.generate``: continuous batching off and on, and the scheduling policies by tokens, through the
+live system, and the streaming overhead of the gateway, side by side in one run (JSON lines).
 
 A generative model (a GPT-2 with random weights built on the spot, ``--layers`` x ``--width``, nothing
-downloaded) is served by one solo worker.
+downloaded) is served by one solo worker. Four parts, each in fresh fleets:
 
-- ``batching``: for each configuration (``MAAS_GEN_MAX_SEQUENCES`` 1, then ``--sequences``) a fresh fleet takes
-  ``--sequences`` generations of ``--tokens`` tokens submitted at once through ``Client.generate``, and the bench
-  reads every stream to the end. One JSON line per configuration (tokens per second over the whole drain, time to
-  first token p50 and max) and one line comparing them.
-- ``streaming``: a fleet with a gateway (and a signing key, so entries are signed and checked as in production)
-  takes ``--sequences`` OpenAI streaming completions at once from the official ``openai`` package, ``--rounds``
-  times. Per round the same tokens are timed at both ends from the same start, the moment the worker appended the
-  first text: *generated* is their count over the span to the last text the worker appended, *delivered* over the
-  span to the last text event a client received. When each piece of text was made is its entry's id on the
-  request's Redis Stream (Redis' clock when the worker's step reached it); when it was received is the client's
-  ``time.time()``: one host's clock, as fleet and clients run on one machine here. Also the lag of every text event
-  (received minus made), p50 and p99. The delivered text must equal the streamed text. Each round also sends the
-  same requests through ``Client.generate`` (no HTTP), to show what the worker makes when no gateway and no
-  ``openai`` client share the cores with it. One JSON line per round and one with the median ratio and its spread
-  (target at least 0.9x).
+1. **Batching off vs on at saturation.** For ``MAAS_GEN_MAX_SEQUENCES`` 1, then ``--sequences``, the worker takes
+   ``--sequences`` generations of ``--tokens`` tokens submitted at once; the bench reads every stream to the end
+   (tokens per second over the whole drain, time to first token p50 and max).
+2. **Batching off vs on at the same offered load.** The Azure LLM code trace's requests (below) replayed at
+   ``--ttft-load`` of what batching *off* sustains (the drain above), through each configuration: p99 time to
+   first token, p99 completion.
+3. **FIFO vs SRTF by remaining tokens vs aging**, one worker with ``--policy-sequences`` slots: the trace's
+   requests replayed at ``--load`` of its measured capacity, the model's policy switched between runs, policies
+   interleaved (the order rotates each round) and repeated ``--repeats`` times; per policy and size class the mean
+   and p99 completion and time to first token, the worst wait (completion less the request's own run time alone),
+   then the median over rounds and its spread (min-max) of SRTF's mean completion and aging's worst wait against
+   the same round's FIFO.
+
+The trace (``bench.trace``) gives arrival times, prompt and output lengths. Scaled to the tiny model: prompts are
+``ContextTokens / --prompt-divisor`` words, outputs ``GeneratedTokens`` capped at ``--max-output`` (the model
+writes no end-of-text, so each request makes exactly its ``max_tokens``); arrivals keep their order and gaps,
+compressed so the offered tokens per second are the target load. A request's size class is by its output tokens
+(shortest: the lowest tenth, longest: the highest tenth).
+
+4. **Streaming overhead**: a fleet with a gateway (and a signing key, so entries are signed and checked as in
+   production) takes ``--sequences`` OpenAI streaming completions at once from the official ``openai`` package,
+   ``--rounds`` times. Per round the same tokens are timed at both ends from the same start, the moment the worker
+   appended the first text: *generated* is their count over the span to the last text the worker appended,
+   *delivered* over the span to the last text event a client received. When each piece of text was made is its
+   entry's id on the request's Redis Stream (Redis' clock when the worker's step reached it); when it was received
+   is the client's ``time.time()``: one host's clock, as fleet and clients run on one machine here. Also the lag of
+   every text event (received minus made), p50 and p99. The delivered text must equal the streamed text. Each round
+   also sends the same requests through ``Client.generate`` (no HTTP), to show what the worker makes when no
+   gateway and no ``openai`` client share the cores with it. One JSON line per round and one with the median ratio
+   and its spread (target at least 0.9x).
 """
 
 from __future__ import annotations
@@ -30,14 +45,65 @@ import statistics
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bench.fleet import BenchFleet
+from bench.trace import DEFAULT_TRACE_PATH, SizeClass, TraceRow, load_trace, quantile
 from harness import tiny_lm
 
 MODEL = "gen"
 PROMPTS = ["the quick brown fox", "tokens flow to the caller", "a model as a service", "continuous batching"]
+WORDS = " ".join(tiny_lm.CORPUS).split()
+POLICIES = ("fifo", "srtf", "aging")
+#: Targets of issue 14: SRTF's mean completion against FIFO's, aging's worst wait against FIFO's.
+SRTF_MEAN_TARGET = 0.6
+AGING_WORST_TARGET = 2.0
+
+
+@dataclass(frozen=True)
+class GenRequest:
+    """One replayed request: when it is sent, its prompt, how many tokens it makes, its size class."""
+
+    arrival_s: float
+    prompt: str
+    max_tokens: int
+    size_class: SizeClass
+
+
+def workload(rows: list[TraceRow], count: int, offset: int, prompt_divisor: int, max_output: int) -> list[GenRequest]:
+    """``count`` consecutive trace requests from ``offset``, scaled to the tiny model, arrivals as in the trace
+    (compress them with :func:`at_load`)."""
+    picked = rows[offset : offset + count]
+    if len(picked) < 2:
+        raise ValueError(f"the trace has {len(rows)} requests; cannot take {count} from {offset}")
+    outputs = [max(1, min(r.generated_tokens, max_output)) for r in picked]
+    low, high = quantile(outputs, 0.1), quantile(outputs, 0.9)
+
+    def size_class(n: int) -> SizeClass:
+        if n <= low:
+            return SizeClass.SHORTEST
+        return SizeClass.LONGEST if n >= high else SizeClass.MIDDLE
+
+    start = picked[0].arrival_s
+    return [
+        GenRequest(
+            r.arrival_s - start,
+            " ".join(WORDS[(i + k) % len(WORDS)] for k in range(max(1, r.context_tokens // prompt_divisor))),
+            n,
+            size_class(n),
+        )
+        for i, (r, n) in enumerate(zip(picked, outputs, strict=True))
+    ]
+
+
+def at_load(requests: list[GenRequest], tokens_per_s: float, load: float) -> list[GenRequest]:
+    """The same requests with arrivals compressed (or stretched) so they offer ``load`` x ``tokens_per_s``."""
+    span_s = requests[-1].arrival_s - requests[0].arrival_s
+    offered = sum(r.max_tokens for r in requests) / span_s
+    scale = offered / (load * tokens_per_s)
+    return [GenRequest(r.arrival_s * scale, r.prompt, r.max_tokens, r.size_class) for r in requests]
 
 
 def drain(fleet: BenchFleet, sequences: int, tokens: int) -> dict[str, Any]:
@@ -202,36 +268,214 @@ def streaming(artifact: Path, args: argparse.Namespace) -> None:
     )
 
 
-def batching(artifact: Path, args: argparse.Namespace) -> None:
-    figures: dict[str, dict[str, Any]] = {}
+def replay(fleet: BenchFleet, requests: list[GenRequest]) -> list[dict[str, Any]]:
+    """Send each request at its arrival time and read its stream to the end; per request: completion and time to
+    first token (from its submission, as its caller sees them), tokens made and size class."""
+    from app.client import Client
+
+    client = Client(fleet.settings)
+    out: list[dict[str, Any]] = [{} for _ in requests]
+    threads = []
+
+    def read(i: int, generation: Any, sent: float) -> None:
+        first = None
+        for _ in generation:
+            if first is None:
+                first = time.perf_counter() - sent
+        done = time.perf_counter() - sent
+        out[i] = {
+            "completion_s": done,
+            "ttft_s": first if first is not None else done,
+            "tokens": generation.usage.get("completion_tokens", 0),
+            "class": requests[i].size_class.value,
+        }
+
+    start = time.perf_counter()
+    for i, r in enumerate(requests):
+        delay = start + r.arrival_s - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)  # pacing the arrivals, not waiting for a result
+        sent = time.perf_counter()
+        generation = client.generate(MODEL, r.prompt, max_tokens=r.max_tokens, timeout_s=600)
+        thread = threading.Thread(target=read, args=(i, generation, sent))
+        thread.start()
+        threads.append(thread)
+    for thread in threads:
+        thread.join()
+    return out
+
+
+def solo_times(fleet: BenchFleet) -> tuple[float, float]:
+    """(time to first token, inter-token time) of one request alone, the median of three: a request's own run
+    time alone, which its wait is measured against."""
+    from app.client import Client
+
+    client = Client(fleet.settings)
+    firsts, gaps = [], []
+    for _ in range(3):
+        sent = time.perf_counter()
+        generation = client.generate(MODEL, PROMPTS[0], max_tokens=64, timeout_s=120)
+        first = None
+        for _ in generation:
+            first = first if first is not None else time.perf_counter() - sent
+        total = time.perf_counter() - sent
+        firsts.append(first or total)
+        gaps.append((total - (first or total)) / 63)
+    return statistics.median(firsts), statistics.median(gaps)
+
+
+def figures(results: list[dict[str, Any]], solo: tuple[float, float]) -> dict[str, Any]:
+    """Mean and p99 completion and time to first token per size class (and all), and the worst wait."""
+    first_s, gap_s = solo
+    out: dict[str, Any] = {}
+    for name in ["all", *[c.value for c in SizeClass]]:
+        picked = [r for r in results if name == "all" or r["class"] == name]
+        if not picked:
+            continue
+        done, firsts = [r["completion_s"] for r in picked], [r["ttft_s"] for r in picked]
+        out[name] = {
+            "n": len(picked),
+            "mean_s": round(statistics.fmean(done), 4),
+            "p99_s": round(quantile(done, 0.99), 4),
+            "ttft_mean_s": round(statistics.fmean(firsts), 4),
+            "ttft_p99_s": round(quantile(firsts, 0.99), 4),
+        }
+    waits = [r["completion_s"] - (first_s + (r["tokens"] - 1) * gap_s) for r in results]
+    out["worst_wait_s"] = round(max(waits), 4)
+    return out
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {"median": round(statistics.median(values), 3), "min": round(min(values), 3), "max": round(max(values), 3)}
+
+
+def batching(args: argparse.Namespace, artifact: Path, requests: list[GenRequest]) -> None:
+    """Parts 1 and 2: throughput at saturation, then p99 TTFT at one offered load, batching off then on."""
+    figures_by: dict[str, dict[str, Any]] = {}
+    load_rate: float | None = None
     for name, slots in (("off", 1), ("on", args.sequences)):
         with BenchFleet(
             MAAS_ALLOCATION="false", MAAS_VIRTUAL_DEVICES="1x4GiB", MAAS_GEN_MAX_SEQUENCES=str(slots)
         ) as fleet:
             fleet.register(MODEL, artifact, runtime="causal_lm")
             fleet.worker(0, "bench0@local")
-            figures[name] = drain(fleet, args.sequences, args.tokens)
-        line = {"bench": "generate", "batching": name, "max_sequences": slots, **figures[name]}
-        print(json.dumps({**line, "sequences": args.sequences, "layers": args.layers, "width": args.width}))
-    speedup = figures["on"]["tokens_per_s"] / figures["off"]["tokens_per_s"]
+            figures_by[name] = drain(fleet, args.sequences, args.tokens)
+            line = {"bench": "generate", "batching": name, "max_sequences": slots, **figures_by[name]}
+            print(json.dumps({**line, "sequences": args.sequences, "layers": args.layers, "width": args.width}))
+            # The same offered load for both: a share of what batching off sustains.
+            load_rate = load_rate or figures_by[name]["tokens_per_s"]
+            paced = at_load(requests[: args.ttft_requests], load_rate, args.ttft_load)
+            results = replay(fleet, paced)
+            done, firsts = [r["completion_s"] for r in results], [r["ttft_s"] for r in results]
+            print(
+                json.dumps(
+                    {
+                        "bench": "generate",
+                        "part": "ttft_at_load",
+                        "batching": name,
+                        "offered_tokens_per_s": round(args.ttft_load * load_rate, 1),
+                        "requests": len(results),
+                        "ttft_p50_s": round(statistics.median(firsts), 3),
+                        "ttft_p99_s": round(quantile(firsts, 0.99), 3),
+                        "completion_p99_s": round(quantile(done, 0.99), 3),
+                    }
+                )
+            )
+    speedup = figures_by["on"]["tokens_per_s"] / figures_by["off"]["tokens_per_s"]
     print(json.dumps({"bench": "generate", "speedup_tokens_per_s": round(speedup, 2)}))
 
 
+def policy_comparison(args: argparse.Namespace, artifact: Path, requests: list[GenRequest]) -> None:
+    """Part 3: FIFO, SRTF and aging through one worker, interleaved and repeated."""
+    from app import registry
+    from app.db.session import session_scope
+
+    env = {"MAAS_ALLOCATION": "false", "MAAS_VIRTUAL_DEVICES": "1x4GiB"}
+    with BenchFleet(**env, MAAS_GEN_MAX_SEQUENCES=str(args.policy_sequences)) as fleet:
+        fleet.register(MODEL, artifact, runtime="causal_lm", service_ms=5.0)
+        fleet.worker(0, "bench0@local")
+        capacity = drain(fleet, 4 * args.policy_sequences, args.tokens)["tokens_per_s"]
+        solo = solo_times(fleet)
+        paced = at_load(requests, capacity, args.load)
+        rounds: list[dict[str, dict[str, Any]]] = []
+        for round_no in range(args.repeats):
+            order = POLICIES[round_no % 3 :] + POLICIES[: round_no % 3]
+            found: dict[str, dict[str, Any]] = {}
+            for policy in order:
+                with session_scope(fleet.settings.sqlalchemy_url) as session:
+                    registry.configure(session, MODEL, policy=policy)
+                fleet.client.scheduler.invalidate(MODEL)
+                time.sleep(0.1)  # no request in flight: the previous replay read every stream to its end
+                found[policy] = figures(replay(fleet, paced), solo)
+                line = {"bench": "generate", "part": "policies", "round": round_no, "policy": policy}
+                print(json.dumps({**line, **found[policy]}))
+            rounds.append(found)
+        summary: dict[str, Any] = {
+            "bench": "generate",
+            "part": "policies_summary",
+            "rounds": args.repeats,
+            "requests": len(paced),
+            "load": args.load,
+            "capacity_tokens_per_s": capacity,
+            "max_sequences": args.policy_sequences,
+        }
+        for policy in POLICIES:
+            per: dict[str, Any] = {}
+            for name in ["all", *[c.value for c in SizeClass]]:
+                if all(name in r[policy] for r in rounds):
+                    per[name] = {
+                        k: spread([r[policy][name][k] for r in rounds]) for k in rounds[0][policy][name] if k != "n"
+                    }
+            per["worst_wait_s"] = spread([r[policy]["worst_wait_s"] for r in rounds])
+            summary[policy] = per
+        srtf_mean = [r["srtf"]["all"]["mean_s"] / r["fifo"]["all"]["mean_s"] for r in rounds]
+        aging_worst = [r["aging"]["worst_wait_s"] / max(r["fifo"]["worst_wait_s"], 1e-9) for r in rounds]
+        summary["srtf_mean_vs_fifo"] = {**spread(srtf_mean), "target": SRTF_MEAN_TARGET}
+        summary["srtf_mean_met"] = statistics.median(srtf_mean) <= SRTF_MEAN_TARGET
+        summary["aging_worst_wait_vs_fifo"] = {**spread(aging_worst), "target": AGING_WORST_TARGET}
+        summary["aging_worst_wait_met"] = statistics.median(aging_worst) <= AGING_WORST_TARGET
+        aging_mean = [r["aging"]["all"]["mean_s"] / r["fifo"]["all"]["mean_s"] for r in rounds]
+        summary["aging_mean_vs_fifo"] = spread(aging_mean)
+        print(json.dumps(summary))
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sequences", type=int, default=16, help="generations submitted at once (default 16)")
-    parser.add_argument("--tokens", type=int, default=64, help="tokens each generates (default 64)")
+    parser.add_argument("--tokens", type=int, default=64, help="tokens each generates in the drain (default 64)")
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--width", type=int, default=256)
+    parser.add_argument("--trace", type=Path, default=DEFAULT_TRACE_PATH)
+    parser.add_argument("--offset", type=int, default=2000, help="first trace request replayed (default 2000)")
+    parser.add_argument("--requests", type=int, default=120, help="trace requests per policy run (default 120)")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of the three policies (default 3)")
+    parser.add_argument("--load", type=float, default=0.9, help="offered load for the policies (default 0.9)")
+    parser.add_argument("--policy-sequences", type=int, default=4, help="the policy worker's slots (default 4)")
+    parser.add_argument("--ttft-requests", type=int, default=60, help="requests of the TTFT-at-load replay")
+    parser.add_argument("--ttft-load", type=float, default=0.7, help="share of batching-off's capacity offered")
+    parser.add_argument("--prompt-divisor", type=int, default=128, help="trace context tokens per prompt word")
+    parser.add_argument("--max-output", type=int, default=256, help="cap on a request's output tokens")
+    parser.add_argument("--quick", action="store_true", help="fewer requests and rounds (a smoke run, ~2 min)")
     parser.add_argument("--rounds", type=int, default=5, help="streaming rounds, for the median (default 5)")
     parser.add_argument(
-        "--part", choices=("all", "batching", "streaming"), default="all", help="which measurement (default all)"
+        "--part",
+        choices=("all", "batching", "policies", "streaming"),
+        default="all",
+        help="which measurement (default all)",
     )
     args = parser.parse_args(argv)
+    if args.quick:
+        args.requests, args.repeats, args.ttft_requests, args.sequences, args.rounds = 80, 2, 30, 8, 3
+    rows = load_trace(args.trace)
+    requests = workload(rows, max(args.requests, args.ttft_requests), args.offset, args.prompt_divisor, args.max_output)
     with tempfile.TemporaryDirectory() as tmp:
-        artifact = tiny_lm.packed(Path(tmp) / "m", Path(tmp) / "m.tar", layers=args.layers, width=args.width)
+        artifact = tiny_lm.packed(
+            Path(tmp) / "m", Path(tmp) / "m.tar", layers=args.layers, width=args.width, context=1024
+        )
         if args.part in ("all", "batching"):
-            batching(artifact, args)
+            batching(args, artifact, requests)
+        if args.part in ("all", "policies"):
+            policy_comparison(args, artifact, requests[: args.requests])
         if args.part in ("all", "streaming"):
             streaming(artifact, args)
     return 0

@@ -15,11 +15,12 @@ class Loaded:
     version: int
     runtime: Runtime
     inputs: tuple[TensorSpec, ...]
-    footprint_bytes: int
+    footprint_bytes: int  # weights and, for a generative model, the KV cache it may grow to
     max_batch_size: int = 1  # dynamic batching: up to this many waiting requests per runtime call
     max_queue_delay_s: float = 0.0  # how long a batch may wait to fill
     max_request_bytes: int | None = None  # the model's size limits when it loaded; None: the fleet's settings
     max_result_bytes: int | None = None
+    kv_cache_bytes: int = 0  # of the footprint: the KV cache a generative replica may grow to
 
 
 class ModelCache:

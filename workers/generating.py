@@ -18,6 +18,11 @@ No request is lost, and each is answered once:
   (``ledger.touch``). When the worker dies the touches stop, and the sweep resends them.
 - A long generation must not outlive kombu's visibility timeout either (kombu would redeliver the message while
   it runs): the same period moves the own message's ``unacked_index`` score to now (``holdings.keep_alive``).
+- Under ``srtf`` and ``aging`` a worker whose slots are all busy looks at the head of the model's queue at every
+  step and takes a request out of turn (``queues.take``) only when the engine would preempt a running sequence for
+  it; a preempted sequence stays in this worker (its tokens kept, its KV cache recomputed when it resumes), in
+  ``running`` like any joined request, so the ledger touches above cover it and a worker that dies with it loses
+  nothing. At most ``max_sequences`` such requests wait here, so a worker never hoards a queue.
 - A request that comes back after a result was stored for it (a copy, or its worker died after storing it) is
   dropped (``ledger.answered``). A redelivered one streams again from offset 0, with the same seed, so makes the
   same text; the reader skips what it already has (``app.broker.streams.Reader``).
@@ -27,14 +32,15 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
 from celery.exceptions import Ignore
 
-from app import logs
-from app.broker import holdings, layout, ledger, scripts, stats, streams
+from app import logs, policies
+from app.broker import holdings, layout, ledger, queues, scripts, stats, streams
 from app.broker.layout import model_queue
 from app.errors import (
     Cancelled,
@@ -46,6 +52,7 @@ from app.errors import (
     NotLoaded,
 )
 from app.generation import GENERATE_TASK, SamplingParams, check_prompt, parse_params
+from app.policies import Policy, RequestClass
 from workers.cache import Loaded
 from workers.context import WorkerContext
 from workers.runtimes.failures import translated
@@ -54,6 +61,11 @@ from workers.telemetry import device_class
 log = logging.getLogger("maas.worker")
 #: How often a worker shows its running sequences and KV-cache bytes (the /metrics gauges).
 LIVE_PERIOD_S = 0.5
+#: Messages per priority level a busy worker looks at for one that would preempt (the queue's head: under SRTF
+#: the shortest are at the highest levels, and deeper in a level they are only younger).
+PEEK_PER_LEVEL = 8
+#: Why a sequence stopped when the worker ended it for its deadline (the engine's finish reason).
+DEADLINE = "deadline"
 
 
 @dataclass
@@ -65,6 +77,10 @@ class Request:
     params: Any  # the JSON parameters as sent; checked when the request starts
     deadline_at: float | None = None
     submitted_at: float | None = None
+    first_token_deadline_at: float | None = None
+    request_class: str = RequestClass.INTERACTIVE
+    policy: str | None = None  # the model's policy when it was admitted
+    backlog_s: float = 0.0
     started_at: float = 0.0
     last_token_at: float | None = None
     result: dict[str, Any] | None = None
@@ -81,16 +97,48 @@ def decode_message(raw: bytes) -> Request | None:
         logs.event(log, "message_dropped", logging.ERROR, reason=exc.message, head=raw[:200].decode(errors="replace"))
         return None
     model, version, prompt, params = envelope.args
-    submitted = envelope.headers.get("maas_submitted_at")
+    return request_of(envelope.task_id, model, version, prompt, params, envelope.kwargs, envelope.headers.get)
+
+
+def request_of(
+    task_id: str,
+    model: str,
+    version: int | None,
+    prompt: Any,
+    params: Any,
+    kwargs: dict[str, Any],
+    header: Callable[[str], Any],
+) -> Request:
+    """A request from a message's arguments, keyword arguments and headers (``header(name)``, None when absent):
+    the task's own message and those taken from the queue are read alike."""
+    request_class = header("maas_class")
+    policy = header("maas_policy")
     return Request(
-        envelope.task_id,
+        task_id,
         model,
         version,
         prompt,
         params,
-        envelope.kwargs.get("deadline_at"),
-        float(submitted) if isinstance(submitted, int | float) else None,
+        _number(kwargs.get("deadline_at")),
+        _number(header("maas_submitted_at")),
+        _number(kwargs.get("first_token_deadline_at")),
+        str(request_class) if request_class in tuple(RequestClass) else RequestClass.INTERACTIVE,
+        policy if isinstance(policy, str) else None,
+        _number(header("maas_backlog_s")) or 0.0,
     )
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _policy(request: Request, fallback: Policy) -> Policy:
+    """The policy the request was admitted under (its model's), else the fleet's; an unknown name is the
+    fleet's too (a message from a newer producer must not stop a generation)."""
+    try:
+        return policies.parse_policy(request.policy or fallback)
+    except ValueError:
+        return fallback
 
 
 def serve(app: Celery, ctx: WorkerContext, loaded: Loaded, own: Request) -> dict[str, Any]:
@@ -103,7 +151,10 @@ def serve(app: Celery, ctx: WorkerContext, loaded: Loaded, own: Request) -> dict
         if not getattr(runtime, "generative", False):
             raise InvalidInput(f"model {loaded.model} ({runtime.name}) is not a generative model")
         engine = runtime.engine(
-            max_sequences=settings.generation_max_sequences, max_kv_bytes=settings.generation_kv_bytes
+            max_sequences=settings.generation_max_sequences,
+            max_kv_bytes=settings.generation_kv_bytes,
+            policy=_policy(own, settings.policy),
+            policy_params=settings.policy_params(),
         )
         _start(engine, loaded, own, running)
     except MaasError as exc:
@@ -125,16 +176,24 @@ def _loop(
     tag: str | None = None
     period = settings.reap_period_s / 2
     alive_at = shown_at = time.monotonic()
+    made = 0  # tokens since the gauges were last shown
+    seen: dict[bytes, Candidate | None] = {}  # the queue's head as read, for the look at each busy step
     stats.set_live(client, ctx.worker_name, loaded.model, len(running), 0)
     while engine.busy:
         free = engine.max_sequences - len(running)
         if free > 0:
             _join(app, ctx, engine, loaded, running, scripts.take_batch(client, queue, free, GENERATE_TASK))
-        if not _step(app, ctx, engine, loaded, running):
+        elif engine.preemptive and len(running) < 2 * engine.max_sequences:
+            _join(app, ctx, engine, loaded, running, _out_of_turn(ctx, engine, queue, running, seen))
+        _expire(engine, running)
+        tokens = _step(app, ctx, engine, loaded, running)
+        if tokens is None:
             break
+        made += tokens
         if time.monotonic() - shown_at > LIVE_PERIOD_S:
-            shown_at = time.monotonic()
-            stats.set_live(client, ctx.worker_name, loaded.model, len(running), engine.kv_bytes)
+            elapsed_s, shown_at = time.monotonic() - shown_at, time.monotonic()
+            stats.set_live(client, ctx.worker_name, loaded.model, len(running), engine.kv_bytes, made / elapsed_s)
+            made = 0
         if time.monotonic() - alive_at > period:
             alive_at = time.monotonic()
             ledger.touch(client, [i for i in running if i != own.task_id])
@@ -148,8 +207,70 @@ def _loop(
     raise Ignore()
 
 
-def _step(app: Celery, ctx: WorkerContext, engine: Any, loaded: Loaded, running: dict[str, Request]) -> bool:
-    """One token step: cancellations, the engine's step, streaming, results; False when the model failed."""
+@dataclass(frozen=True)
+class Candidate:
+    """A waiting request seen at the head of the queue, read once (its prompt tokenized) however often seen."""
+
+    request: Request
+    prompt_tokens: int
+    max_tokens: int
+
+
+def _candidate(engine: Any, raw: bytes) -> Candidate | None:
+    request = decode_message(raw)
+    if request is None:
+        return None
+    try:
+        tokens = len(engine.tokenizer(check_prompt(request.prompt))["input_ids"])
+        return Candidate(request, tokens, parse_params(request.params).max_tokens)
+    except MaasError:
+        return None  # a bad request is answered so when it is taken in its turn
+
+
+def _out_of_turn(
+    ctx: WorkerContext, engine: Any, queue: str, running: dict[str, Request], seen: dict[bytes, Candidate | None]
+) -> list[bytes]:
+    """The first waiting request at the head of the queue that would preempt a running sequence, taken from it.
+
+    Every level's head is looked at, not only the highest level's: under aging an older request deeper down may
+    rank first. What was read is kept (by the message's bytes), so each step costs one round trip and no parsing.
+    """
+    if len(seen) > 4096:
+        seen.clear()  # only the queue's head is ever looked at; forget what left it
+    threshold = engine.place_threshold()
+    if threshold is None:
+        return []
+    for key, raw in queues.peek(ctx.redis, queue, PEEK_PER_LEVEL):
+        if raw not in seen:
+            seen[raw] = _candidate(engine, raw)
+        found = seen[raw]
+        if found is None or found.request.task_id in running:
+            continue
+        request = found.request
+        submitted = request.submitted_at or time.time()
+        rank = engine.rank_new(
+            found.prompt_tokens, found.max_tokens, submitted, request.request_class, request.backlog_s
+        )
+        if rank < threshold and queues.take(ctx.redis, key, raw):
+            return [raw]  # one per step: the next look sees the engine with it in
+    return []
+
+
+def _expire(engine: Any, running: dict[str, Request]) -> None:
+    """End the sequences past their deadline at this step boundary: past ``first_token_deadline_at`` without a
+    token yet (waiting in the engine, or preempted before its first), or past ``deadline_at`` at all."""
+    now = time.time()
+    for task_id, request in running.items():
+        first_due = request.first_token_deadline_at is not None and request.last_token_at is None
+        if (first_due and now > (request.first_token_deadline_at or 0.0)) or (
+            request.deadline_at is not None and now > request.deadline_at
+        ):
+            engine.cancel(task_id, DEADLINE)
+
+
+def _step(app: Celery, ctx: WorkerContext, engine: Any, loaded: Loaded, running: dict[str, Request]) -> int | None:
+    """One token step: cancellations, the engine's step, streaming, results; the tokens it made, or None when the
+    model failed."""
     for task_id in streams.cancelled(ctx.redis, running):
         engine.cancel(task_id)
     try:
@@ -159,13 +280,18 @@ def _step(app: Celery, ctx: WorkerContext, engine: Any, loaded: Loaded, running:
         for request in running.values():
             request.error = exc
         _publish(app, ctx, loaded, list(running.values()))
-        return False
-    _observe(ctx, loaded, running, events)
+        return None
+    made = _observe(ctx, loaded, running, events)
     chunks = []
     for event in events:
         request = running[event.sequence.id]
         if event.finished == "cancelled":
             request.error = Cancelled(f"the caller cancelled the generation after {len(event.sequence.text)} chars")
+        elif event.finished == DEADLINE:
+            which = "first token" if request.last_token_at is None else "whole generation"
+            request.error = DeadlineExceeded(
+                f"the deadline for the {which} passed after {len(event.sequence.generated)} tokens; stopped"
+            )
         elif event.finished is not None:
             request.result = _result(loaded, ctx, request, event.sequence)
         if event.text or event.finished:
@@ -175,16 +301,16 @@ def _step(app: Celery, ctx: WorkerContext, engine: Any, loaded: Loaded, running:
     _publish(app, ctx, loaded, done)
     for request in done:
         running.pop(request.task_id)
-    return True
+    return made
 
 
-def _observe(ctx: WorkerContext, loaded: Loaded, running: dict[str, Request], events: list[Any]) -> None:
+def _observe(ctx: WorkerContext, loaded: Loaded, running: dict[str, Request], events: list[Any]) -> int:
     """Time to first token (from submission), the gap since each sequence's previous token, tokens made."""
     now = time.time()
     ttft, itl = [], []
     made = 0
     for event in events:
-        if event.finished == "cancelled":
+        if event.finished in ("cancelled", DEADLINE):
             continue
         request = running[event.sequence.id]
         made += 1
@@ -194,6 +320,7 @@ def _observe(ctx: WorkerContext, loaded: Loaded, running: dict[str, Request], ev
             itl.append(now - request.last_token_at)
         request.last_token_at = now
     ctx.stats.tokens(loaded.model, loaded.version, ttft_s=ttft, itl_s=itl, tokens=made)
+    return made
 
 
 def _start(engine: Any, loaded: Loaded, request: Request, running: dict[str, Request]) -> None:
@@ -201,11 +328,19 @@ def _start(engine: Any, loaded: Loaded, request: Request, running: dict[str, Req
     if request.model != loaded.model or request.version not in (None, loaded.version):
         # As for a batched infer request: one taken for a version this replica does not hold is answered so.
         raise NotLoaded(f"{request.model}:{request.version} is not loaded; this replica serves {loaded.version}")
-    if request.deadline_at is not None and time.time() > request.deadline_at:
+    now = time.time()
+    if any(at is not None and now > at for at in (request.deadline_at, request.first_token_deadline_at)):
         raise DeadlineExceeded("the deadline passed before the generation could start; not executed")
     params: SamplingParams = parse_params(request.params).seeded(request.task_id)
-    request.started_at = time.time()
-    engine.add(request.task_id, check_prompt(request.prompt), params)
+    request.started_at = now
+    engine.add(
+        request.task_id,
+        check_prompt(request.prompt),
+        params,
+        submitted_at=request.submitted_at or now,
+        request_class=request.request_class,
+        backlog_s=request.backlog_s,
+    )
     running[request.task_id] = request
 
 

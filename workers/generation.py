@@ -3,9 +3,11 @@
 One :class:`Engine` per loaded generative model. Each :meth:`Engine.step` does, in order:
 
 1. drops the sequences cancelled since the last step (their KV cache goes with them);
-2. admits waiting sequences, fewest remaining tokens first (SRTF by tokens), while there is a free slot
-   (``max_sequences``) and the KV-cache bytes they could grow to fit in ``max_kv_bytes``; each admitted
-   sequence is prefilled on its own (its prompt in one forward pass), which gives its first token;
+2. admits waiting sequences in the order of :func:`app.generation.sequence_rank` while there is a free slot
+   (``max_sequences``) and the KV-cache bytes they could grow to fit in ``max_kv_bytes``. Under ``srtf`` and
+   ``aging`` a waiting sequence that finds no room takes the place of running sequences that rank after it (the
+   most remaining tokens first): a short request overtakes a long one at the next token step. Each admitted
+   sequence is prefilled on its own (its prompt in one forward pass), which gives its next token;
 3. runs one decode pass for every other running sequence together: their KV caches, of different lengths, are
    left-padded to the longest into one batch, with an attention mask hiding the padding and each sequence's
    own position ids, so every sequence sees exactly what it would see alone;
@@ -15,6 +17,19 @@ One :class:`Engine` per loaded generative model. Each :meth:`Engine.step` does, 
 Each sequence keeps its own cache (a list of per-layer key and value tensors), so joining and leaving costs
 nothing for the others. The price is the copy into the padded batch at every step, which is small next to the
 forward pass for the models one worker serves on a CPU, and is what a paged KV cache would remove.
+
+A preempted sequence keeps its tokens, its sampling generator's state and, while the KV budget allows, its KV cache:
+it goes back to the waiting sequences and, admitted again, simply decodes on from where it stopped. When the bytes
+are needed (the budget, not the slots, is what is short), the caches of sequences that rank after the newcomer are
+dropped, those already waiting first; such a sequence is recomputed when it resumes: its prompt and the tokens it
+made are prefilled in one forward pass, which gives the logits of its next token as the decode step would have.
+Keeping is the default because recomputing costs a prefill of everything the sequence holds at every preemption, and
+under SRTF a long sequence may be preempted by each short arrival (a quick ``bench.generate`` run of an earlier
+draft that always dropped them gave SRTF 1.3-2.6x FIFO's mean completion on the trace). Dropping is the fallback
+because the budget is what placement counts for the replica: a kept cache never makes the engine exceed it, as each
+one stays charged its full reservation. The remaining work of a sequence whose cache was dropped counts that prefill
+again (see :func:`app.generation.remaining_tokens`), so it never ranks ahead of what preempted it, and two sequences
+cannot take each other's place back and forth.
 """
 
 from __future__ import annotations
@@ -26,13 +41,15 @@ from typing import Any
 
 import torch
 
+from app import generation as gen
 from app.errors import InvalidInput
-from app.generation import SamplingParams
+from app.generation import SamplingParams, SequenceFacts
+from app.policies import DEFAULT_PARAMS, Policy, PolicyParams, RequestClass
 
 KV = list[tuple[torch.Tensor, torch.Tensor]]
 
 
-@dataclass
+@dataclass(eq=False)  # identity: two sequences are never "equal" (and tensors do not compare to a bool)
 class Sequence:
     """One generation request inside the engine."""
 
@@ -47,10 +64,21 @@ class Sequence:
     enqueued_at: float = field(default_factory=time.monotonic)
     first_token_at: float | None = None
     admitted: bool = False
+    submitted_at: float = field(default_factory=time.time)  # wall clock, as the message's header says
+    request_class: str = RequestClass.INTERACTIVE
+    backlog_s: float = 0.0
+    preemptions: int = 0
 
     @property
     def remaining(self) -> int:
+        """Tokens it may still generate."""
         return self.params.max_tokens - len(self.generated)
+
+    def remaining_tokens(self, prefill_weight: float = 1.0) -> float:
+        """Its remaining work: tokens to generate, plus what must be prefilled while it holds no KV cache."""
+        return gen.remaining_tokens(
+            len(self.prompt_ids), self.params.max_tokens, len(self.generated), self.kv is not None, prefill_weight
+        )
 
     @property
     def kv_len(self) -> int:
@@ -76,10 +104,21 @@ class Engine:
         max_sequences: int = 8,
         max_kv_bytes: int = 256 * 1024**2,
         max_context: int | None = None,
+        bytes_per_token: int | None = None,
+        policy: Policy = Policy.FIFO,
+        policy_params: PolicyParams = DEFAULT_PARAMS,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.model, self.tokenizer, self.device = model, tokenizer, device
         self.max_sequences = max(1, max_sequences)
         self.max_kv_bytes = max_kv_bytes
+        self.policy, self.policy_params, self.clock = policy, policy_params, clock
+        #: Measured: a moving average of the wall time of one decode pass, i.e. of one token of each running
+        #: sequence. It turns remaining tokens into the seconds the policies' bands and aging clock are written in.
+        self.seconds_per_token = 0.01
+        #: Measured: a moving average of a prefill's wall time per token it computes (see ``prefill_weight``).
+        self.prefill_seconds_per_token: float | None = None
+        self.preemptions = 0
         config: Any = model.config
         context: Any = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", 1024)
         self.max_context = max_context or int(context)
@@ -88,15 +127,25 @@ class Engine:
         heads = int(getattr(config, "num_attention_heads", None) or config.n_head)
         kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
         element = torch.empty((), dtype=model.dtype).element_size()
-        #: Key and value, every layer, for one token.
-        self.bytes_per_token = 2 * layers * kv_heads * (hidden // heads) * element
+        #: Key and value, every layer, for one token: measured by the runtime at load when it could, else from
+        #: the configuration.
+        self.bytes_per_token = bytes_per_token or 2 * layers * kv_heads * (hidden // heads) * element
         self.eos = tokenizer.eos_token_id
         self.waiting: list[Sequence] = []
         self.running: list[Sequence] = []
-        self._cancelled: set[str] = set()
+        self._cancelled: dict[str, str] = {}
 
     # --- membership -------------------------------------------------------------------------------------------
-    def add(self, seq_id: str, prompt: str, params: SamplingParams) -> Sequence:
+    def add(
+        self,
+        seq_id: str,
+        prompt: str,
+        params: SamplingParams,
+        *,
+        submitted_at: float | None = None,
+        request_class: str = RequestClass.INTERACTIVE,
+        backlog_s: float = 0.0,
+    ) -> Sequence:
         ids = list(self.tokenizer(prompt)["input_ids"])
         if not ids:
             raise InvalidInput("the prompt has no tokens")
@@ -104,7 +153,9 @@ class Engine:
             raise InvalidInput(
                 f"prompt of {len(ids)} tokens + max_tokens {params.max_tokens} exceeds the context ({self.max_context})"
             )
-        seq = Sequence(seq_id, ids, params)
+        seq = Sequence(seq_id, ids, params, request_class=request_class, backlog_s=backlog_s)
+        if submitted_at is not None:
+            seq.submitted_at = submitted_at
         if self._reserve(seq) > self.max_kv_bytes:
             raise InvalidInput(
                 f"this request could need {self._reserve(seq)} bytes of KV cache, over the engine's {self.max_kv_bytes}"
@@ -114,9 +165,10 @@ class Engine:
         self.waiting.append(seq)
         return seq
 
-    def cancel(self, seq_id: str) -> None:
-        """Mark a sequence cancelled; it leaves (and frees its KV cache) at the next step boundary."""
-        self._cancelled.add(seq_id)
+    def cancel(self, seq_id: str, reason: str = "cancelled") -> None:
+        """Mark a sequence cancelled; it leaves (and frees its KV cache) at the next step boundary, its event
+        finished with ``reason`` (the worker ends a sequence past its deadline this way too)."""
+        self._cancelled[seq_id] = reason
 
     @property
     def busy(self) -> bool:
@@ -124,23 +176,78 @@ class Engine:
 
     @property
     def kv_bytes(self) -> int:
-        """Bytes the running sequences' KV caches hold now."""
-        return sum(k.nbytes + v.nbytes for s in self.running if s.kv for k, v in s.kv)
+        """Bytes the sequences' KV caches hold now (running ones, and preempted ones that kept theirs)."""
+        return sum(k.nbytes + v.nbytes for s in self.running + self.waiting if s.kv for k, v in s.kv)
 
     def _reserve(self, seq: Sequence) -> int:
         return (len(seq.prompt_ids) + seq.params.max_tokens) * self.bytes_per_token
 
+    # --- order ------------------------------------------------------------------------------------------------
+    @property
+    def preemptive(self) -> bool:
+        return self.policy in gen.PREEMPTIVE
+
+    @property
+    def prefill_weight(self) -> float:
+        """A prefilled token's cost against a generated one's, as measured here (1 until both were measured)."""
+        if self.prefill_seconds_per_token is None:
+            return 1.0
+        return min(1.0, self.prefill_seconds_per_token / max(self.seconds_per_token, 1e-9))
+
+    def _rank(self, seq: Sequence, now: float) -> tuple[int, float]:
+        # FIFO and SJF keep the admission order they had: fewest tokens still to generate first.
+        remaining = seq.remaining_tokens(self.prefill_weight) if self.preemptive else seq.remaining
+        facts = SequenceFacts(
+            remaining, max(0.0, now - seq.submitted_at), seq.submitted_at, seq.request_class, seq.backlog_s
+        )
+        return gen.sequence_rank(self.policy, facts, self.seconds_per_token, self.policy_params)
+
+    def place_threshold(self) -> tuple[int, float] | None:
+        """The rank a request not yet added must beat to preempt a running sequence at the next step (None when
+        none would be preempted): the worst running rank once those already waiting here took their places. The
+        worker asks once per busy step, then compares each request at the queue's head with :meth:`rank_new`."""
+        if not self.preemptive or not self.running:
+            return None
+        now = self.clock()
+        placed = sorted((self._rank(s, now) for s in self.running), reverse=True)
+        for rank in sorted(self._rank(s, now) for s in self.waiting):
+            if placed and rank < placed[0]:
+                placed.pop(0)
+        return placed[0] if placed else None
+
+    def rank_new(
+        self, prompt_tokens: int, max_tokens: int, submitted_at: float, request_class: str, backlog_s: float
+    ) -> tuple[int, float]:
+        """The rank a request would have here if it were added now."""
+        now = self.clock()
+        facts = SequenceFacts(
+            gen.remaining_tokens(prompt_tokens, max_tokens, 0, False, self.prefill_weight),
+            max(0.0, now - submitted_at),
+            submitted_at,
+            request_class,
+            backlog_s,
+        )
+        return gen.sequence_rank(self.policy, facts, self.seconds_per_token, self.policy_params)
+
     # --- one token step ---------------------------------------------------------------------------------------
     def step(self) -> list[Event]:
         events = self._drop_cancelled()
-        new = self._admit()
+        # A resumed sequence that kept its KV cache simply decodes with the others; the rest are prefilled.
+        new = [s for s in self._admit() if s.kv is None]
         with torch.inference_mode():
             for seq in new:
+                started = time.monotonic()
                 logits = self._prefill(seq)
+                per_token = (time.monotonic() - started) / seq.kv_len
+                last = self.prefill_seconds_per_token
+                self.prefill_seconds_per_token = per_token if last is None else 0.8 * last + 0.2 * per_token
                 events.append(self._advance(seq, logits))
             old = [s for s in self.running if s not in new and s.finish_reason is None]
             if old:
-                for seq, logits in zip(old, self._decode(old), strict=True):
+                started = time.monotonic()
+                logits_of = self._decode(old)
+                self.seconds_per_token = 0.8 * self.seconds_per_token + 0.2 * (time.monotonic() - started)
+                for seq, logits in zip(old, logits_of, strict=True):
                     events.append(self._advance(seq, logits))
         self.running = [s for s in self.running if s.finish_reason is None]
         return events
@@ -158,32 +265,80 @@ class Engine:
         gone = [s for s in self.waiting + self.running if s.id in self._cancelled]
         self.waiting = [s for s in self.waiting if s.id not in self._cancelled]
         self.running = [s for s in self.running if s.id not in self._cancelled]
-        self._cancelled.clear()
         events = []
         for seq in gone:
-            seq.kv, seq.finish_reason = None, "cancelled"
-            events.append(Event(seq, "", "cancelled"))
+            seq.kv, seq.finish_reason = None, self._cancelled[seq.id]
+            events.append(Event(seq, "", seq.finish_reason))
+        self._cancelled.clear()
         return events
 
+    def _charge(self, seq: Sequence) -> int:
+        """KV bytes held against the budget for ``seq``: the most its cache may grow to while it runs or keeps a
+        cache (preempted), nothing otherwise."""
+        return self._reserve(seq) if seq.admitted or seq.kv is not None else 0
+
     def _admit(self) -> list[Sequence]:
+        now = self.clock()
         admitted: list[Sequence] = []
-        reserved = sum(self._reserve(s) for s in self.running)
-        # Shortest remaining first; arrival order among equals (sort is stable).
-        for seq in sorted(self.waiting, key=lambda s: s.remaining):
-            if len(self.running) >= self.max_sequences:
-                break
-            need = self._reserve(seq)
-            if reserved + need > self.max_kv_bytes:
-                continue  # a shorter one behind it may still fit
-            reserved += need
+        # Best rank first; arrival order among equals (sort is stable).
+        for seq in sorted(self.waiting, key=lambda s: self._rank(s, now)):
+            charged = sum(self._charge(s) for s in self.running + self.waiting)
+            need = 0 if seq.kv is not None else self._reserve(seq)  # a kept cache is charged already
+            if len(self.running) >= self.max_sequences or charged + need > self.max_kv_bytes:
+                if not self.preemptive:
+                    if len(self.running) >= self.max_sequences:
+                        break
+                    continue  # a shorter one behind it may still fit
+                if not self._make_room(seq, need, charged, now, admitted):
+                    continue  # no room even in the places of all it outranks; one behind it may fit
             seq.admitted = True
             self.running.append(seq)
             admitted.append(seq)
         self.waiting = [s for s in self.waiting if not s.admitted]
         return admitted
 
+    def _make_room(self, seq: Sequence, need: int, charged: int, now: float, admitted: list[Sequence]) -> bool:
+        """Preempt running sequences that rank after ``seq`` (worst first) for a slot, and drop kept caches of
+        sequences that rank after it for KV bytes; False (nothing changed) when even all of them would not do."""
+        mine = self._rank(seq, now)
+
+        def after(pool: list[Sequence]) -> list[Sequence]:
+            ranked = [(self._rank(s, now), s) for s in pool if s is not seq and s not in admitted]
+            return [s for rank, s in sorted(ranked, key=lambda rs: rs[0], reverse=True) if mine < rank]
+
+        running = after(self.running)
+        kept = after([s for s in self.waiting if s.kv is not None])
+        slots = len(self.running) + 1 - self.max_sequences
+        if slots > len(running):
+            return False
+        victims = running[: max(0, slots)]
+        # Caches to drop for bytes: those already waiting first, then the victims', then more running ones.
+        drops, excess = [], charged + need - self.max_kv_bytes
+        for candidate in kept + victims + running[len(victims) :]:
+            if excess <= 0:
+                break
+            drops.append(candidate)
+            excess -= self._reserve(candidate)
+        if excess > 0:
+            return False
+        for victim in victims + [s for s in drops if s.admitted and s not in victims]:
+            self._preempt(victim)
+        for dropped in drops:
+            dropped.kv = None  # recomputed from its tokens when it resumes
+        return True
+
+    def _preempt(self, seq: Sequence) -> None:
+        """Back to waiting with its tokens, its generator and (unless the budget takes it) its KV cache."""
+        self.running.remove(seq)
+        self.waiting.append(seq)
+        seq.admitted = False
+        seq.preemptions += 1
+        self.preemptions += 1
+
     def _prefill(self, seq: Sequence) -> torch.Tensor:
-        ids = torch.tensor([seq.prompt_ids], device=self.device)
+        """The prompt in one forward pass; for a preempted sequence, its prompt and every token it made (its next
+        token's logits come from the last one, as a decode step feeding that token would give them)."""
+        ids = torch.tensor([seq.prompt_ids + seq.generated], device=self.device)
         out = self.model(input_ids=ids, use_cache=True)
         seq.kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
         logits: torch.Tensor = out.logits[0, -1]

@@ -18,6 +18,7 @@ from app.db import replicas
 from app.db.session import session_scope
 from app.errors import Fenced, LoadFailed, MaasError, UnknownReplica
 from app.lifecycle import TERMINAL, ReplicaState
+from app.settings import Settings
 from app.signature import parse_signature
 from workers import runtimes
 from workers.cache import Loaded
@@ -119,7 +120,8 @@ def load(ctx: WorkerContext, replica_id: int) -> dict[str, Any]:
         loaded = _load_runtime(ctx, replica_id, model, version, spec)
         ctx.cache.put(loaded)
         where = f"on {loaded.runtime.device_label}"
-        info = _move(ctx, replica_id, S.READY, where, footprint_bytes=loaded.footprint_bytes)
+        kv = loaded.kv_cache_bytes or None
+        info = _move(ctx, replica_id, S.READY, where, footprint_bytes=loaded.footprint_bytes, kv_cache_bytes=kv)
         ctx.subscribe(model_queue(model))
     except Exception as exc:
         error = _load_failed(ctx, replica_id, model, version, exc)
@@ -152,18 +154,31 @@ def _load_runtime(ctx: WorkerContext, replica_id: int, model: str, version: int,
             recorded_bytes=footprint,
             reason="measured less than the artifact's size (memory the process held already, or freed meanwhile)",
         )
+    kv = generative_reserve_bytes(runtime, ctx.settings)
     return Loaded(
         replica_id,
         model,
         version,
         runtime,
         parse_signature(spec["inputs"]),
-        footprint,
+        footprint + kv,
         spec["max_batch_size"],
         spec["max_queue_delay_s"],
         spec["max_request_bytes"],
         spec["max_result_bytes"],
+        kv,
     )
+
+
+def generative_reserve_bytes(runtime: Any, settings: Settings) -> int:
+    """The KV cache a generative replica may grow to (0 for other runtimes), counted in its footprint.
+
+    Loading a causal LM allocates only its weights; its cache grows with every sequence in flight, up to the
+    engine's limits. A footprint without it would let the allocator fill the device with replicas whose caches
+    then cannot grow: the cache is reserved here, in the figure placement reads, instead."""
+    if not getattr(runtime, "generative", False):
+        return 0
+    return int(runtime.kv_reserve_bytes(settings.generation_max_sequences, settings.generation_kv_bytes))
 
 
 def plausible_footprint(measured: int, size_bytes: int, declared_bytes: int) -> int:

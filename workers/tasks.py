@@ -63,7 +63,7 @@ def generate(
     version: int | None,
     prompt: str,
     params: dict[str, Any] | None,
-    deadline_at: float | None,
+    kwargs: dict[str, Any],
 ) -> dict[str, Any]:
     ctx = current()
     lost_at = holdings.hold(ctx.redis, ctx.worker_name, task.request.id, finished=ctx.last_held)
@@ -77,7 +77,7 @@ def generate(
             queue = (task.request.delivery_info or {}).get("routing_key") or model_queue(model)
             _give_back(ctx, model, (task.request.id, queue))
         raise NotLoaded(f"{model}:{version} is not loaded; this replica serves {ctx.cache.versions_of(model)}")
-    own = generating.Request(task.request.id, model, version, prompt, params, deadline_at, _submitted_at(task))
+    own = generating.request_of(task.request.id, model, version, prompt, params, kwargs, lambda h: _header(task, h))
     return generating.serve(app, ctx, loaded, own)
 
 
@@ -303,9 +303,11 @@ def register(app: Celery) -> None:
         prompt: str,
         params: dict[str, Any] | None,
         deadline_at: float | None = None,
+        first_token_deadline_at: float | None = None,
     ) -> dict[str, Any]:
         """One generation, joined by the waiting ones of its model (continuous batching, ``workers.generating``)."""
-        return generate(app, task, model, version, prompt, params, deadline_at)
+        deadlines = {"deadline_at": deadline_at, "first_token_deadline_at": first_token_deadline_at}
+        return generate(app, task, model, version, prompt, params, deadlines)
 
     @app.task(name="maas.chunk")
     def chunk_task(job_id: str, index: int) -> dict[str, Any]:

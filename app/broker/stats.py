@@ -101,22 +101,41 @@ async def fleet_counters(client: redis.asyncio.Redis) -> dict[str, float]:
     return {text(k): float(v) for k, v in (await client.hgetall(FLEET_COUNTERS)).items()}
 
 
-def set_live(client: redis.Redis, worker: str, model: str, sequences: int, kv_bytes: int) -> None:
-    """A worker's running generations of one model now (gauges: the latest value wins)."""
-    value = json.dumps({"seqs": sequences, "kv_bytes": kv_bytes, "at": time.time()})
+def set_live(
+    client: redis.Redis, worker: str, model: str, sequences: int, kv_bytes: int, tokens_per_s: float = 0.0
+) -> None:
+    """A worker's running generations of one model now (gauges: the latest value wins): sequences in flight, their
+    KV-cache bytes, and the tokens per second it made since it last said."""
+    value = json.dumps(
+        {"seqs": sequences, "kv_bytes": kv_bytes, "tokens_per_s": round(tokens_per_s, 2), "at": time.time()}
+    )
     client.hset(GENERATION_LIVE, f"{worker}|{model}", value)
 
 
-async def read_live(client: redis.asyncio.Redis, max_age_s: float) -> dict[tuple[str, str], dict[str, float]]:
-    """(worker, model) -> {"seqs", "kv_bytes"}, leaving out what a dead worker left (older than ``max_age_s``)."""
+def read_live_now(client: redis.Redis, max_age_s: float) -> dict[tuple[str, str], dict[str, float]]:
+    """:func:`read_live` for synchronous callers (``maas status``)."""
+    return _live(client.hgetall(GENERATION_LIVE), max_age_s)  # type: ignore[arg-type]
+
+
+def _live(fields: dict[Any, Any], max_age_s: float) -> dict[tuple[str, str], dict[str, float]]:
     out: dict[tuple[str, str], dict[str, float]] = {}
     now = time.time()
-    for field, raw in (await client.hgetall(GENERATION_LIVE)).items():  # type: ignore[misc]
+    for field, raw in fields.items():
         worker, _, model = text(field).partition("|")
         try:
             value = json.loads(raw)
         except ValueError:
             continue
         if now - float(value.get("at", 0)) <= max_age_s:
-            out[(worker, model)] = {"seqs": float(value["seqs"]), "kv_bytes": float(value["kv_bytes"])}
+            out[(worker, model)] = {
+                "seqs": float(value["seqs"]),
+                "kv_bytes": float(value["kv_bytes"]),
+                "tokens_per_s": float(value.get("tokens_per_s", 0.0)),
+            }
     return out
+
+
+async def read_live(client: redis.asyncio.Redis, max_age_s: float) -> dict[tuple[str, str], dict[str, float]]:
+    """(worker, model) -> {"seqs", "kv_bytes", "tokens_per_s"}, leaving out what a dead worker left (older than
+    ``max_age_s``)."""
+    return _live(await client.hgetall(GENERATION_LIVE), max_age_s)  # type: ignore[misc]

@@ -153,5 +153,6 @@ def summary(r: Replica) -> dict[str, Any]:
         "state": r.state,
         "reason": r.reason,
         "footprint_bytes": r.footprint_bytes,
+        "kv_cache_bytes": r.kv_cache_bytes,
         "updated_at": r.updated_at.isoformat(),
     }

@@ -127,6 +127,9 @@ class Replica(Base):
     state: Mapped[str] = mapped_column(String(20), default=ReplicaState.PENDING.value, index=True)
     reason: Mapped[str] = mapped_column(Text, default="")
     footprint_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # measured at load
+    #: Of the footprint, the KV cache a generative replica may grow to (None for the others); the allocator counts
+    #: it through footprint_bytes, this says how much of it is cache.
+    kv_cache_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     #: Who asked for what the replica is doing now (its load, or its stop): copied onto each event it makes.
     requested_by: Mapped[str] = mapped_column(String(200), default="", server_default="")
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

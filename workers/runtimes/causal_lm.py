@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from app.errors import Cancelled, CorruptArtifact, LoadFailed, ModelExecutionError
-from app.generation import SamplingParams
+from app.generation import SamplingParams, kv_reserve_bytes
+from app.policies import DEFAULT_PARAMS, Policy, PolicyParams
 from workers.runtimes import archive, torch_device
 from workers.runtimes.failures import translated
 from workers.runtimes.sentence_transformers_runtime import _texts
@@ -65,6 +66,7 @@ class CausalLMRuntime:
         self._model: Any = None
         self._tokenizer: Any = None
         self._device = "cpu"
+        self.kv_bytes_per_token = 0
 
     def load(self, artifact: Path, use_gpu: bool) -> None:
         describe(artifact)
@@ -92,15 +94,56 @@ class CausalLMRuntime:
         model.to(device)
         model.eval()
         self._model, self._tokenizer, self._device = model, tokenizer, device
+        with translated(f"{artifact.name} cannot run a forward pass", LoadFailed):
+            self.kv_bytes_per_token = self._measure_kv_bytes_per_token()
 
-    def engine(self, *, max_sequences: int = 8, max_kv_bytes: int = 256 * 1024**2) -> Any:
+    def _measure_kv_bytes_per_token(self) -> int:
+        """KV-cache bytes one token takes, measured: the cache a short prompt leaves, over its length.
+
+        Measured rather than computed from the configuration, so that what the model really keeps (grouped or
+        multi-query heads, its dtype on this device) is what placement and the engine's budget count."""
+        import torch
+
+        tokens = 8
+        ids = torch.zeros((1, tokens), dtype=torch.long, device=self._device)
+        with torch.inference_mode():
+            out = self._model(input_ids=ids, use_cache=True)
+        held = sum(int(layer.keys.nbytes + layer.values.nbytes) for layer in out.past_key_values.layers)
+        return max(1, held // tokens)
+
+    @property
+    def context_tokens(self) -> int:
+        """Most tokens (prompt and generated) one sequence may hold."""
+        config: Any = self._model.config
+        context: Any = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", 1024)
+        return int(context)
+
+    def engine(
+        self,
+        *,
+        max_sequences: int = 8,
+        max_kv_bytes: int = 256 * 1024**2,
+        policy: Policy = Policy.FIFO,
+        policy_params: PolicyParams | None = None,
+    ) -> Any:
         """A continuous-batching engine over this model (``workers.generation.Engine``)."""
         from workers.generation import Engine
 
         assert self._model is not None, "engine before load"
         return Engine(
-            self._model, self._tokenizer, self._device, max_sequences=max_sequences, max_kv_bytes=max_kv_bytes
+            self._model,
+            self._tokenizer,
+            self._device,
+            max_sequences=max_sequences,
+            max_kv_bytes=max_kv_bytes,
+            bytes_per_token=self.kv_bytes_per_token,
+            policy=policy,
+            policy_params=policy_params or DEFAULT_PARAMS,
         )
+
+    def kv_reserve_bytes(self, max_sequences: int, max_kv_bytes: int) -> int:
+        """The KV cache this replica's engine may grow to (see :func:`app.generation.kv_reserve_bytes`)."""
+        return kv_reserve_bytes(self.kv_bytes_per_token, max_sequences, self.context_tokens, max_kv_bytes)
 
     def generate(
         self, prompt: str, params: SamplingParams, cancelled: Callable[[], bool] | None = None
