@@ -33,6 +33,7 @@ from app.db import replicas
 from app.db.schema import Device, ModelVersion, Replica, ReplicaEvent
 from app.db.session import session_scope
 from app.errors import (
+    AdmissionNotReplicated,
     BrokerUnavailable,
     Cancelled,
     InvalidInput,
@@ -386,6 +387,18 @@ class Client:
         try:
             # Retrying is safe: the script writes nothing for a task id it already admitted.
             backlog = self.retry(lambda: scripts.admit(self._redis, admission, self.settings), "queueing the request")
+        except AdmissionNotReplicated as exc:
+            # Only the primary has it. Taken back while still queued: refused, nothing runs. Already taken by a
+            # worker: it runs whatever we say, so telling the caller "not accepted" would invite a second run.
+            try:
+                taken_back = self._unqueue(order)
+                if taken_back:
+                    scripts.withdraw(self._redis, order.model, order.task_id)
+            except (redis.ConnectionError, redis.TimeoutError):
+                taken_back = True  # cannot tell now: refuse, as for any admission Redis did not confirm
+            if taken_back:
+                raise BrokerUnavailable(f"{exc.message}; {order.task_id} was not sent") from exc
+            return exc.backlog
         except BrokerUnavailable as exc:
             # The last try may have run before its reply was lost: take back whatever it wrote, so the request
             # never runs later (by a worker, or by the ledger's resend) for a caller who was told it failed.

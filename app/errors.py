@@ -271,6 +271,17 @@ class BrokerUnavailable(MaasError):
     code = "BROKER_UNAVAILABLE"
 
 
+class AdmissionNotReplicated(BrokerUnavailable):
+    """An admission the Redis primary took but no replica confirmed in time (MAAS_REDIS_WAIT_REPLICAS).
+
+    The caller takes it back; if a worker has already taken it, it runs and counts as accepted (``backlog`` is what
+    the admission reported)."""
+
+    def __init__(self, message: str, backlog: int) -> None:
+        super().__init__(message)
+        self.backlog = backlog
+
+
 class DatabaseUnavailable(MaasError):
     """Raised when the database cannot be reached or a query on it fails; the driver's error is chained."""
 

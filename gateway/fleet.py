@@ -25,7 +25,7 @@ from app.client import Client
 from app.db import replicas as replica_rows
 from app.db.schema import Model, ModelVersion
 from app.db.session import session_scope
-from app.errors import BrokerUnavailable, UnknownModel
+from app.errors import AdmissionNotReplicated, BrokerUnavailable, UnknownModel
 from app.lifecycle import ReplicaState
 
 log = logging.getLogger("maas.gateway")
@@ -71,6 +71,16 @@ class Fleet:
                 attempts=self.settings.retry_attempts,
                 max_s=self.settings.retry_max_s,
             )
+        except AdmissionNotReplicated as exc:
+            # Only the primary has it. Still queued: taken back and refused. Already taken by a worker: it runs
+            # whatever we say, so it is accepted (a "not accepted" would invite a second run).
+            try:
+                refused = await self.take_back(published, "no Redis replica confirmed the admission")
+            except (redis.ConnectionError, redis.TimeoutError):
+                refused = True
+            if refused:
+                raise
+            backlog = exc.backlog
         except BrokerUnavailable:
             # The call may have run before its reply was lost: take back what it may have written, so a request
             # the caller is told failed never runs later (by a worker, or by the ledger's resend).

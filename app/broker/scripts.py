@@ -28,7 +28,7 @@ from redis.exceptions import NoScriptError
 
 from app.broker import clients, keys
 from app.broker.layout import PRIORITY_LEVELS, priority_lists
-from app.errors import BrokerUnavailable, QueueFull
+from app.errors import AdmissionNotReplicated, QueueFull
 
 if TYPE_CHECKING:
     from app.settings import Settings
@@ -146,7 +146,8 @@ def admit(client: redis.Redis, admission: Admission, settings: Settings | None =
 
     With ``settings`` asking for durability (MAAS_REDIS_WAIT_REPLICAS), the request is accepted only once that many
     Redis replicas have it: a failover then keeps it. When the WAIT times out first, the write is counted
-    (unreplicated_writes) and the admission refused with BrokerUnavailable; the caller takes back what it wrote.
+    (unreplicated_writes) and the admission refused with AdmissionNotReplicated; the caller takes back what it
+    wrote, and if a worker has already taken the message, counts it accepted after all.
     """
     if settings is None or settings.redis_wait_replicas <= 0:
         return admission.outcome(script(client, "admit")(keys=admission.keys(), args=admission.args()))
@@ -156,7 +157,7 @@ def admit(client: redis.Redis, admission: Admission, settings: Settings | None =
     waiting = admission.outcome(_raise_error(replies[0]))  # a full queue wrote nothing: nothing to replicate
     if not clients.replicated(replies, settings):
         client.hincrby(keys.FLEET_COUNTERS, clients.UNREPLICATED, 1)
-        raise _not_replicated(admission, settings)
+        raise _not_replicated(admission, settings, waiting)
     return waiting
 
 
@@ -172,16 +173,17 @@ async def admit_async(client: redis.asyncio.Redis, admission: Admission, setting
     waiting = admission.outcome(_raise_error(replies[0]))
     if not clients.replicated(replies, settings):
         await client.hincrby(keys.FLEET_COUNTERS, clients.UNREPLICATED, 1)
-        raise _not_replicated(admission, settings)
+        raise _not_replicated(admission, settings, waiting)
     return waiting
 
 
-def _not_replicated(admission: Admission, settings: Settings) -> BrokerUnavailable:
+def _not_replicated(admission: Admission, settings: Settings, backlog: int) -> AdmissionNotReplicated:
     """Accepted means a replica has it (a failover can lose what only the primary has): this one was not."""
-    return BrokerUnavailable(
+    return AdmissionNotReplicated(
         f"request {admission.task_id} reached the Redis primary, but fewer than {settings.redis_wait_replicas} "
         f"replica(s) confirmed it within {settings.redis_wait_timeout_ms} ms (MAAS_REDIS_WAIT_REPLICAS, "
-        "MAAS_REDIS_WAIT_TIMEOUT_MS): not accepted, as a failover now could lose it; safe to send again"
+        "MAAS_REDIS_WAIT_TIMEOUT_MS): not accepted, as a failover now could lose it; safe to send again",
+        backlog,
     )
 
 

@@ -184,3 +184,26 @@ def test_the_client_takes_back_an_admission_no_replica_confirmed(env, register, 
     r = redis.Redis.from_url(env["REDIS_URL"])
     assert r.hlen(keys.LEDGER_BODY) == 0
     assert all(r.llen(name) == 0 for name in r.keys("m.iris*"))
+
+
+def test_an_unreplicated_admission_a_worker_already_took_counts_as_accepted(env, register, iris, monkeypatch) -> None:
+    """No replica confirmed it, but a worker popped it before the take-back: it runs whatever the client says,
+    so the client reports it accepted (a refusal would invite a second run) and keeps its ledger record."""
+    from app.client import Client
+    from app.errors import AdmissionNotReplicated
+    from app.settings import Settings
+
+    register("iris", iris["path"])
+    settings = Settings.from_env({**env, "MAAS_REDIS_WAIT_REPLICAS": "1", "MAAS_REDIS_WAIT_TIMEOUT_MS": "20"})
+    client = Client(settings)
+    r = redis.Redis.from_url(env["REDIS_URL"])
+    real_admit = scripts.admit
+
+    def admitted_then_taken(redis_client, admission, _settings=None):
+        backlog = real_admit(redis_client, admission)  # written on the primary, no WAIT
+        assert r.lrem(admission.list_key, 1, admission.message) == 1  # a worker takes it
+        raise AdmissionNotReplicated("no replica confirmed it", backlog)
+
+    monkeypatch.setattr(scripts, "admit", admitted_then_taken)
+    handle = client.infer("iris", {"X": iris["x"][:2]})
+    assert r.hexists(keys.LEDGER_BODY, handle.id)
