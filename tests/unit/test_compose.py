@@ -54,8 +54,11 @@ def test_redis_needs_a_password_every_service_carries_and_flower_stays_on_loopba
     for name, svc in FLEET.items():
         env = svc["environment"]
         assert env["REDIS_URL"].startswith("redis://:${REDIS_PASSWORD"), name
+        # PostgreSQL may be published beyond loopback (MAAS_SERVICES_BIND): no default password either
+        assert env["DATABASE_URL"].startswith("postgresql+psycopg://maas:${POSTGRES_PASSWORD:?"), name
         assert env["MAAS_SIGNING_KEY"].startswith("${MAAS_SIGNING_KEY:?"), name
     assert SERVICES["flower"]["ports"] == ["127.0.0.1:5555:5555"]
+    assert SERVICES["postgres"]["environment"]["POSTGRES_PASSWORD"].startswith("${POSTGRES_PASSWORD:?")
 
 
 def test_beats_tasks_run_on_the_controller_not_on_gpu_workers():
