@@ -41,7 +41,7 @@ class LeaderScheduler(celery_beat.Scheduler):
     def __init__(self, app: Any, *args: Any, **kwargs: Any) -> None:
         settings = settings_of(app)
         self.lease = Lease(settings.beat_lease_s)
-        self.holder = beat_name(settings.host)
+        self.holder = leases.unique_holder(beat_name(settings.host))
         self.redis = for_settings(settings)
         self.leading = False
         super().__init__(app, *args, **kwargs)

@@ -3,10 +3,14 @@ the one holding the beat lease sends, the others stand by (:mod:`beat.leader`)."
 
 from __future__ import annotations
 
+import contextlib
+
 from app import logs
 from app.broker import heartbeats
+from app.broker.clients import for_settings
 from app.broker.layout import SYSTEM_QUEUE
 from app.celery_app import create_app
+from app.outage import BROKER_ERRORS
 from app.settings import Settings
 from beat.leader import beat_name
 
@@ -51,5 +55,11 @@ def run(settings: Settings, loglevel: str | None = None) -> None:
     app.conf.beat_scheduler = "beat.leader:LeaderScheduler"
     # `maas status` shows each beat's last heartbeat ("dead for N s" once it stops) and which one leads.
     name = beat_name(settings.host)
-    heartbeats.Stamper(settings.redis_url, name, settings.heartbeat_s, settings.redis_sentinel_master).start()
-    app.start(["beat", "--loglevel", loglevel or settings.log_level])
+    stamper = heartbeats.Stamper(settings.redis_url, name, settings.heartbeat_s, settings.redis_sentinel_master)
+    stamper.start()
+    try:
+        app.start(["beat", "--loglevel", loglevel or settings.log_level])
+    finally:
+        stamper.stop()
+        with contextlib.suppress(*BROKER_ERRORS):
+            heartbeats.forget(for_settings(settings), name)

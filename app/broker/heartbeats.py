@@ -24,9 +24,23 @@ def stamp(client: redis.Redis, component: str, now: float | None = None) -> None
     client.hset(COMPONENT_HEARTBEATS, component, repr(time.time() if now is None else now))
 
 
-def read(client: redis.Redis) -> dict[str, float]:
-    """Component name -> unix time of its last heartbeat."""
-    return {text(k): float(v) for k, v in client.hgetall(COMPONENT_HEARTBEATS).items()}
+#: a beat names itself by host and process id, so every restart leaves its old row; rows silent this long go
+FORGET_AFTER_S = 24 * 3600.0
+
+
+def read(client: redis.Redis, now: float | None = None) -> dict[str, float]:
+    """Component name -> unix time of its last heartbeat; rows silent for `FORGET_AFTER_S` are deleted."""
+    stamps = {text(k): float(v) for k, v in client.hgetall(COMPONENT_HEARTBEATS).items()}
+    cutoff = (time.time() if now is None else now) - FORGET_AFTER_S
+    stale = [name for name, at in stamps.items() if at < cutoff]
+    if stale:
+        client.hdel(COMPONENT_HEARTBEATS, *stale)
+    return {name: at for name, at in stamps.items() if at >= cutoff}
+
+
+def forget(client: redis.Redis, component: str) -> None:
+    """A component stopping cleanly removes its row (a crashed one reads "dead for N s" until forgotten)."""
+    client.hdel(COMPONENT_HEARTBEATS, component)
 
 
 def describe(last_at: float, timeout_s: float, now: float | None = None) -> str:

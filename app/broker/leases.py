@@ -7,6 +7,8 @@ race). Used by beat's leader election (:mod:`beat.leader`).
 
 from __future__ import annotations
 
+import secrets
+
 import redis
 
 from app.broker.layout import text
@@ -34,6 +36,16 @@ return 0
 """
 
 
+#: separates a holder's readable name from the nonce that makes it unique (two beats in containers may both be
+#: pid 1 on hosts of the same name: without it both would renew "their" lease and lead)
+NONCE_SEPARATOR = "#"
+
+
+def unique_holder(name: str) -> str:
+    """``name`` with a random nonce: the lease value. :func:`holder` gives the name back."""
+    return f"{name}{NONCE_SEPARATOR}{secrets.token_hex(4)}"
+
+
 def claim(client: redis.Redis, key: str, holder: str, ttl_ms: int) -> bool:
     """Take or renew the lease ``key`` for ``holder`` for ``ttl_ms``; whether ``holder`` holds it now."""
     return bool(client.eval(_CLAIM, 1, key, holder, ttl_ms))  # type: ignore[no-untyped-call]
@@ -44,11 +56,11 @@ def release(client: redis.Redis, key: str, holder: str) -> None:
 
 
 def holder(client: redis.Redis, key: str) -> tuple[str, float] | None:
-    """Who holds ``key`` and for how many seconds more, or None when nobody does."""
+    """Who holds ``key`` (its name, without the nonce) and for how many seconds more, or None when nobody does."""
     pipe = client.pipeline()
     pipe.get(key)
     pipe.pttl(key)
     name, ttl_ms = pipe.execute()
     if name is None or int(ttl_ms) < 0:
         return None
-    return text(name), int(ttl_ms) / 1000.0
+    return text(name).partition(NONCE_SEPARATOR)[0], int(ttl_ms) / 1000.0

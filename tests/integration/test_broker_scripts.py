@@ -207,3 +207,28 @@ def test_an_unreplicated_admission_a_worker_already_took_counts_as_accepted(env,
     monkeypatch.setattr(scripts, "admit", admitted_then_taken)
     handle = client.infer("iris", {"X": iris["x"][:2]})
     assert r.hexists(keys.LEDGER_BODY, handle.id)
+
+
+def test_heartbeat_rows_silent_a_day_are_forgotten_and_a_clean_stop_removes_its_own(r: redis.Redis) -> None:
+    from app.broker import heartbeats
+
+    heartbeats.stamp(r, "beat@c1:7", now=1_000.0)
+    heartbeats.stamp(r, "beat@c1:8", now=1_000.0 + heartbeats.FORGET_AFTER_S)
+    heartbeats.stamp(r, "controller@c1", now=1_000.0 + heartbeats.FORGET_AFTER_S)
+    seen = heartbeats.read(r, now=1_001.0 + heartbeats.FORGET_AFTER_S)
+    assert set(seen) == {"beat@c1:8", "controller@c1"}
+    assert r.hexists(keys.COMPONENT_HEARTBEATS, "beat@c1:7") == 0
+    heartbeats.forget(r, "beat@c1:8")
+    assert set(heartbeats.read(r, now=1_001.0 + heartbeats.FORGET_AFTER_S)) == {"controller@c1"}
+
+
+def test_two_beats_with_the_same_name_do_not_both_hold_the_lease(r: redis.Redis) -> None:
+    """In containers two beats can both be pid 1 on hosts of one name: the nonce keeps their claims apart."""
+    from app.broker import leases
+
+    first, second = leases.unique_holder("beat@c:1"), leases.unique_holder("beat@c:1")
+    assert first != second
+    assert leases.claim(r, "maas:lock:test", first, 5_000)
+    assert not leases.claim(r, "maas:lock:test", second, 5_000)
+    held = leases.holder(r, "maas:lock:test")
+    assert held is not None and held[0] == "beat@c:1"
