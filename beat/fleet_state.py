@@ -51,12 +51,13 @@ def read(session: Session, client: redis.Redis, settings: Settings, now: float |
         raise DatabaseUnavailable(f"cannot read the fleet state from the database: {exc}") from exc
 
 
-#: runs whose plan was (or is being) carried out: their demand is what the current placement was planned for
-_CARRIED_OUT = (RunStatus.EXECUTING, RunStatus.KEPT, RunStatus.DONE, RunStatus.DONE_WITH_FAILURES)
+#: runs that moved replicas: their demand is what the current placement was planned for. Not KEPT runs: they
+#: moved nothing, and reading their demand would let a slow drift (under the change share each run) never count
+_CARRIED_OUT = (RunStatus.EXECUTING, RunStatus.DONE, RunStatus.DONE_WITH_FAILURES)
 
 
 def planned_demands(session: Session) -> dict[str, float]:
-    """Per model, the demand the last carried-out allocation run planned for (its recorded input); the solver
+    """Per model, the demand the last allocation run that moved replicas planned for (its recorded input); the solver
     charges switching only for models whose demand has not moved since (`Snapshot.switch_cost_share`)."""
     run = session.scalars(
         select(AllocationRun).where(AllocationRun.status.in_(_CARRIED_OUT)).order_by(AllocationRun.id.desc()).limit(1)

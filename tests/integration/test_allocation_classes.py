@@ -120,8 +120,8 @@ def latest_reason(client) -> str | None:
 
 
 def test_planned_demand_is_the_last_carried_out_runs_input(settings) -> None:
-    """The solver's switch charge needs the demand the current placement was planned for: the last run whose
-    plan was carried out (not a dry run, not a failed one)."""
+    """The solver's switch charge needs the demand the current placement was planned for: the last run that
+    moved replicas (not a dry run, a failed one, or one that kept everything)."""
     from app.allocation_states import RunStatus
     from app.db.schema import AllocationRun
     from app.db.session import session_scope
@@ -139,6 +139,9 @@ def test_planned_demand_is_the_last_carried_out_runs_input(settings) -> None:
         session.add(run(RunStatus.FAILED, 400.0))
         session.flush()
         assert planned_demands(session) == {"m": 4.0}
-        session.add(run(RunStatus.KEPT, 5.5))
+        session.add(run(RunStatus.KEPT, 5.5))  # moved nothing: the placement was planned for 4.0
         session.flush()
-        assert planned_demands(session) == {"m": 5.5}
+        assert planned_demands(session) == {"m": 4.0}
+        session.add(run(RunStatus.EXECUTING, 6.5))
+        session.flush()
+        assert planned_demands(session) == {"m": 6.5}
