@@ -424,10 +424,10 @@ def summarize_suite(runs: Sequence[dict], sims: dict[tuple[str, str], dict], lim
     and every flagged attempt is counted in ``flagged``. A repeat's ratio for a policy needs that run and the same
     repeat's FIFO run both clean and at measured loads within ``limits.pair_load`` of each other
     (``load_mismatched`` counts the pairs that were not). ``per_repeat`` lists each repeat's run as counted, with
-    its ratio to FIFO (None where there is none) and its flags. ``sims`` maps (workload, policy) to the
-    simulation's ``mean_ms`` and ``max_wait_ms`` predicted from the calibration (``live_vs_predicted``); a run's own
-    ``live_vs_sim`` (live over the simulation of that run, fed the service times it measured) gives the line's
-    ``live_vs_sim``, the median over clean runs.
+    its ratio to FIFO (None where there is none), the same ratio between the two runs' own simulations and its
+    flags. ``sims`` maps (workload, policy) to the simulation's ``mean_ms`` and ``max_wait_ms`` predicted from the
+    calibration (``live_vs_predicted``); a run's own ``live_vs_sim`` (live over the simulation of that run, fed the
+    service times it measured) gives the line's ``live_vs_sim``, the median over clean runs.
     """
     by_key = {(r["workload"], r["policy"], r["repeat"]): r for r in runs}
     workloads = list(dict.fromkeys(r["workload"] for r in runs))
@@ -454,12 +454,16 @@ def summarize_suite(runs: Sequence[dict], sims: dict[tuple[str, str], dict], lim
                         ratio = r["mean_ms"] / fifo["mean_ms"]
                         mean_ratio.append(ratio)
                         wait_ratio.append(r["max_wait_ms"] / fifo["max_wait_ms"])
+                # The same ratio between the two runs' own simulations: when it moves with the live one from repeat
+                # to repeat, what moved is the service the runs got, not how the live system scheduled it.
+                sims_of_pair = (r.get("sim_mean_ms"), None if fifo is None else fifo.get("sim_mean_ms"))
                 per_repeat.append(
                     {
                         "repeat": r["repeat"],
                         "mean_ms": r["mean_ms"],
                         "measured_load": r.get("measured_load"),
                         "mean_vs_fifo": None if ratio is None else round(ratio, 3),
+                        "sim_vs_fifo": round(sims_of_pair[0] / sims_of_pair[1], 3) if all(sims_of_pair) else None,
                         "live_vs_sim": r.get("live_vs_sim"),
                         "flags": r["flags"],
                     }

@@ -270,6 +270,17 @@ def test_a_ratio_needs_both_runs_at_the_same_load() -> None:
         (0, None, 0.90),
         (1, 0.6, 0.86),
     ]
+    assert all(r["sim_vs_fifo"] is None for r in sjf["per_repeat"])  # the records carry no simulation
+
+
+def test_per_repeat_lines_carry_the_pairs_simulated_ratio() -> None:
+    runs = [
+        {**_run(0, "fifo", 100.0, 1000.0), "sim_mean_ms": 110.0},
+        {**_run(0, "sjf", 50.0, 1000.0), "sim_mean_ms": 44.0},
+    ]
+    _, sjf = suite.summarize_suite(runs, {})
+    assert sjf["per_repeat"][0]["sim_vs_fifo"] == 0.4
+    assert sjf["per_repeat"][0]["mean_vs_fifo"] == 0.5
 
 
 def test_loads_apart() -> None:
