@@ -40,7 +40,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -424,6 +424,52 @@ def one_run(
     }
 
 
+@dataclass
+class Attempts:
+    """The suite's runs so far, every attempt in the order they ran, and what a new one needs."""
+
+    fleet: BenchFleet
+    cost: suite.ServiceModel
+    probe_rows: int
+    pace: suite.Pace
+    typical_s: float
+    sim_configs: dict[str, SimConfig]
+    started: float
+    runs: list[dict] = field(default_factory=list)
+
+    def settle(self) -> None:
+        """After a flagged attempt: let the machine settle (a few probes at most) before the next."""
+        for _ in range(5):
+            if probe(self.fleet, self.probe_rows) <= suite.Limits().probe_slow * self.pace.probe_s():
+                break
+
+    def run(self, w: suite.Workload, policy: str, repeat: int, tries: int, fifo_run: dict | None) -> dict:
+        """``policy`` on ``w`` until an attempt comes out clean, at most ``tries`` (>= 1) attempts; the last one.
+
+        An attempt at a load too far from its repeat's FIFO run (``fifo_run``, once that has run) is flagged: it
+        would not make a ratio of policies, so it is retried like a starved one.
+        """
+        if tries < 1:
+            raise ValueError(f"need at least one attempt, got {tries}")
+        record: dict = {}
+        for _ in range(tries):
+            key = (w.name, policy, repeat)
+            attempt = sum(1 for r in self.runs if (r["workload"], r["policy"], r["repeat"]) == key)
+            if attempt:
+                self.settle()
+            config = self.sim_configs[policy]
+            record = one_run(self.fleet, w, policy, self.cost, self.probe_rows, self.pace, self.typical_s, config)
+            if fifo_run is not None and policy != "fifo" and not fifo_run["flags"] and not record["flags"]:
+                apart = suite.loads_apart(record, fifo_run)
+                record["flags"] += [apart] if apart else []
+            record.update(repeat=repeat, attempt=attempt, elapsed_s=round(time.time() - self.started, 1))
+            self.runs.append(record)
+            print(json.dumps(record), flush=True)
+            if not record["flags"]:
+                break
+        return record
+
+
 def run_suite(args: argparse.Namespace) -> None:
     size = SUITE_QUICK if args.quick else SUITE_FULL
     count = args.requests if args.requests_given else size["requests"]
@@ -479,30 +525,17 @@ def run_suite(args: argparse.Namespace) -> None:
         print(json.dumps(header), flush=True)
         sim_configs = suite_sim_configs(params, args.aging_period_s, stale_s, observed, cost)
         sims = predicted(workloads, sim_configs)
-        runs = []
+        attempts = Attempts(fleet, cost, probe_rows, pace, typical_s, sim_configs, started)
         for repeat in range(repeats):
             for index, w in enumerate(workloads):
-                fifo_run = None  # this repeat's FIFO run on this workload, once it has run
+                ran: dict[str, dict] = {}  # this repeat's latest run of each policy on this workload
                 for policy in suite.order_for(repeat, index):
-                    for attempt in range(1 + args.retries):
-                        if attempt:  # a starved attempt: let the machine settle (a few probes at most) and retry
-                            for _ in range(5):
-                                if probe(fleet, probe_rows) <= suite.Limits().probe_slow * pace.probe_s():
-                                    break
-                        config = sim_configs[policy]
-                        record = one_run(fleet, w, policy, cost, probe_rows, pace, typical_s, config)
-                        if policy == "fifo":
-                            fifo_run = record
-                        elif fifo_run is not None and not fifo_run["flags"] and not record["flags"]:
-                            # Not a ratio of policies, so retried like a starved run while there is a retry left
-                            # (a FIFO run that comes later in the order is checked by the summary only).
-                            apart = suite.loads_apart(record, fifo_run)
-                            record["flags"] += [apart] if apart else []
-                        record.update(repeat=repeat, attempt=attempt, elapsed_s=round(time.time() - started, 1))
-                        runs.append(record)
-                        print(json.dumps(record), flush=True)
-                        if not record["flags"]:
-                            break
+                    ran[policy] = attempts.run(w, policy, repeat, 1 + args.retries, ran.get("fifo"))
+                    if policy == "fifo" and args.retries:
+                        # The runs that came before FIFO's in this repeat had no FIFO run to match; one that ran
+                        # at a load too far from it runs again now, beside it.
+                        for earlier in suite.apart_from_fifo(ran, ran["fifo"]):
+                            ran[earlier] = attempts.run(w, earlier, repeat, args.retries, ran["fifo"])
         print(
             json.dumps(
                 {
@@ -513,7 +546,7 @@ def run_suite(args: argparse.Namespace) -> None:
             ),
             flush=True,
         )
-        lines = suite.summarize_suite(runs, sims)
+        lines = suite.summarize_suite(attempts.runs, sims)
         for line in lines:
             print(json.dumps(line), flush=True)
         print(suite_table(lines), file=sys.stderr, flush=True)

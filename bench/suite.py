@@ -377,6 +377,18 @@ def loads_apart(run: dict, fifo: dict, limits: Limits = Limits()) -> str | None:
     return None
 
 
+def apart_from_fifo(ran: dict[str, dict], fifo: dict, limits: Limits = Limits()) -> list[str]:
+    """Of the policies that have run in a repeat (``ran``: policy -> its latest run), the ones whose clean run is at
+    a load too far from the repeat's clean FIFO run (``fifo``) to make a ratio; none when FIFO's run is flagged."""
+    if fifo["flags"]:
+        return []
+    return [
+        policy
+        for policy, run in ran.items()
+        if policy != "fifo" and not run["flags"] and loads_apart(run, fifo, limits) is not None
+    ]
+
+
 def back_to_back_cost(results: Sequence[dict], mean: bool = False) -> float | None:
     """Per-message cost between requests served back to back (the next one was already sent when the previous
     finished): the gap between their completions less the later one's model time; None under 10 pairs.
@@ -456,14 +468,14 @@ def summarize_suite(runs: Sequence[dict], sims: dict[tuple[str, str], dict], lim
                         wait_ratio.append(r["max_wait_ms"] / fifo["max_wait_ms"])
                 # The same ratio between the two runs' own simulations: when it moves with the live one from repeat
                 # to repeat, what moved is the service the runs got, not how the live system scheduled it.
-                sims_of_pair = (r.get("sim_mean_ms"), None if fifo is None else fifo.get("sim_mean_ms"))
+                sim_mine, sim_fifo_run = r.get("sim_mean_ms"), None if fifo is None else fifo.get("sim_mean_ms")
                 per_repeat.append(
                     {
                         "repeat": r["repeat"],
                         "mean_ms": r["mean_ms"],
                         "measured_load": r.get("measured_load"),
                         "mean_vs_fifo": None if ratio is None else round(ratio, 3),
-                        "sim_vs_fifo": round(sims_of_pair[0] / sims_of_pair[1], 3) if all(sims_of_pair) else None,
+                        "sim_vs_fifo": round(sim_mine / sim_fifo_run, 3) if sim_mine and sim_fifo_run else None,
                         "live_vs_sim": r.get("live_vs_sim"),
                         "flags": r["flags"],
                     }

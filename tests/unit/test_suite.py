@@ -291,6 +291,18 @@ def test_loads_apart() -> None:
     assert suite.loads_apart({}, fifo) is None  # an older record without the figure
 
 
+def test_apart_from_fifo_names_the_clean_runs_that_need_a_run_beside_fifo() -> None:
+    fifo = {"measured_load": 0.85, "flags": []}
+    ran = {
+        "sjf": {"measured_load": 0.90, "flags": []},  # clean, 6% off: to run again
+        "aging": {"measured_load": 0.86, "flags": []},  # within 3%
+        "srtf": {"measured_load": 0.95, "flags": ["probe moved"]},  # flagged already: it was retried as such
+        "fifo": fifo,
+    }
+    assert suite.apart_from_fifo(ran, fifo) == ["sjf"]
+    assert suite.apart_from_fifo(ran, {**fifo, "flags": ["probe moved"]}) == []  # nothing to match a starved FIFO
+
+
 def test_a_single_ratio_has_no_spread_and_that_is_a_miss() -> None:
     assert suite.spread([0.5]) == {"n": 1, "median": 0.5, "min": 0.5, "max": 0.5, "spread": None, "iqr": None}
     line = {
