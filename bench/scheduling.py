@@ -24,7 +24,8 @@ order and repeated (4 times: once through the Latin square), each run between tw
 Each run's arrivals are stretched by the worker's pace in the latest runs, so that it gets the load asked at the
 pace it runs at. A run whose worker was starved (the probes, the worker's model time or its per-message cost off
 the machine's unstarved pace, or moving during the run), or that still ran more than 5% off the asked load, or
-more than 3% off its repeat's FIFO run's load, is flagged, retried once, and left out of the medians. Each run is
+more than 3% off its repeat's FIFO run's load, is flagged, retried once, and left out of the medians (a run that
+came before its FIFO run and turned out too far from its load runs once more after it). Each run is
 also simulated with the service times it measured, which checks the model of the system apart from the machine's
 pace; the prediction from the calibration alone is printed beside it. Prints the calibration, one JSON line per
 run, one per workload and policy (every repeat's run and ratio, median and spread (max - min) of the ratio to FIFO
