@@ -12,6 +12,7 @@ simulated here with the system's model (``bench.simulate``) on the suite's own w
 - ``pace``: the worker running at another pace than calibrated (both runs of a pair alike), with the arrivals as
   calibrated (``fixed``: what the suite did) and stretched by the same pace (``stretched``: what it does now).
 - ``pair``: the SJF run and its FIFO run at different paces, arrivals as calibrated.
+- ``drift``: one run of the pair slower in its second half than in its first, at the same mean pace.
 
 Prints one JSON line per workload and part. ``--from OUT`` takes the calibration from a saved suite output (its
 first line); without it, the calibration of the suite run quoted in the README.
@@ -49,19 +50,32 @@ HEAVY_TAILED: dict[str, tuple[Generator, int]] = {
 }
 
 
-def slowed(workload: suite.Workload, pace: float) -> list[Request]:
+def slowed(workload: suite.Workload, pace: float, drift: float = 1.0) -> list[Request]:
     """The workload's requests on a worker ``pace`` times slower than calibrated (model time; the per-message cost
-    is slowed in :func:`ratio`'s configuration)."""
-    return [Request(r.arrival_s, r.size_tokens, r.service_s * pace, r.size_class) for r in workload.requests]
+    is slowed in :func:`ratio`'s configuration), and in the second half of the run ``drift`` times slower than in
+    the first, the run's mean pace unchanged."""
+    half = len(workload.requests) // 2
+    halves = (2 / (1 + drift), 2 * drift / (1 + drift))
+    return [
+        Request(r.arrival_s, r.size_tokens, r.service_s * pace * halves[i >= half], r.size_class)
+        for i, r in enumerate(workload.requests)
+    ]
 
 
-def ratio(workload: suite.Workload, calibration: dict, sjf_pace: float = 1.0, fifo_pace: float = 1.0) -> float:
-    """SJF's simulated mean response over FIFO's on ``workload``, each run on a worker at its own pace."""
+def ratio(
+    workload: suite.Workload,
+    calibration: dict,
+    sjf_pace: float = 1.0,
+    fifo_pace: float = 1.0,
+    drifts: tuple[float, float] = (1.0, 1.0),
+) -> float:
+    """SJF's simulated mean response over FIFO's on ``workload``, each run on a worker at its own pace and with its
+    own drift within the run (``drifts``: SJF's, FIFO's)."""
     typical_s = calibration["typical_service_ms"] / 1000
     cost = service_model(calibration)
     warm = tuple((rows, s) for rows, s in cost.points for _ in range(24))
 
-    def mean_ms(policy: str, pace: float) -> float:
+    def mean_ms(policy: str, pace: float, drift: float) -> float:
         config = SimConfig(
             policies.Policy(policy),
             policies.PolicyParams.around(typical_s),
@@ -71,9 +85,9 @@ def ratio(workload: suite.Workload, calibration: dict, sjf_pace: float = 1.0, fi
             per_message_s=cost.per_message_s * pace,
             latency_s=cost.latency_s,
         )
-        return statistics.fmean(o.response_s for o in simulate(slowed(workload, pace), config))
+        return statistics.fmean(o.response_s for o in simulate(slowed(workload, pace, drift), config))
 
-    return mean_ms("sjf", sjf_pace) / mean_ms("fifo", fifo_pace)
+    return mean_ms("sjf", sjf_pace, drifts[0]) / mean_ms("fifo", fifo_pace, drifts[1])
 
 
 def service_model(calibration: dict) -> suite.ServiceModel:
@@ -139,6 +153,19 @@ def main(argv: list[str] | None = None) -> int:
                     "pace_apart": apart,
                     "sjf_run_at_that_pace": rounded([ratio(workload, calibration, a, 1.0) for a in apart]),
                     "fifo_run_at_that_pace": rounded([ratio(workload, calibration, 1.0, a) for a in apart]),
+                }
+            ),
+            flush=True,
+        )
+        drifts = (0.8, 0.9, 1.1, 1.25)
+        print(
+            json.dumps(
+                {
+                    "workload": name,
+                    "part": "drift",
+                    "second_half_over_first": drifts,
+                    "sjf_run_drifts": rounded([ratio(workload, calibration, drifts=(d, 1.0)) for d in drifts]),
+                    "fifo_run_drifts": rounded([ratio(workload, calibration, drifts=(1.0, d)) for d in drifts]),
                 }
             ),
             flush=True,

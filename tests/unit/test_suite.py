@@ -124,6 +124,8 @@ CLEAN = suite.RunHealth(0.050, 0.052, 1.02, 0.004, 0.01)
         (suite.RunHealth(0.050, 0.050, 1.35, 0.004, 0.0), "model time 1.35x"),
         (suite.RunHealth(0.050, 0.050, 1.0, 0.004, 0.0, 1.4), "moved 1.40x within the run"),
         (suite.RunHealth(0.050, 0.050, 1.0, 0.004, 0.0, 0.7), "moved 0.70x within the run"),
+        (suite.RunHealth(0.050, 0.050, 1.0, 0.004, 0.0, 1.08), None),
+        (suite.RunHealth(0.050, 0.050, 1.0, 0.004, 0.0, 1.12), "moved 1.12x within the run"),
         (suite.RunHealth(0.050, 0.050, 1.0, 0.009, 0.0), "per-message 9.0 ms"),
         (suite.RunHealth(0.050, 0.050, 1.0, None, 0.0), None),
         (suite.RunHealth(0.050, 0.050, 1.0, 0.004, 0.2), "sent 200 ms late"),
