@@ -19,14 +19,18 @@ it). Prints one JSON line per policy.
 
 ``--suite`` (``--quick`` for a smaller one) is what the figures are quoted from: five workloads (three slices of the
 trace from different rows at loads 0.6 / 0.85 / 0.95, Poisson arrivals with lognormal sizes, a Markov-modulated
-bursty stream with Pareto sizes; ``bench.suite``), every policy on the same arrivals, interleaved in a balanced
-order and repeated (3 times), each run between two probes of the machine's pace. A run whose worker was starved
-(the probes, the worker's model time or its per-message cost off the machine's unstarved pace, or moving during
-the run) is flagged, retried once, and left out of the medians. Each run is also simulated with the service times
-it measured, which checks the model of the system apart from the machine's pace; the prediction from the
-calibration alone is printed beside it. Prints the calibration, one JSON line per run, one per workload and
-policy (median and spread of the ratio to FIFO in the same repeat, live vs simulated, flagged runs, targets
-missed), and a Markdown table on stderr. 20-60 minutes on two busy cores, by how many runs are retried.
+bursty stream with Pareto sizes; ``bench.suite``), every policy on the same requests, interleaved in a balanced
+order and repeated (4 times: once through the Latin square), each run between two probes of the machine's pace.
+Each run's arrivals are stretched by the worker's pace in the latest runs, so that it gets the load asked at the
+pace it runs at. A run whose worker was starved (the probes, the worker's model time or its per-message cost off
+the machine's unstarved pace, or moving during the run), or that still ran more than 5% off the asked load, or
+more than 3% off its repeat's FIFO run's load, is flagged, retried once, and left out of the medians (a run that
+came before its FIFO run and turned out too far from its load runs once more after it). Each run is
+also simulated with the service times it measured, which checks the model of the system apart from the machine's
+pace; the prediction from the calibration alone is printed beside it. Prints the calibration, one JSON line per
+run, one per workload and policy (every repeat's run and ratio, median and spread (max - min) of the ratio to FIFO
+in the same repeat, live vs simulated, flagged runs, targets missed), and a Markdown table on stderr. About 22
+minutes on a quiet machine (80 runs of about 15 s, plus retries); ``--quick`` about 12.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -272,8 +276,10 @@ def run(args: argparse.Namespace) -> None:
             time.sleep(1.0)
 
 
-SUITE_FULL = {"requests": 200, "repeats": 3}
-SUITE_QUICK = {"requests": 80, "repeats": 3}
+# Four repeats: one pass through the 4 x 4 Latin square of run orders, so that every policy runs once in every
+# position on every workload.
+SUITE_FULL = {"requests": 200, "repeats": 4}
+SUITE_QUICK = {"requests": 80, "repeats": 4}
 
 
 def suite_workloads(trace: Path, count: int, cost: suite.ServiceModel, mean_worker_s: float, max_rows: int):
@@ -358,41 +364,46 @@ def one_run(
     typical_s: float,
     sim_config: SimConfig,
 ) -> dict:
-    """Replay ``w`` under ``policy`` between two probes; its figures, the simulation of the same run (``sim_config``
-    with this policy) and the starvation detector's verdict against ``pace``, which then learns from this run."""
+    """Replay ``w`` under ``policy`` between two probes, its arrivals stretched to the worker's recent pace; its
+    figures, the simulation of the same run (``sim_config`` with this policy) and the starvation detector's verdict
+    against ``pace``, which then learns from this run."""
     client = fleet.client
     with session_scope(fleet.settings.sqlalchemy_url) as session:
         registry.configure(session, MODEL, policy=policy)
     client.scheduler.invalidate(MODEL)
+    scale = pace.arrival_scale()
+    sent = suite.at_pace(w, scale)
     before = probe(fleet, probe_rows)
-    results = replay(fleet, list(w.requests))
+    results = replay(fleet, list(sent.requests))
     after = probe(fleet, probe_rows)
     model_ratios = [r["model_s"] / max(cost.model_s(r["rows"]), 1e-6) for r in results]
+    # The per-message cost and the latency as this run measured them (back-to-back gaps; requests that found the
+    # worker idle), falling back to the calibration's: the machine's pace moves between runs, by 2x at times here.
+    per_msg = suite.back_to_back_cost(results)
+    mean_per_msg = suite.back_to_back_cost(results, mean=True)
+    per_msg_s = cost.per_message_s if mean_per_msg is None else mean_per_msg
+    lone = suite.lone_overhead(results)
+    latency_s = cost.latency_s if lone is None else lone - per_msg_s
+    measured_load = sum(r["model_s"] + per_msg_s for r in results) / sent.span_s
     health = suite.RunHealth(
         before,
         after,
         statistics.median(model_ratios),
-        suite.back_to_back_cost(results),
+        per_msg,
         max(r["late_s"] for r in results),
         suite.halves_ratio(model_ratios),
+        measured_load / w.load,
     )
-    per_msg = health.per_message_s
-    lone = suite.lone_overhead(results)
     flags = suite.starvation_flags(
         health, pace.probe_s(), pace.per_message_s(), typical_s, model_ref=pace.model_ratio()
     )
-    pace.add(health)
+    pace.add(health, worker_pace=measured_load / suite.offered(sent, cost))
     # The system's model on this run: the same arrivals as sent, each request's service time as the worker measured
     # it, the run's own per-message cost; what differs from live is then the model of the system, not the machine.
     replayed = [
         Request(q.arrival_s + r["late_s"], q.size_tokens, r["model_s"], q.size_class)
-        for q, r in zip(w.requests, results, strict=True)
+        for q, r in zip(sent.requests, results, strict=True)
     ]
-    # The per-message cost and the latency as this run measured them (back-to-back gaps; requests that found the
-    # worker idle), falling back to the calibration's: the machine's pace moves between runs, by 2x at times here.
-    mean_per_msg = suite.back_to_back_cost(results, mean=True)
-    per_msg_s = cost.per_message_s if mean_per_msg is None else mean_per_msg
-    latency_s = cost.latency_s if lone is None else lone - per_msg_s
     config = replace(sim_config, per_message_s=per_msg_s, latency_s=latency_s)
     sim_ms = summarize(config, simulate(replayed, config))["mean_ms"]
     mean_ms = statistics.fmean(r["response_s"] for r in results) * 1000
@@ -400,17 +411,64 @@ def one_run(
         "workload": w.name,
         "policy": policy,
         **figures(results),
+        "arrival_scale": round(scale, 3),
         "probe_ms": [round(before * 1000, 2), round(after * 1000, 2)],
         "model_vs_calibration": round(health.model_ratio, 3),
         "per_message_ms": None if per_msg is None else round(per_msg * 1000, 2),
         "send_late_ms": round(health.send_late_s * 1000, 1),
         "model_second_half_vs_first": round(health.model_drift, 3),
-        "measured_load": round(sum(r["model_s"] + per_msg_s for r in results) / w.span_s, 3),
+        "measured_load": round(measured_load, 3),
         "lone_overhead_ms": None if lone is None else round(lone * 1000, 2),
         "sim_mean_ms": sim_ms,
         "live_vs_sim": round(mean_ms / sim_ms, 3),
         "flags": flags,
     }
+
+
+@dataclass
+class Attempts:
+    """The suite's runs so far, every attempt in the order they ran, and what a new one needs."""
+
+    fleet: BenchFleet
+    cost: suite.ServiceModel
+    probe_rows: int
+    pace: suite.Pace
+    typical_s: float
+    sim_configs: dict[str, SimConfig]
+    started: float
+    runs: list[dict] = field(default_factory=list)
+
+    def settle(self) -> None:
+        """After a flagged attempt: let the machine settle (a few probes at most) before the next."""
+        for _ in range(5):
+            if probe(self.fleet, self.probe_rows) <= suite.Limits().probe_slow * self.pace.probe_s():
+                break
+
+    def run(self, w: suite.Workload, policy: str, repeat: int, tries: int, fifo_run: dict | None) -> dict:
+        """``policy`` on ``w`` until an attempt comes out clean, at most ``tries`` (>= 1) attempts; the last one.
+
+        An attempt at a load too far from its repeat's FIFO run (``fifo_run``, once that has run) is flagged: it
+        would not make a ratio of policies, so it is retried like a starved one.
+        """
+        if tries < 1:
+            raise ValueError(f"need at least one attempt, got {tries}")
+        record: dict = {}
+        for _ in range(tries):
+            key = (w.name, policy, repeat)
+            attempt = sum(1 for r in self.runs if (r["workload"], r["policy"], r["repeat"]) == key)
+            if attempt:
+                self.settle()
+            config = self.sim_configs[policy]
+            record = one_run(self.fleet, w, policy, self.cost, self.probe_rows, self.pace, self.typical_s, config)
+            if fifo_run is not None and policy != "fifo" and not fifo_run["flags"] and not record["flags"]:
+                apart = suite.loads_apart(record, fifo_run)
+                record["flags"] += [apart] if apart else []
+            record.update(repeat=repeat, attempt=attempt, elapsed_s=round(time.time() - self.started, 1))
+            self.runs.append(record)
+            print(json.dumps(record), flush=True)
+            if not record["flags"]:
+                break
+        return record
 
 
 def run_suite(args: argparse.Namespace) -> None:
@@ -468,22 +526,17 @@ def run_suite(args: argparse.Namespace) -> None:
         print(json.dumps(header), flush=True)
         sim_configs = suite_sim_configs(params, args.aging_period_s, stale_s, observed, cost)
         sims = predicted(workloads, sim_configs)
-        runs = []
+        attempts = Attempts(fleet, cost, probe_rows, pace, typical_s, sim_configs, started)
         for repeat in range(repeats):
             for index, w in enumerate(workloads):
+                ran: dict[str, dict] = {}  # this repeat's latest run of each policy on this workload
                 for policy in suite.order_for(repeat, index):
-                    for attempt in range(1 + args.retries):
-                        if attempt:  # a starved attempt: let the machine settle (a few probes at most) and retry
-                            for _ in range(5):
-                                if probe(fleet, probe_rows) <= suite.Limits().probe_slow * pace.probe_s():
-                                    break
-                        config = sim_configs[policy]
-                        record = one_run(fleet, w, policy, cost, probe_rows, pace, typical_s, config)
-                        record.update(repeat=repeat, attempt=attempt, elapsed_s=round(time.time() - started, 1))
-                        runs.append(record)
-                        print(json.dumps(record), flush=True)
-                        if not record["flags"]:
-                            break
+                    ran[policy] = attempts.run(w, policy, repeat, 1 + args.retries, ran.get("fifo"))
+                    if policy == "fifo" and args.retries:
+                        # The runs that came before FIFO's in this repeat had no FIFO run to match; one that ran
+                        # at a load too far from it runs again now, beside it.
+                        for earlier in suite.apart_from_fifo(ran, ran["fifo"]):
+                            ran[earlier] = attempts.run(w, earlier, repeat, args.retries, ran["fifo"])
         print(
             json.dumps(
                 {
@@ -494,7 +547,7 @@ def run_suite(args: argparse.Namespace) -> None:
             ),
             flush=True,
         )
-        lines = suite.summarize_suite(runs, sims)
+        lines = suite.summarize_suite(attempts.runs, sims)
         for line in lines:
             print(json.dumps(line), flush=True)
         print(suite_table(lines), file=sys.stderr, flush=True)
@@ -564,7 +617,7 @@ def suite_table(lines: list[dict]) -> str:
     out = [
         "| workload | policy | measured load | mean vs FIFO, median (min-max) | spread | worst wait vs FIFO "
         "| simulated vs FIFO | every run, flagged included (not a result) "
-        "| live / simulated (/ predicted) | clean runs, flagged attempts, pairs off pace | misses |",
+        "| live / simulated (/ predicted) | clean runs, flagged attempts, pairs at different loads | misses |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for line in lines:
@@ -573,12 +626,13 @@ def suite_table(lines: list[dict]) -> str:
         ratio = "-" if m["median"] is None else f"{m['median']:.3f}x ({m['min']:.3f}-{m['max']:.3f})"
         unchecked = "-" if u["median"] is None else f"{u['median']:.3f}x ({u['min']:.3f}-{u['max']:.3f})"
         out.append(
-            f"| {line['workload']} | {line['policy']} | {line['measured_load']} | {ratio} | {m['spread']} "
+            f"| {line['workload']} | {line['policy']} | {line['measured_load']} | {ratio} "
+            f"| {'-' if m['spread'] is None else m['spread']} "
             f"| {w['median']} "
             f"| {line.get('sim_mean_vs_fifo')} | {unchecked} "
             f"| {line.get('live_vs_sim')} ({line.get('live_vs_predicted')}) "
             f"| {line['clean']}/{line['runs']}, "
-            f"{line['flagged']} flagged, {line['pace_mismatched']} off pace "
+            f"{line['flagged']} flagged, {line['load_mismatched']} at different loads "
             f"| {'; '.join(line['misses']) or '-'} |"
         )
     return "\n".join(out)
@@ -598,7 +652,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--aging-period-s", type=float, default=None, help="aging beat period (0.25; --suite 0.1)")
     parser.add_argument("--suite", action="store_true", help="every policy, interleaved and repeated, on 5 workloads")
     parser.add_argument("--quick", action="store_true", help="with --suite: 80 requests a workload instead of 200")
-    parser.add_argument("--repeats", type=int, default=None, help="with --suite: repeats (default 3)")
+    parser.add_argument("--repeats", type=int, default=None, help="with --suite: repeats (default 4)")
     parser.add_argument("--retries", type=int, default=1, help="with --suite: reruns of a starved run (default 1)")
     parser.add_argument("--summarize", metavar="FILE", help="the summary of a saved --suite output, complete or not")
     parser.add_argument("--mean-service-ms", type=float, default=50.0, help="with --suite: mean worker time (50)")

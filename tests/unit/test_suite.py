@@ -124,9 +124,14 @@ CLEAN = suite.RunHealth(0.050, 0.052, 1.02, 0.004, 0.01)
         (suite.RunHealth(0.050, 0.050, 1.35, 0.004, 0.0), "model time 1.35x"),
         (suite.RunHealth(0.050, 0.050, 1.0, 0.004, 0.0, 1.4), "moved 1.40x within the run"),
         (suite.RunHealth(0.050, 0.050, 1.0, 0.004, 0.0, 0.7), "moved 0.70x within the run"),
+        (suite.RunHealth(0.050, 0.050, 1.0, 0.004, 0.0, 1.08), None),
+        (suite.RunHealth(0.050, 0.050, 1.0, 0.004, 0.0, 1.12), "moved 1.12x within the run"),
         (suite.RunHealth(0.050, 0.050, 1.0, 0.009, 0.0), "per-message 9.0 ms"),
         (suite.RunHealth(0.050, 0.050, 1.0, None, 0.0), None),
         (suite.RunHealth(0.050, 0.050, 1.0, 0.004, 0.2), "sent 200 ms late"),
+        (suite.RunHealth(0.050, 0.050, 1.0, 0.004, 0.0, 1.0, 1.04), None),
+        (suite.RunHealth(0.050, 0.050, 1.0, 0.004, 0.0, 1.0, 1.07), "ran at 1.07x the asked load"),
+        (suite.RunHealth(0.050, 0.050, 1.0, 0.004, 0.0, 1.0, 0.93), "ran at 0.93x the asked load"),
     ],
 )
 def test_starvation_detector(health: suite.RunHealth, reason: str | None) -> None:
@@ -251,14 +256,114 @@ def test_pace_is_the_fast_end_of_what_was_seen() -> None:
     assert pace.probe_s() == 0.045
 
 
-def test_a_ratio_needs_both_runs_at_the_same_pace() -> None:
+def test_a_ratio_needs_both_runs_at_the_same_load() -> None:
     runs = [
-        {**_run(0, "fifo", 100.0, 1000.0), "model_vs_calibration": 1.0},
-        {**_run(0, "sjf", 50.0, 1000.0), "model_vs_calibration": 1.4},  # the machine was 40% slower for this one
-        {**_run(1, "fifo", 100.0, 1000.0), "model_vs_calibration": 1.0},
-        {**_run(1, "sjf", 60.0, 1000.0), "model_vs_calibration": 1.1},
+        {**_run(0, "fifo", 100.0, 1000.0), "measured_load": 0.85},
+        {**_run(0, "sjf", 50.0, 1000.0), "measured_load": 0.90},  # 6% above its FIFO run's load
+        {**_run(1, "fifo", 100.0, 1000.0), "measured_load": 0.85},
+        {**_run(1, "sjf", 60.0, 1000.0), "measured_load": 0.86},
     ]
     _, sjf = suite.summarize_suite(runs, {})
-    assert sjf["pace_mismatched"] == 1
+    assert sjf["load_mismatched"] == 1
     assert sjf["mean_vs_fifo"]["n"] == 1 and sjf["mean_vs_fifo"]["median"] == 0.6
     assert sjf["mean_vs_fifo_unchecked"]["n"] == 2 and sjf["mean_vs_fifo_unchecked"]["median"] == 0.55
+    # Every repeat's run is listed with its figures, and a ratio only where it counted.
+    assert [(r["repeat"], r["mean_vs_fifo"], r["measured_load"]) for r in sjf["per_repeat"]] == [
+        (0, None, 0.90),
+        (1, 0.6, 0.86),
+    ]
+    assert all(r["sim_vs_fifo"] is None for r in sjf["per_repeat"])  # the records carry no simulation
+
+
+def test_per_repeat_lines_carry_the_pairs_simulated_ratio() -> None:
+    runs = [
+        {**_run(0, "fifo", 100.0, 1000.0), "sim_mean_ms": 110.0},
+        {**_run(0, "sjf", 50.0, 1000.0), "sim_mean_ms": 44.0},
+    ]
+    _, sjf = suite.summarize_suite(runs, {})
+    assert sjf["per_repeat"][0]["sim_vs_fifo"] == 0.4
+    assert sjf["per_repeat"][0]["mean_vs_fifo"] == 0.5
+
+
+def test_loads_apart() -> None:
+    fifo = {"measured_load": 0.85}
+    assert suite.loads_apart({"measured_load": 0.87}, fifo) is None
+    assert "0.900 vs its FIFO run's 0.850" in (suite.loads_apart({"measured_load": 0.90}, fifo) or "")
+    assert suite.loads_apart({"measured_load": 0.80}, fifo) is not None  # either way
+    assert suite.loads_apart({}, fifo) is None  # an older record without the figure
+
+
+def test_apart_from_fifo_names_the_clean_runs_that_need_a_run_beside_fifo() -> None:
+    fifo = {"measured_load": 0.85, "flags": []}
+    ran = {
+        "sjf": {"measured_load": 0.90, "flags": []},  # clean, 6% off: to run again
+        "aging": {"measured_load": 0.86, "flags": []},  # within 3%
+        "srtf": {"measured_load": 0.95, "flags": ["probe moved"]},  # flagged already: it was retried as such
+        "fifo": fifo,
+    }
+    assert suite.apart_from_fifo(ran, fifo) == ["sjf"]
+    assert suite.apart_from_fifo(ran, {**fifo, "flags": ["probe moved"]}) == []  # nothing to match a starved FIFO
+
+
+def test_a_single_ratio_has_no_spread_and_that_is_a_miss() -> None:
+    assert suite.spread([0.5]) == {"n": 1, "median": 0.5, "min": 0.5, "max": 0.5, "spread": None, "iqr": None}
+    line = {
+        "policy": "sjf",
+        "mean_vs_fifo": suite.spread([0.5]),
+        "max_wait_vs_fifo": suite.spread([1.2]),
+        "sim_mean_vs_fifo": 0.55,
+    }
+    assert suite.misses(line) == ["ratio spread not measured (fewer than 2 clean ratios)"]
+
+
+def test_at_pace_stretches_the_clock_and_keeps_the_requests() -> None:
+    arrivals, sizes = suite.poisson_heavy(4, 200)
+    workload = suite.shape("w", arrivals, sizes, COST, load=0.85, mean_worker_s=0.03, max_rows=400)
+    slower = suite.at_pace(workload, 1.2)
+    assert [r.arrival_s for r in slower.requests] == pytest.approx([1.2 * r.arrival_s for r in workload.requests])
+    same = [(r.size_tokens, r.service_s, r.size_class) for r in slower.requests]
+    assert same == [(r.size_tokens, r.service_s, r.size_class) for r in workload.requests]
+    assert (slower.name, slower.load) == (workload.name, workload.load)
+    assert suite.offered(slower, COST) == pytest.approx(0.85 / 1.2)
+    with pytest.raises(ValueError, match="positive"):
+        suite.at_pace(workload, 0.0)
+
+
+def test_arrival_scale_follows_the_latest_runs_pace() -> None:
+    pace = suite.Pace([0.05], [], [0.004])
+    assert pace.arrival_scale() == 1.0  # no run yet: the calibration
+    for worker_pace in (1.0, 1.3, 1.1, 1.12, 2.4):
+        pace.add(CLEAN, worker_pace=worker_pace)
+    assert pace.arrival_scale() == 1.12  # median of 1.1, 1.12 and one starved 2.4
+    pace.add(CLEAN)  # a run without the figure leaves the scale alone
+    assert pace.arrival_scale() == 1.12
+
+
+def test_stretched_arrivals_make_the_ratio_insensitive_to_the_workers_pace() -> None:
+    """What the suite relies on, in the system's model: the same workload on a worker 20% slower moves SJF's ratio
+    to FIFO a lot with the calibrated arrivals, next to nothing with the arrivals stretched by the same pace."""
+    from bench import spread as spread_bench
+
+    calibration = spread_bench.DEFAULT_CALIBRATION
+    make, seed = spread_bench.HEAVY_TAILED["poisson-lognormal/0.85"]
+    workload = spread_bench.build(make, seed, 200, calibration)
+    calibrated = spread_bench.ratio(workload, calibration)
+    fixed = spread_bench.ratio(workload, calibration, 1.2, 1.2)
+    stretched = spread_bench.ratio(suite.at_pace(workload, 1.2), calibration, 1.2, 1.2)
+    assert abs(fixed - calibrated) > 0.1
+    assert abs(stretched - calibrated) < 0.02
+
+
+def test_every_repeat_and_policy_gets_the_same_requests(tmp_path) -> None:
+    """The suite's workloads are built once from fixed slices and seeds; building them again (as ``--summarize``
+    does, or another repeat would) gives the very same requests, so repeats differ only in how the machine ran."""
+    from bench.scheduling import suite_workloads
+
+    lines = ["TIMESTAMP,ContextTokens,GeneratedTokens"]
+    lines += [f"2023-11-16 18:00:{i * 0.05:09.6f},{100 + 37 * (i % 11)},{5 + i % 7}" for i in range(400)]
+    trace = tmp_path / "t.csv"
+    trace.write_text("\n".join(lines) + "\n")
+    first = suite_workloads(trace, 100, COST, 0.03, 400)
+    again = suite_workloads(trace, 100, COST, 0.03, 400)
+    assert [w.name for w in first] == [w.name for w in again] and len(first) == 5
+    assert all(a.requests == b.requests for a, b in zip(first, again, strict=True))
