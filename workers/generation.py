@@ -282,7 +282,10 @@ class Engine:
         admitted: list[Sequence] = []
         # Best rank first; arrival order among equals (sort is stable).
         for seq in sorted(self.waiting, key=lambda s: self._rank(s, now)):
-            charged = sum(self._charge(s) for s in self.running + self.waiting)
+            # Those admitted earlier in this pass are in ``running`` and still in ``waiting`` until the loop ends:
+            # charge them once, or two sequences that exactly fit would be admitted one per step (and, under SRTF,
+            # the second would needlessly preempt a running one).
+            charged = sum(self._charge(s) for s in self.running + [s for s in self.waiting if not s.admitted])
             need = 0 if seq.kv is not None else self._reserve(seq)  # a kept cache is charged already
             if len(self.running) >= self.max_sequences or charged + need > self.max_kv_bytes:
                 if not self.preemptive:

@@ -171,3 +171,22 @@ def test_a_generative_footprint_reserves_its_kv_cache(runtime):
     tight = Settings.from_env({"MAAS_GEN_MAX_SEQUENCES": "3", "MAAS_GEN_KV_CACHE_BYTES": str(full // 2)})
     assert generative_reserve_bytes(runtime, tight) == full // 2
     assert generative_reserve_bytes(object(), roomy) == 0
+
+
+def test_sequences_whose_reserves_exactly_fit_are_admitted_in_one_step_without_preempting(runtime):
+    """Two short arrivals whose reserves, with the running long one's, exactly fill the KV budget: both join at the
+    next step and the long one keeps running (a sequence admitted earlier in the same pass is charged once)."""
+    probe = runtime.engine()
+
+    def reserve(prompt: str, max_tokens: int) -> int:
+        return (len(probe.tokenizer(prompt)["input_ids"]) + max_tokens) * probe.bytes_per_token
+
+    budget = reserve("the quick brown", 80) + 2 * reserve("tokens flow", 5)
+    engine = runtime.engine(max_sequences=8, max_kv_bytes=budget, policy=Policy.SRTF)
+    engine.add("long", "the quick brown", SamplingParams(max_tokens=80))
+    engine.step()
+    engine.add("short-1", "tokens flow", SamplingParams(max_tokens=5))
+    engine.add("short-2", "tokens flow", SamplingParams(max_tokens=5))
+    engine.step()
+    assert {s.id for s in engine.running} == {"long", "short-1", "short-2"}
+    assert engine.preemptions == 0
