@@ -156,7 +156,7 @@ def serve(app: Celery, ctx: WorkerContext, loaded: Loaded, own: Request) -> dict
             policy=_policy(own, settings.policy),
             policy_params=settings.policy_params(),
         )
-        _start(engine, loaded, own, running)
+        _start(ctx, engine, loaded, own, running)
     except MaasError as exc:
         own.error = exc
         _publish(app, ctx, loaded, [own])  # its stream ends with the error too
@@ -185,7 +185,7 @@ def _loop(
             _join(app, ctx, engine, loaded, running, scripts.take_batch(client, queue, free, GENERATE_TASK))
         elif engine.preemptive and len(running) < 2 * engine.max_sequences:
             _join(app, ctx, engine, loaded, running, _out_of_turn(ctx, engine, queue, running, seen))
-        _expire(engine, running)
+        _expire(ctx, engine, running)
         tokens = _step(app, ctx, engine, loaded, running)
         if tokens is None:
             break
@@ -256,15 +256,26 @@ def _out_of_turn(
     return []
 
 
-def _expire(engine: Any, running: dict[str, Request]) -> None:
+def _first_token_overdue(ctx: WorkerContext, request: Request, now: float) -> bool:
+    """Whether ``request`` is past its first-token deadline without a first token. A resent generation (its worker
+    died, kombu redelivered it, the ledger resent it) carries the deadline in its message while this run has made
+    no token yet; if an earlier run already streamed text, the caller got its first token in time, so the deadline
+    was met: it is cleared, and checked no more."""
+    due = request.first_token_deadline_at
+    if due is None or request.last_token_at is not None or now <= due:
+        return False
+    if streams.has_text(ctx.redis, request.task_id, ctx.settings.signing_key):
+        request.first_token_deadline_at = None
+        return False
+    return True
+
+
+def _expire(ctx: WorkerContext, engine: Any, running: dict[str, Request]) -> None:
     """End the sequences past their deadline at this step boundary: past ``first_token_deadline_at`` without a
     token yet (waiting in the engine, or preempted before its first), or past ``deadline_at`` at all."""
     now = time.time()
     for task_id, request in running.items():
-        first_due = request.first_token_deadline_at is not None and request.last_token_at is None
-        if (first_due and now > (request.first_token_deadline_at or 0.0)) or (
-            request.deadline_at is not None and now > request.deadline_at
-        ):
+        if _first_token_overdue(ctx, request, now) or (request.deadline_at is not None and now > request.deadline_at):
             engine.cancel(task_id, DEADLINE)
 
 
@@ -323,13 +334,13 @@ def _observe(ctx: WorkerContext, loaded: Loaded, running: dict[str, Request], ev
     return made
 
 
-def _start(engine: Any, loaded: Loaded, request: Request, running: dict[str, Request]) -> None:
+def _start(ctx: WorkerContext, engine: Any, loaded: Loaded, request: Request, running: dict[str, Request]) -> None:
     """Check one request and add it to the engine; raise its MaasError when it cannot run."""
     if request.model != loaded.model or request.version not in (None, loaded.version):
         # As for a batched infer request: one taken for a version this replica does not hold is answered so.
         raise NotLoaded(f"{request.model}:{request.version} is not loaded; this replica serves {loaded.version}")
     now = time.time()
-    if any(at is not None and now > at for at in (request.deadline_at, request.first_token_deadline_at)):
+    if (request.deadline_at is not None and now > request.deadline_at) or _first_token_overdue(ctx, request, now):
         raise DeadlineExceeded("the deadline passed before the generation could start; not executed")
     params: SamplingParams = parse_params(request.params).seeded(request.task_id)
     request.started_at = now
@@ -358,7 +369,7 @@ def _join(
         if request is None or request.task_id in running or ledger.answered(ctx.redis, request.task_id):
             continue  # unreadable, or a copy of one running or answered
         try:
-            _start(engine, loaded, request, running)
+            _start(ctx, engine, loaded, request, running)
         except MaasError as exc:
             request.error = exc
             refused.append(request)

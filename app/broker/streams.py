@@ -28,6 +28,7 @@ import redis.asyncio
 from app import signing
 from app.broker.keys import generation_cancel, generation_stream
 from app.broker.layout import text
+from app.errors import ForgedMessage
 
 #: Entries kept per stream (approximate trimming); far more than any reader lags behind.
 MAXLEN = 10_000
@@ -71,6 +72,23 @@ async def read_async(
 ) -> list[tuple[str, dict[str, str]]]:
     reply: Any = await client.xread({generation_stream(task_id): after}, block=block_ms, count=256)
     return [(text(i), decode(f)) for _key, entries in reply or [] for i, f in entries]
+
+
+def has_text(client: redis.Redis, task_id: str, signing_key: str, scan: int = 64) -> bool:
+    """Whether the stream holds a (validly signed) text entry among its first ``scan``: a resent generation's first
+    token was already streamed by an earlier run. Keep-alive entries come at most every few seconds, so the first
+    text entry of a stream is well within the first ``scan``."""
+    entries: Any = client.xrange(generation_stream(task_id), count=scan)
+    for _id, fields in entries or []:
+        entry = decode(fields)
+        if entry.get("k") != "text":
+            continue
+        try:
+            signing.check_stream_entry(signing_key, task_id, entry)
+        except ForgedMessage:
+            continue  # a forged entry proves nothing
+        return True
+    return False
 
 
 def cancel(client: redis.Redis, task_id: str, ttl_s: int = TTL_S) -> None:

@@ -1,0 +1,85 @@
+"""The worker's side of generation, without a model: what a resent generation's deadlines mean."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import redis
+
+from app.broker import streams
+from app.errors import DeadlineExceeded
+from workers import generating
+
+KEY = "fleet-key"
+
+
+class RecordingEngine:
+    """Only what the worker asks of an engine when it starts and expires requests."""
+
+    def __init__(self) -> None:
+        self.added: list[str] = []
+        self.cancelled: dict[str, str] = {}
+
+    def add(self, seq_id: str, prompt: str, params: Any, **_: Any) -> None:
+        self.added.append(seq_id)
+
+    def cancel(self, seq_id: str, reason: str = "cancelled") -> None:
+        self.cancelled[seq_id] = reason
+
+
+@pytest.fixture
+def ctx(redis_url: str):
+    client = redis.Redis.from_url(redis_url)
+    client.flushall()
+    return SimpleNamespace(redis=client, settings=SimpleNamespace(signing_key=KEY))
+
+
+def overdue_request(task_id: str) -> generating.Request:
+    """A generation whose first-token deadline passed while it was in flight (as on a resend)."""
+    now = time.time()
+    return generating.Request(
+        task_id, "lm", None, "tokens flow", {"max_tokens": 4}, first_token_deadline_at=now - 1.0, submitted_at=now - 5
+    )
+
+
+def stream(ctx, task_id: str, *entries: dict[str, str], key: str = KEY) -> None:
+    pipe = ctx.redis.pipeline(transaction=False)
+    for entry in entries:
+        streams.add(pipe, task_id, entry, key)
+    pipe.execute()
+
+
+LOADED = SimpleNamespace(model="lm", version=1)
+
+
+def test_a_resent_generation_whose_first_token_was_streamed_runs_on(ctx):
+    engine, running = RecordingEngine(), {}
+    request = overdue_request("t-resent")
+    stream(ctx, "t-resent", streams.text_entry(0, "hel"))
+    generating._start(ctx, engine, LOADED, request, running)
+    assert engine.added == ["t-resent"] and "t-resent" in running
+    # Nor does the step boundary end it while this run has made no token yet.
+    generating._expire(ctx, engine, running)
+    assert engine.cancelled == {}
+
+
+def test_a_first_token_deadline_with_nothing_streamed_still_refuses(ctx):
+    engine, running = RecordingEngine(), {}
+    with pytest.raises(DeadlineExceeded):
+        generating._start(ctx, engine, LOADED, overdue_request("t-late"), running)
+    # A forged text entry (not under the fleet key) proves nothing.
+    stream(ctx, "t-forged", streams.text_entry(0, "hel"), key="not-the-fleet-key")
+    with pytest.raises(DeadlineExceeded):
+        generating._start(ctx, engine, LOADED, overdue_request("t-forged"), running)
+    assert engine.added == []
+
+
+def test_a_waiting_request_past_its_first_token_deadline_is_expired_unless_streamed(ctx):
+    engine = RecordingEngine()
+    running = {"t-late": overdue_request("t-late"), "t-resent": overdue_request("t-resent")}
+    stream(ctx, "t-resent", streams.text_entry(0, "hel"))
+    generating._expire(ctx, engine, running)
+    assert engine.cancelled == {"t-late": generating.DEADLINE}
