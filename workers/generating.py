@@ -83,6 +83,7 @@ class Request:
     backlog_s: float = 0.0
     started_at: float = 0.0
     last_token_at: float | None = None
+    streamed_at: float = 0.0  # monotonic: when its stream was last written (text or keep-alive)
     result: dict[str, Any] | None = None
     error: MaasError | None = None
 
@@ -307,7 +308,7 @@ def _step(app: Celery, ctx: WorkerContext, engine: Any, loaded: Loaded, running:
             request.result = _result(loaded, ctx, request, event.sequence)
         if event.text or event.finished:
             chunks.append((request, event.text, len(event.sequence.text) - len(event.text)))
-    _stream(ctx, chunks)
+    _stream(ctx, chunks, _quiet(ctx, running, {id(request) for request, _, _ in chunks}))
     done = [r for r in running.values() if r.result is not None or r.error is not None]
     _publish(app, ctx, loaded, done)
     for request in done:
@@ -344,6 +345,7 @@ def _start(ctx: WorkerContext, engine: Any, loaded: Loaded, request: Request, ru
         raise DeadlineExceeded("the deadline passed before the generation could start; not executed")
     params: SamplingParams = parse_params(request.params).seeded(request.task_id)
     request.started_at = now
+    request.streamed_at = time.monotonic()  # a reader's quiet clock starts no earlier than this
     engine.add(
         request.task_id,
         check_prompt(request.prompt),
@@ -376,13 +378,34 @@ def _join(
     _publish(app, ctx, loaded, refused)
 
 
-def _stream(ctx: WorkerContext, chunks: list[tuple[Request, str, int]]) -> None:
-    """One pipeline for the step: each sequence's new text, and the end entry of those that finished."""
-    if not chunks:
+def _quiet(ctx: WorkerContext, running: dict[str, Request], written: set[int]) -> list[Request]:
+    """The running requests whose streams got nothing for ``generation_keepalive_s`` and nothing this step: those
+    waiting in the engine (not admitted yet, or preempted). Their readers would otherwise take the silence for a
+    dead worker and give up."""
+    now = time.monotonic()
+    return [
+        request
+        for request in running.values()
+        if id(request) not in written
+        and request.result is None
+        and request.error is None
+        and now - request.streamed_at >= ctx.settings.generation_keepalive_s
+    ]
+
+
+def _stream(ctx: WorkerContext, chunks: list[tuple[Request, str, int]], quiet: list[Request]) -> None:
+    """One pipeline for the step: each sequence's new text, the end entry of those that finished, and a keep-alive
+    for each ``quiet`` one."""
+    if not chunks and not quiet:
         return
     pipe = ctx.redis.pipeline(transaction=False)
     ttl, key = int(ctx.settings.result_expires_s), ctx.settings.signing_key
+    now = time.monotonic()
+    for request in quiet:
+        streams.add(pipe, request.task_id, streams.wait_entry(), key, ttl)
+        request.streamed_at = now
     for request, text, offset in chunks:
+        request.streamed_at = now
         if text:
             streams.add(pipe, request.task_id, streams.text_entry(offset, text), key, ttl)
         if request.result is not None:

@@ -7,6 +7,10 @@ Entries (all fields are strings):
   with the request's seed), so a reader keeps only what lies past what it already has: no chunk twice.
 - ``{"k": "end", "r": finish reason, "u": JSON usage}``: the last entry of a generation that finished.
 - ``{"k": "error", "c": code, "m": message}``: the last entry of a generation that failed.
+- ``{"k": "wait"}``: a keep-alive, no text: the generation is waiting in its worker's engine (not yet admitted, or
+  preempted). Readers give up after a quiet spell (``MAAS_INFER_TIMEOUT_S``), so the worker writes one for each
+  such sequence every ``MAAS_GEN_KEEPALIVE_S``; it is signed like the others, so it proves the worker, not a
+  forger, still holds the generation.
 
 With a fleet key (``MAAS_SIGNING_KEY``) every entry also carries ``s``, its HMAC bound to the request's id
 (:func:`app.signing.sign_stream_entry`), and a :class:`Reader` given the key refuses an entry without a valid one
@@ -38,6 +42,10 @@ TTL_S = 3600
 
 def text_entry(offset: int, chunk: str) -> dict[str, str]:
     return {"k": "text", "o": str(offset), "x": chunk}
+
+
+def wait_entry() -> dict[str, str]:
+    return {"k": "wait"}
 
 
 def end_entry(finish_reason: str, usage: dict[str, int]) -> dict[str, str]:
@@ -133,6 +141,8 @@ class Reader:
             new = chunk[max(0, len(self.text) - offset) :] if offset <= len(self.text) else ""
             self.text += new
             return new
+        if kind == "wait":
+            return ""  # proof of life only: the reader's quiet clock restarts (it saw an entry), no text
         if kind == "end":
             self.finish_reason, self.usage = entry["r"], json.loads(entry.get("u") or "{}")
         elif kind == "error":

@@ -34,7 +34,8 @@ class RecordingEngine:
 def ctx(redis_url: str):
     client = redis.Redis.from_url(redis_url)
     client.flushall()
-    return SimpleNamespace(redis=client, settings=SimpleNamespace(signing_key=KEY))
+    settings = SimpleNamespace(signing_key=KEY, generation_keepalive_s=0.2, result_expires_s=60.0)
+    return SimpleNamespace(redis=client, settings=settings)
 
 
 def overdue_request(task_id: str) -> generating.Request:
@@ -83,3 +84,21 @@ def test_a_waiting_request_past_its_first_token_deadline_is_expired_unless_strea
     stream(ctx, "t-resent", streams.text_entry(0, "hel"))
     generating._expire(ctx, engine, running)
     assert engine.cancelled == {"t-late": generating.DEADLINE}
+
+
+def test_a_waiting_sequence_gets_a_signed_keep_alive_at_most_once_a_period(ctx):
+    """A sequence that makes no text (waiting, or preempted) gets a keep-alive on its stream once its stream was
+    quiet for the period; one that streamed text this step gets none. Readers take it as life, not text."""
+    running = {"t-running": overdue_request("t-running"), "t-waiting": overdue_request("t-waiting")}
+    for request in running.values():
+        request.streamed_at = time.monotonic() - 1.0
+    chunks = [(running["t-running"], "hel", 0)]
+    quiet = generating._quiet(ctx, running, {id(running["t-running"])})
+    assert quiet == [running["t-waiting"]]
+    generating._stream(ctx, chunks, quiet)
+    # Within the period, nothing more.
+    assert generating._quiet(ctx, running, set()) == []
+    written = streams.read(ctx.redis, "t-waiting", "0", block_ms=0)
+    assert [entry["k"] for _, entry in written] == ["wait"]
+    reader = streams.Reader("t-waiting", KEY)
+    assert reader.feed(written[0][1]) == "" and not reader.done  # signed under the fleet key: believed
