@@ -83,6 +83,7 @@ class Request:
     backlog_s: float = 0.0
     started_at: float = 0.0
     last_token_at: float | None = None
+    run_s: float | None = None  # seconds its sequence ran in the engine (set when it finished)
     streamed_at: float = 0.0  # monotonic: when its stream was last written (text or keep-alive)
     result: dict[str, Any] | None = None
     error: MaasError | None = None
@@ -306,6 +307,7 @@ def _step(app: Celery, ctx: WorkerContext, engine: Any, loaded: Loaded, running:
             )
         elif event.finished is not None:
             request.result = _result(loaded, ctx, request, event.sequence)
+            request.run_s = event.sequence.run_s
         if event.text or event.finished:
             chunks.append((request, event.text, len(event.sequence.text) - len(event.text)))
     _stream(ctx, chunks, _quiet(ctx, running, {id(request) for request, _, _ in chunks}))
@@ -442,7 +444,10 @@ def _publish(app: Celery, ctx: WorkerContext, loaded: Loaded, requests: list[Req
             app.backend.mark_as_done(request.task_id, request.result)
             tokens = (request.result or {}).get("usage", {}).get("completion_tokens", 0)
             if tokens:  # the service-time estimator learns seconds per token (a request's size is its max_tokens)
-                ctx.observations.add(loaded.model, device_class(ctx.device), tokens, now - request.started_at)
+                # The time it ran in the engine, not since it started here: under SRTF and aging a sequence may
+                # wait (not admitted yet, or preempted) much longer than it runs, and that is not its cost.
+                ran_s = request.run_s if request.run_s is not None else now - request.started_at
+                ctx.observations.add(loaded.model, device_class(ctx.device), tokens, ran_s)
         submitted = request.submitted_at or request.started_at or now
         ctx.stats.request(
             loaded.model,
