@@ -33,13 +33,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 from celery import Celery
 from celery.exceptions import Ignore
 
-from app import logs, policies
+from app import logs, outage, policies
 from app.broker import holdings, layout, ledger, queues, scripts, stats, streams
 from app.broker.layout import model_queue
 from app.errors import (
@@ -59,6 +61,7 @@ from workers.runtimes.failures import translated
 from workers.telemetry import device_class
 
 log = logging.getLogger("maas.worker")
+T = TypeVar("T")
 #: How often a worker shows its running sequences and KV-cache bytes (the /metrics gauges).
 LIVE_PERIOD_S = 0.5
 #: Messages per priority level a busy worker looks at for one that would preempt (the queue's head: under SRTF
@@ -143,10 +146,18 @@ def _policy(request: Request, fallback: Policy) -> Policy:
         return fallback
 
 
+def _through_outage(ctx: WorkerContext, what: str, call: Callable[[], T]) -> T:
+    """``call()``, retried through a short Redis outage (a failover) for up to ``retry_max_s``: the sequences keep
+    their state in the engine meanwhile, so a blip costs the batch a pause, not its work. Past that the error is
+    BROKER_UNAVAILABLE and the task fails; nothing accepted is lost even then: the request ledger resends every
+    request not answered (the own message once acknowledged, the joined ones once their touches stop). ``call``
+    must be safe to repeat: reads, idempotent writes, or stream entries a reader skips when they come twice."""
+    return outage.retrying(call, what, attempts=ctx.settings.retry_attempts, max_s=ctx.settings.retry_max_s)
+
+
 def serve(app: Celery, ctx: WorkerContext, loaded: Loaded, own: Request) -> dict[str, Any]:
     """Generate ``own`` and every request that joins it; returns ``own``'s result or raises its error."""
     runtime: Any = loaded.runtime
-    client = ctx.redis
     settings = ctx.settings
     running: dict[str, Request] = {}
     try:
@@ -167,7 +178,7 @@ def serve(app: Celery, ctx: WorkerContext, loaded: Loaded, own: Request) -> dict
     try:
         return _loop(app, ctx, engine, loaded, own, running)
     finally:
-        stats.set_live(client, ctx.worker_name, loaded.model, 0, 0)
+        _show_live(ctx, loaded, 0, 0)
 
 
 def _loop(
@@ -180,11 +191,14 @@ def _loop(
     alive_at = shown_at = time.monotonic()
     made = 0  # tokens since the gauges were last shown
     seen: dict[bytes, Candidate | None] = {}  # the queue's head as read, for the look at each busy step
-    stats.set_live(client, ctx.worker_name, loaded.model, len(running), 0)
+    _show_live(ctx, loaded, len(running), 0)
     while engine.busy:
         free = engine.max_sequences - len(running)
         if free > 0:
-            _join(app, ctx, engine, loaded, running, scripts.take_batch(client, queue, free, GENERATE_TASK))
+            taken = _through_outage(
+                ctx, "taking waiting generations", partial(scripts.take_batch, client, queue, free, GENERATE_TASK)
+            )
+            _join(app, ctx, engine, loaded, running, taken)
         elif engine.preemptive and len(running) < 2 * engine.max_sequences:
             _join(app, ctx, engine, loaded, running, _out_of_turn(ctx, engine, queue, running, seen))
         _expire(ctx, engine, running)
@@ -194,19 +208,28 @@ def _loop(
         made += tokens
         if time.monotonic() - shown_at > LIVE_PERIOD_S:
             elapsed_s, shown_at = time.monotonic() - shown_at, time.monotonic()
-            stats.set_live(client, ctx.worker_name, loaded.model, len(running), engine.kv_bytes, made / elapsed_s)
+            _show_live(ctx, loaded, len(running), engine.kv_bytes, made / elapsed_s)
             made = 0
         if time.monotonic() - alive_at > period:
             alive_at = time.monotonic()
-            ledger.touch(client, [i for i in running if i != own.task_id])
-            tag = tag or holdings.delivery_tag(client, own.task_id)
-            if tag is not None:
-                holdings.keep_alive(client, tag)
+            # Redis failing over: try again next period; a period missed is well inside the sweep's and kombu's
+            # margins (both wait several periods).
+            with suppress(*outage.BROKER_ERRORS):
+                ledger.touch(client, [i for i in running if i != own.task_id])
+                tag = tag or holdings.delivery_tag(client, own.task_id)
+                if tag is not None:
+                    holdings.keep_alive(client, tag)
     # The own request's answer was stored by _publish the moment its sequence finished (so its caller is not held
     # until the whole batch drains); storing it again as the task's return value would be dropped and counted as
     # answered twice.
     assert own.result is not None or own.error is not None
     raise Ignore()
+
+
+def _show_live(ctx: WorkerContext, loaded: Loaded, sequences: int, kv_bytes: int, tokens_per_s: float = 0.0) -> None:
+    """The /metrics gauges; skipped while Redis does not answer (they are shown again in half a second)."""
+    with suppress(*outage.BROKER_ERRORS):
+        stats.set_live(ctx.redis, ctx.worker_name, loaded.model, sequences, kv_bytes, tokens_per_s)
 
 
 @dataclass(frozen=True)
@@ -242,7 +265,8 @@ def _out_of_turn(
     threshold = engine.place_threshold()
     if threshold is None:
         return []
-    for key, raw in queues.peek(ctx.redis, queue, PEEK_PER_LEVEL):
+    head = _through_outage(ctx, "looking at the queue's head", partial(queues.peek, ctx.redis, queue, PEEK_PER_LEVEL))
+    for key, raw in head:
         if raw not in seen:
             seen[raw] = _candidate(engine, raw)
         found = seen[raw]
@@ -253,7 +277,11 @@ def _out_of_turn(
         rank = engine.rank_new(
             found.prompt_tokens, found.max_tokens, submitted, request.request_class, request.backlog_s
         )
-        if rank < threshold and queues.take(ctx.redis, key, raw):
+        # Repeated after a lost reply, a take finds the message gone and says False: then it is in no list, and
+        # the ledger resends it like any request whose worker lost it.
+        if rank < threshold and _through_outage(
+            ctx, "taking a request out of turn", partial(queues.take, ctx.redis, key, raw)
+        ):
             return [raw]  # one per step: the next look sees the engine with it in
     return []
 
@@ -266,7 +294,8 @@ def _first_token_overdue(ctx: WorkerContext, request: Request, now: float) -> bo
     due = request.first_token_deadline_at
     if due is None or request.last_token_at is not None or now <= due:
         return False
-    if streams.has_text(ctx.redis, request.task_id, ctx.settings.signing_key):
+    streamed = partial(streams.has_text, ctx.redis, request.task_id, ctx.settings.signing_key)
+    if _through_outage(ctx, "reading a resent generation's stream", streamed):
         request.first_token_deadline_at = None
         return False
     return True
@@ -284,7 +313,7 @@ def _expire(ctx: WorkerContext, engine: Any, running: dict[str, Request]) -> Non
 def _step(app: Celery, ctx: WorkerContext, engine: Any, loaded: Loaded, running: dict[str, Request]) -> int | None:
     """One token step: cancellations, the engine's step, streaming, results; the tokens it made, or None when the
     model failed."""
-    for task_id in streams.cancelled(ctx.redis, running):
+    for task_id in _through_outage(ctx, "reading cancels", partial(streams.cancelled, ctx.redis, list(running))):
         engine.cancel(task_id)
     try:
         with translated("model raised", ModelExecutionError):
@@ -370,7 +399,11 @@ def _join(
     refused = []
     for raw in raws:
         request = decode_message(raw)
-        if request is None or request.task_id in running or ledger.answered(ctx.redis, request.task_id):
+        if (
+            request is None
+            or request.task_id in running
+            or _through_outage(ctx, "checking for an answer", partial(ledger.answered, ctx.redis, request.task_id))
+        ):
             continue  # unreadable, or a copy of one running or answered
         try:
             _start(ctx, engine, loaded, request, running)
@@ -400,32 +433,42 @@ def _stream(ctx: WorkerContext, chunks: list[tuple[Request, str, int]], quiet: l
     for each ``quiet`` one."""
     if not chunks and not quiet:
         return
-    pipe = ctx.redis.pipeline(transaction=False)
     ttl, key = int(ctx.settings.result_expires_s), ctx.settings.signing_key
+
+    def send() -> None:
+        # Built anew on each try: a pipeline that failed has dropped its commands. Entries sent twice are harmless
+        # (readers keep only text past what they have, and stop at the first end).
+        pipe = ctx.redis.pipeline(transaction=False)
+        for request in quiet:
+            streams.add(pipe, request.task_id, streams.wait_entry(), key, ttl)
+        for request, text, offset in chunks:
+            if text:
+                streams.add(pipe, request.task_id, streams.text_entry(offset, text), key, ttl)
+            if request.result is not None:
+                end = streams.end_entry(request.result["finish_reason"], request.result["usage"])
+                streams.add(pipe, request.task_id, end, key, ttl)
+        pipe.execute()
+
+    _through_outage(ctx, "streaming text", send)
     now = time.monotonic()
-    for request in quiet:
-        streams.add(pipe, request.task_id, streams.wait_entry(), key, ttl)
+    for request in quiet + [request for request, _, _ in chunks]:
         request.streamed_at = now
-    for request, text, offset in chunks:
-        request.streamed_at = now
-        if text:
-            streams.add(pipe, request.task_id, streams.text_entry(offset, text), key, ttl)
-        if request.result is not None:
-            end = streams.end_entry(request.result["finish_reason"], request.result["usage"])
-            streams.add(pipe, request.task_id, end, key, ttl)
-    pipe.execute()
 
 
 def _publish(app: Celery, ctx: WorkerContext, loaded: Loaded, requests: list[Request]) -> None:
     """Store each finished request's result (or error) under its own id: its caller need not wait for the batch."""
     if not requests:
         return
-    pipe = ctx.redis.pipeline(transaction=False)
-    for request in requests:
-        if request.error is not None:
-            error = streams.error_entry(request.error.code, request.error.message)
-            streams.add(pipe, request.task_id, error, ctx.settings.signing_key, int(ctx.settings.result_expires_s))
-    pipe.execute()
+
+    def send_errors() -> None:
+        pipe = ctx.redis.pipeline(transaction=False)  # anew on each try, as in _stream
+        for request in requests:
+            if request.error is not None:
+                error = streams.error_entry(request.error.code, request.error.message)
+                streams.add(pipe, request.task_id, error, ctx.settings.signing_key, int(ctx.settings.result_expires_s))
+        pipe.execute()
+
+    _through_outage(ctx, "streaming errors", send_errors)
     now = time.time()
     for request in requests:
         if request.error is not None:

@@ -34,7 +34,9 @@ class RecordingEngine:
 def ctx(redis_url: str):
     client = redis.Redis.from_url(redis_url)
     client.flushall()
-    settings = SimpleNamespace(signing_key=KEY, generation_keepalive_s=0.2, result_expires_s=60.0)
+    settings = SimpleNamespace(
+        signing_key=KEY, generation_keepalive_s=0.2, result_expires_s=60.0, retry_attempts=6, retry_max_s=2.0
+    )
     return SimpleNamespace(redis=client, settings=settings)
 
 
@@ -102,3 +104,41 @@ def test_a_waiting_sequence_gets_a_signed_keep_alive_at_most_once_a_period(ctx):
     assert [entry["k"] for _, entry in written] == ["wait"]
     reader = streams.Reader("t-waiting", KEY)
     assert reader.feed(written[0][1]) == "" and not reader.done  # signed under the fleet key: believed
+
+
+class FailingOver:
+    """A Redis client whose first ``failures`` pipelines fail when sent, as during a failover."""
+
+    def __init__(self, client: redis.Redis, failures: int) -> None:
+        self.client, self.failures = client, failures
+
+    def pipeline(self, transaction: bool = True) -> Any:
+        pipe = self.client.pipeline(transaction=transaction)
+        if self.failures > 0:
+            self.failures -= 1
+
+            def fail() -> None:
+                pipe.reset()  # as a real one does: the commands queued are gone
+                raise redis.ConnectionError("Redis is failing over")
+
+            pipe.execute = fail  # type: ignore[method-assign]
+        return pipe
+
+
+def test_a_step_s_text_is_streamed_through_a_short_redis_outage(ctx):
+    """A Redis blip while a step's text is sent does not end the batch: the send is retried, whole, and the reader
+    gets every character once."""
+    flaky = SimpleNamespace(redis=FailingOver(ctx.redis, failures=2), settings=ctx.settings)
+    request = overdue_request("t-blip")
+    generating._stream(flaky, [(request, "hello", 0)], [])
+    reader = streams.Reader("t-blip", KEY)
+    assert "".join(reader.feed(e) for _, e in streams.read(ctx.redis, "t-blip", "0", block_ms=0)) == "hello"
+
+
+def test_redis_down_past_the_retry_limit_is_broker_unavailable_on_the_worker(ctx):
+    from app.errors import BrokerUnavailable
+
+    ctx.settings.retry_max_s = 0.5
+    down = SimpleNamespace(redis=FailingOver(ctx.redis, failures=100), settings=ctx.settings)
+    with pytest.raises(BrokerUnavailable):
+        generating._stream(down, [(overdue_request("t-down"), "hello", 0)], [])
