@@ -340,6 +340,13 @@ class Settings:
         "Continuous batching: KV-cache bytes the running sequences of one model may grow to, e.g. 2GiB",
         show=format_size_bytes,
     )
+    generation_keepalive_s: float = _env(
+        "MAAS_GEN_KEEPALIVE_S",
+        _positive_float,
+        2.0,
+        "Continuous batching: how often a waiting or preempted sequence's stream gets a keep-alive entry; well under"
+        " MAAS_INFER_TIMEOUT_S, after which a reader that saw nothing gives up",
+    )
     max_queue: int = _env("MAAS_MAX_QUEUE", int, 10000, "Backlog of a model queue past which requests are refused")
     aging_period_s: float = _env("MAAS_AGING_PERIOD_S", _positive_float, 1.0, "Beat: how often waiting work ages")
     aging_backlog_factor: float = _env(

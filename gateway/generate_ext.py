@@ -22,7 +22,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import anyio
 import orjson
 import redis.asyncio
 from starlette.requests import Request
@@ -33,7 +32,7 @@ from app.broker import streams
 from app.errors import InvalidInput, MaasError
 from app.generation import SamplingParams, parse_params
 from gateway.fleet import ref_for
-from gateway.openai_api import collect_unless_gone, text_chunks
+from gateway.openai_api import cancel_for_nobody, collect_unless_gone, text_chunks
 
 #: Sampling parameters the extension's request may carry, in ``parameters`` or at the top level.
 SAMPLING_KEYS = ("max_tokens", "temperature", "top_p", "seed", "stop")
@@ -100,14 +99,14 @@ class GenerateExtension:
         head |= {"model_name": request.path_params["model"], "model_version": version}
         redis_client = self.gw.fleet.redis
         reader = streams.Reader(order.task_id, self.gw.settings.signing_key)
-        chunks = text_chunks(redis_client, order.task_id, reader, self.gw.settings.infer_timeout_s)
+        chunks = text_chunks(redis_client, order.task_id, reader, self.gw.settings)
         if streaming:
             return StreamingResponse(
                 _events(chunks, reader, redis_client, order.task_id, head),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        await collect_unless_gone(request, chunks, redis_client, order.task_id)
+        await collect_unless_gone(request, chunks, reader, redis_client, order.task_id)
         body = head | {"text_output": reader.text, "finish_reason": reader.finish_reason, "usage": reader.usage}
         return Response(orjson.dumps(body), media_type="application/json")
 
@@ -126,10 +125,7 @@ async def _events(
         yield event({"error": str(exc)})
     finally:
         if not reader.done:  # the client went away (or the wait ran out): stop the work nobody will read
-            # Shielded: Starlette cancels this stream's scope when the client leaves, and anyio would cancel the
-            # cancel too.
-            with anyio.CancelScope(shield=True):
-                await streams.cancel_async(client, task_id)
+            await cancel_for_nobody(client, task_id)
 
 
 def routes(

@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import suppress
+from functools import partial
 from typing import Any
 
 import anyio
@@ -26,11 +28,12 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from app import errors, registry
+from app import errors, outage, registry
 from app.broker import streams
 from app.db.session import session_scope
 from app.errors import InvalidInput, MaasError
 from app.generation import SamplingParams, parse_params
+from app.settings import Settings
 
 #: Fields we accept and ignore (they change nothing a caller can see here).
 IGNORED = {"user", "frequency_penalty", "presence_penalty", "logit_bias", "suffix", "stream_options"}
@@ -126,14 +129,14 @@ class OpenAI:
         created = int(time.time())
         ident = f"{'chatcmpl' if chat else 'cmpl'}-{order.task_id}"
         reader = streams.Reader(order.task_id, self.gw.settings.signing_key)
-        chunks = text_chunks(self.gw.fleet.redis, order.task_id, reader, self.gw.settings.infer_timeout_s)
+        chunks = text_chunks(self.gw.fleet.redis, order.task_id, reader, self.gw.settings)
         if stream:
             return StreamingResponse(
                 _events(chunks, reader, self.gw.fleet.redis, order.task_id, ident, created, model, chat),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        await collect_unless_gone(request, chunks, self.gw.fleet.redis, order.task_id)
+        await collect_unless_gone(request, chunks, reader, self.gw.fleet.redis, order.task_id)
         body = {
             "id": ident,
             "object": "chat.completion" if chat else "text_completion",
@@ -146,7 +149,7 @@ class OpenAI:
 
 
 async def collect_unless_gone(
-    request: Request, chunks: AsyncIterator[str], client: redis.asyncio.Redis, task_id: str
+    request: Request, chunks: AsyncIterator[str], reader: streams.Reader, client: redis.asyncio.Redis, task_id: str
 ) -> None:
     """Read the whole generation; if the caller leaves first, cancel it on the worker and stop reading."""
     from gateway.server import _disconnected
@@ -163,19 +166,39 @@ async def collect_unless_gone(
         gone.cancel()
         if not reading.done():
             reading.cancel()
-            await streams.cancel_async(client, task_id)
+        # Not only when the caller left: reading also ends early on a quiet spell (TIMEOUT), a forged entry
+        # (FORGED_MESSAGE) or Redis staying down, and then the worker would go on generating for nobody.
+        if not reader.done:
+            await cancel_for_nobody(client, task_id)
     if reading.cancelled():
         raise errors.RequestTimeout("client disconnected; the generation was cancelled")
     reading.result()  # its MaasError, if it failed
 
 
+async def cancel_for_nobody(client: redis.asyncio.Redis, task_id: str) -> None:
+    """Ask the worker to stop a generation nobody will read. Shielded: Starlette cancels a response's scope when
+    its client leaves, and anyio would cancel this await too. A Redis outage is swallowed: the caller is already
+    answered (or gone), and a second, raw error would only hide the first."""
+    with anyio.CancelScope(shield=True), suppress(*outage.BROKER_ERRORS):
+        await streams.cancel_async(client, task_id)
+
+
 async def text_chunks(
-    client: redis.asyncio.Redis, task_id: str, reader: streams.Reader, quiet_s: float
+    client: redis.asyncio.Redis, task_id: str, reader: streams.Reader, settings: Settings
 ) -> AsyncIterator[str]:
-    """New text of one generation as it comes; raises its MaasError, or TIMEOUT after ``quiet_s`` of silence."""
-    after, quiet_since = "0", time.monotonic()
+    """New text of one generation as it comes; raises its MaasError, or TIMEOUT after ``infer_timeout_s`` of
+    silence (keep-alive entries count as life), or BROKER_UNAVAILABLE once Redis stayed down for ``retry_max_s``.
+
+    A read that meets a Redis error is retried from the last entry read: the stream survives a failover, and the
+    reader skips nothing and repeats nothing."""
+    after, quiet_since, quiet_s = "0", time.monotonic(), settings.infer_timeout_s
     while not reader.done:
-        entries = await streams.read_async(client, task_id, after, block_ms=500)
+        entries = await outage.retrying_async(
+            partial(streams.read_async, client, task_id, after, block_ms=500),
+            f"reading the stream of generation {task_id}",
+            attempts=settings.retry_attempts,
+            max_s=settings.retry_max_s,
+        )
         if entries:
             quiet_since = time.monotonic()
         elif time.monotonic() - quiet_since > quiet_s:
@@ -215,10 +238,7 @@ async def _events(
         yield b"data: " + error_body(exc) + b"\n\n"
     finally:
         if not reader.done:  # the client went away (or the wait ran out): stop the work nobody will read
-            # Shielded: when the client leaves, Starlette cancels this stream's scope, and anyio would cancel
-            # every await in it again, this one included.
-            with anyio.CancelScope(shield=True):
-                await streams.cancel_async(client, task_id)
+            await cancel_for_nobody(client, task_id)
     yield b"data: [DONE]\n\n"
 
 

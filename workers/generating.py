@@ -33,13 +33,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 from celery import Celery
 from celery.exceptions import Ignore
 
-from app import logs, policies
+from app import logs, outage, policies
 from app.broker import holdings, layout, ledger, queues, scripts, stats, streams
 from app.broker.layout import model_queue
 from app.errors import (
@@ -59,6 +61,7 @@ from workers.runtimes.failures import translated
 from workers.telemetry import device_class
 
 log = logging.getLogger("maas.worker")
+T = TypeVar("T")
 #: How often a worker shows its running sequences and KV-cache bytes (the /metrics gauges).
 LIVE_PERIOD_S = 0.5
 #: Messages per priority level a busy worker looks at for one that would preempt (the queue's head: under SRTF
@@ -83,6 +86,8 @@ class Request:
     backlog_s: float = 0.0
     started_at: float = 0.0
     last_token_at: float | None = None
+    run_s: float | None = None  # seconds its sequence ran in the engine (set when it finished)
+    streamed_at: float = 0.0  # monotonic: when its stream was last written (text or keep-alive)
     result: dict[str, Any] | None = None
     error: MaasError | None = None
 
@@ -141,10 +146,18 @@ def _policy(request: Request, fallback: Policy) -> Policy:
         return fallback
 
 
+def _through_outage(ctx: WorkerContext, what: str, call: Callable[[], T]) -> T:
+    """``call()``, retried through a short Redis outage (a failover) for up to ``retry_max_s``: the sequences keep
+    their state in the engine meanwhile, so a blip costs the batch a pause, not its work. Past that the error is
+    BROKER_UNAVAILABLE and the task fails; nothing accepted is lost even then: the request ledger resends every
+    request not answered (the own message once acknowledged, the joined ones once their touches stop). ``call``
+    must be safe to repeat: reads, idempotent writes, or stream entries a reader skips when they come twice."""
+    return outage.retrying(call, what, attempts=ctx.settings.retry_attempts, max_s=ctx.settings.retry_max_s)
+
+
 def serve(app: Celery, ctx: WorkerContext, loaded: Loaded, own: Request) -> dict[str, Any]:
     """Generate ``own`` and every request that joins it; returns ``own``'s result or raises its error."""
     runtime: Any = loaded.runtime
-    client = ctx.redis
     settings = ctx.settings
     running: dict[str, Request] = {}
     try:
@@ -156,7 +169,7 @@ def serve(app: Celery, ctx: WorkerContext, loaded: Loaded, own: Request) -> dict
             policy=_policy(own, settings.policy),
             policy_params=settings.policy_params(),
         )
-        _start(engine, loaded, own, running)
+        _start(ctx, engine, loaded, own, running)
     except MaasError as exc:
         own.error = exc
         _publish(app, ctx, loaded, [own])  # its stream ends with the error too
@@ -165,7 +178,7 @@ def serve(app: Celery, ctx: WorkerContext, loaded: Loaded, own: Request) -> dict
     try:
         return _loop(app, ctx, engine, loaded, own, running)
     finally:
-        stats.set_live(client, ctx.worker_name, loaded.model, 0, 0)
+        _show_live(ctx, loaded, 0, 0)
 
 
 def _loop(
@@ -178,33 +191,45 @@ def _loop(
     alive_at = shown_at = time.monotonic()
     made = 0  # tokens since the gauges were last shown
     seen: dict[bytes, Candidate | None] = {}  # the queue's head as read, for the look at each busy step
-    stats.set_live(client, ctx.worker_name, loaded.model, len(running), 0)
+    _show_live(ctx, loaded, len(running), 0)
     while engine.busy:
         free = engine.max_sequences - len(running)
         if free > 0:
-            _join(app, ctx, engine, loaded, running, scripts.take_batch(client, queue, free, GENERATE_TASK))
+            taken = _through_outage(
+                ctx, "taking waiting generations", partial(scripts.take_batch, client, queue, free, GENERATE_TASK)
+            )
+            _join(app, ctx, engine, loaded, running, taken)
         elif engine.preemptive and len(running) < 2 * engine.max_sequences:
             _join(app, ctx, engine, loaded, running, _out_of_turn(ctx, engine, queue, running, seen))
-        _expire(engine, running)
+        _expire(ctx, engine, running)
         tokens = _step(app, ctx, engine, loaded, running)
         if tokens is None:
             break
         made += tokens
         if time.monotonic() - shown_at > LIVE_PERIOD_S:
             elapsed_s, shown_at = time.monotonic() - shown_at, time.monotonic()
-            stats.set_live(client, ctx.worker_name, loaded.model, len(running), engine.kv_bytes, made / elapsed_s)
+            _show_live(ctx, loaded, len(running), engine.kv_bytes, made / elapsed_s)
             made = 0
         if time.monotonic() - alive_at > period:
             alive_at = time.monotonic()
-            ledger.touch(client, [i for i in running if i != own.task_id])
-            tag = tag or holdings.delivery_tag(client, own.task_id)
-            if tag is not None:
-                holdings.keep_alive(client, tag)
+            # Redis failing over: try again next period; a period missed is well inside the sweep's and kombu's
+            # margins (both wait several periods).
+            with suppress(*outage.BROKER_ERRORS):
+                ledger.touch(client, [i for i in running if i != own.task_id])
+                tag = tag or holdings.delivery_tag(client, own.task_id)
+                if tag is not None:
+                    holdings.keep_alive(client, tag)
     # The own request's answer was stored by _publish the moment its sequence finished (so its caller is not held
     # until the whole batch drains); storing it again as the task's return value would be dropped and counted as
     # answered twice.
     assert own.result is not None or own.error is not None
     raise Ignore()
+
+
+def _show_live(ctx: WorkerContext, loaded: Loaded, sequences: int, kv_bytes: int, tokens_per_s: float = 0.0) -> None:
+    """The /metrics gauges; skipped while Redis does not answer (they are shown again in half a second)."""
+    with suppress(*outage.BROKER_ERRORS):
+        stats.set_live(ctx.redis, ctx.worker_name, loaded.model, sequences, kv_bytes, tokens_per_s)
 
 
 @dataclass(frozen=True)
@@ -240,7 +265,8 @@ def _out_of_turn(
     threshold = engine.place_threshold()
     if threshold is None:
         return []
-    for key, raw in queues.peek(ctx.redis, queue, PEEK_PER_LEVEL):
+    head = _through_outage(ctx, "looking at the queue's head", partial(queues.peek, ctx.redis, queue, PEEK_PER_LEVEL))
+    for key, raw in head:
         if raw not in seen:
             seen[raw] = _candidate(engine, raw)
         found = seen[raw]
@@ -251,27 +277,43 @@ def _out_of_turn(
         rank = engine.rank_new(
             found.prompt_tokens, found.max_tokens, submitted, request.request_class, request.backlog_s
         )
-        if rank < threshold and queues.take(ctx.redis, key, raw):
+        # Repeated after a lost reply, a take finds the message gone and says False: then it is in no list, and
+        # the ledger resends it like any request whose worker lost it.
+        if rank < threshold and _through_outage(
+            ctx, "taking a request out of turn", partial(queues.take, ctx.redis, key, raw)
+        ):
             return [raw]  # one per step: the next look sees the engine with it in
     return []
 
 
-def _expire(engine: Any, running: dict[str, Request]) -> None:
+def _first_token_overdue(ctx: WorkerContext, request: Request, now: float) -> bool:
+    """Whether ``request`` is past its first-token deadline without a first token. A resent generation (its worker
+    died, kombu redelivered it, the ledger resent it) carries the deadline in its message while this run has made
+    no token yet; if an earlier run already streamed text, the caller got its first token in time, so the deadline
+    was met: it is cleared, and checked no more."""
+    due = request.first_token_deadline_at
+    if due is None or request.last_token_at is not None or now <= due:
+        return False
+    streamed = partial(streams.has_text, ctx.redis, request.task_id, ctx.settings.signing_key)
+    if _through_outage(ctx, "reading a resent generation's stream", streamed):
+        request.first_token_deadline_at = None
+        return False
+    return True
+
+
+def _expire(ctx: WorkerContext, engine: Any, running: dict[str, Request]) -> None:
     """End the sequences past their deadline at this step boundary: past ``first_token_deadline_at`` without a
     token yet (waiting in the engine, or preempted before its first), or past ``deadline_at`` at all."""
     now = time.time()
     for task_id, request in running.items():
-        first_due = request.first_token_deadline_at is not None and request.last_token_at is None
-        if (first_due and now > (request.first_token_deadline_at or 0.0)) or (
-            request.deadline_at is not None and now > request.deadline_at
-        ):
+        if _first_token_overdue(ctx, request, now) or (request.deadline_at is not None and now > request.deadline_at):
             engine.cancel(task_id, DEADLINE)
 
 
 def _step(app: Celery, ctx: WorkerContext, engine: Any, loaded: Loaded, running: dict[str, Request]) -> int | None:
     """One token step: cancellations, the engine's step, streaming, results; the tokens it made, or None when the
     model failed."""
-    for task_id in streams.cancelled(ctx.redis, running):
+    for task_id in _through_outage(ctx, "reading cancels", partial(streams.cancelled, ctx.redis, list(running))):
         engine.cancel(task_id)
     try:
         with translated("model raised", ModelExecutionError):
@@ -294,9 +336,10 @@ def _step(app: Celery, ctx: WorkerContext, engine: Any, loaded: Loaded, running:
             )
         elif event.finished is not None:
             request.result = _result(loaded, ctx, request, event.sequence)
+            request.run_s = event.sequence.run_s
         if event.text or event.finished:
             chunks.append((request, event.text, len(event.sequence.text) - len(event.text)))
-    _stream(ctx, chunks)
+    _stream(ctx, chunks, _quiet(ctx, running, {id(request) for request, _, _ in chunks}))
     done = [r for r in running.values() if r.result is not None or r.error is not None]
     _publish(app, ctx, loaded, done)
     for request in done:
@@ -323,16 +366,17 @@ def _observe(ctx: WorkerContext, loaded: Loaded, running: dict[str, Request], ev
     return made
 
 
-def _start(engine: Any, loaded: Loaded, request: Request, running: dict[str, Request]) -> None:
+def _start(ctx: WorkerContext, engine: Any, loaded: Loaded, request: Request, running: dict[str, Request]) -> None:
     """Check one request and add it to the engine; raise its MaasError when it cannot run."""
     if request.model != loaded.model or request.version not in (None, loaded.version):
         # As for a batched infer request: one taken for a version this replica does not hold is answered so.
         raise NotLoaded(f"{request.model}:{request.version} is not loaded; this replica serves {loaded.version}")
     now = time.time()
-    if any(at is not None and now > at for at in (request.deadline_at, request.first_token_deadline_at)):
+    if (request.deadline_at is not None and now > request.deadline_at) or _first_token_overdue(ctx, request, now):
         raise DeadlineExceeded("the deadline passed before the generation could start; not executed")
     params: SamplingParams = parse_params(request.params).seeded(request.task_id)
     request.started_at = now
+    request.streamed_at = time.monotonic()  # a reader's quiet clock starts no earlier than this
     engine.add(
         request.task_id,
         check_prompt(request.prompt),
@@ -355,41 +399,76 @@ def _join(
     refused = []
     for raw in raws:
         request = decode_message(raw)
-        if request is None or request.task_id in running or ledger.answered(ctx.redis, request.task_id):
+        if (
+            request is None
+            or request.task_id in running
+            or _through_outage(ctx, "checking for an answer", partial(ledger.answered, ctx.redis, request.task_id))
+        ):
             continue  # unreadable, or a copy of one running or answered
         try:
-            _start(engine, loaded, request, running)
+            _start(ctx, engine, loaded, request, running)
         except MaasError as exc:
             request.error = exc
             refused.append(request)
     _publish(app, ctx, loaded, refused)
 
 
-def _stream(ctx: WorkerContext, chunks: list[tuple[Request, str, int]]) -> None:
-    """One pipeline for the step: each sequence's new text, and the end entry of those that finished."""
-    if not chunks:
+def _quiet(ctx: WorkerContext, running: dict[str, Request], written: set[int]) -> list[Request]:
+    """The running requests whose streams got nothing for ``generation_keepalive_s`` and nothing this step: those
+    waiting in the engine (not admitted yet, or preempted). Their readers would otherwise take the silence for a
+    dead worker and give up."""
+    now = time.monotonic()
+    return [
+        request
+        for request in running.values()
+        if id(request) not in written
+        and request.result is None
+        and request.error is None
+        and now - request.streamed_at >= ctx.settings.generation_keepalive_s
+    ]
+
+
+def _stream(ctx: WorkerContext, chunks: list[tuple[Request, str, int]], quiet: list[Request]) -> None:
+    """One pipeline for the step: each sequence's new text, the end entry of those that finished, and a keep-alive
+    for each ``quiet`` one."""
+    if not chunks and not quiet:
         return
-    pipe = ctx.redis.pipeline(transaction=False)
     ttl, key = int(ctx.settings.result_expires_s), ctx.settings.signing_key
-    for request, text, offset in chunks:
-        if text:
-            streams.add(pipe, request.task_id, streams.text_entry(offset, text), key, ttl)
-        if request.result is not None:
-            end = streams.end_entry(request.result["finish_reason"], request.result["usage"])
-            streams.add(pipe, request.task_id, end, key, ttl)
-    pipe.execute()
+
+    def send() -> None:
+        # Built anew on each try: a pipeline that failed has dropped its commands. Entries sent twice are harmless
+        # (readers keep only text past what they have, and stop at the first end).
+        pipe = ctx.redis.pipeline(transaction=False)
+        for request in quiet:
+            streams.add(pipe, request.task_id, streams.wait_entry(), key, ttl)
+        for request, text, offset in chunks:
+            if text:
+                streams.add(pipe, request.task_id, streams.text_entry(offset, text), key, ttl)
+            if request.result is not None:
+                end = streams.end_entry(request.result["finish_reason"], request.result["usage"])
+                streams.add(pipe, request.task_id, end, key, ttl)
+        pipe.execute()
+
+    _through_outage(ctx, "streaming text", send)
+    now = time.monotonic()
+    for request in quiet + [request for request, _, _ in chunks]:
+        request.streamed_at = now
 
 
 def _publish(app: Celery, ctx: WorkerContext, loaded: Loaded, requests: list[Request]) -> None:
     """Store each finished request's result (or error) under its own id: its caller need not wait for the batch."""
     if not requests:
         return
-    pipe = ctx.redis.pipeline(transaction=False)
-    for request in requests:
-        if request.error is not None:
-            error = streams.error_entry(request.error.code, request.error.message)
-            streams.add(pipe, request.task_id, error, ctx.settings.signing_key, int(ctx.settings.result_expires_s))
-    pipe.execute()
+
+    def send_errors() -> None:
+        pipe = ctx.redis.pipeline(transaction=False)  # anew on each try, as in _stream
+        for request in requests:
+            if request.error is not None:
+                error = streams.error_entry(request.error.code, request.error.message)
+                streams.add(pipe, request.task_id, error, ctx.settings.signing_key, int(ctx.settings.result_expires_s))
+        pipe.execute()
+
+    _through_outage(ctx, "streaming errors", send_errors)
     now = time.time()
     for request in requests:
         if request.error is not None:
@@ -408,7 +487,10 @@ def _publish(app: Celery, ctx: WorkerContext, loaded: Loaded, requests: list[Req
             app.backend.mark_as_done(request.task_id, request.result)
             tokens = (request.result or {}).get("usage", {}).get("completion_tokens", 0)
             if tokens:  # the service-time estimator learns seconds per token (a request's size is its max_tokens)
-                ctx.observations.add(loaded.model, device_class(ctx.device), tokens, now - request.started_at)
+                # The time it ran in the engine, not since it started here: under SRTF and aging a sequence may
+                # wait (not admitted yet, or preempted) much longer than it runs, and that is not its cost.
+                ran_s = request.run_s if request.run_s is not None else now - request.started_at
+                ctx.observations.add(loaded.model, device_class(ctx.device), tokens, ran_s)
         submitted = request.submitted_at or request.started_at or now
         ctx.stats.request(
             loaded.model,

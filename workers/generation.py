@@ -68,6 +68,9 @@ class Sequence:
     request_class: str = RequestClass.INTERACTIVE
     backlog_s: float = 0.0
     preemptions: int = 0
+    #: Seconds of the engine's forward passes this sequence took part in (its prefills, and each decode pass it was
+    #: batched in): its service time, without the time it waited, not admitted yet or preempted.
+    run_s: float = 0.0
 
     @property
     def remaining(self) -> int:
@@ -167,8 +170,10 @@ class Engine:
 
     def cancel(self, seq_id: str, reason: str = "cancelled") -> None:
         """Mark a sequence cancelled; it leaves (and frees its KV cache) at the next step boundary, its event
-        finished with ``reason`` (the worker ends a sequence past its deadline this way too)."""
-        self._cancelled[seq_id] = reason
+        finished with ``reason`` (the worker ends a sequence past its deadline this way too). The first reason
+        given before that step stands: the worker ends the sequences past their deadline before it reads its callers'
+        cancels, so one whose deadline passed is reported DEADLINE_EXCEEDED even if its caller also cancelled it."""
+        self._cancelled.setdefault(seq_id, reason)
 
     @property
     def busy(self) -> bool:
@@ -238,7 +243,9 @@ class Engine:
             for seq in new:
                 started = time.monotonic()
                 logits = self._prefill(seq)
-                per_token = (time.monotonic() - started) / seq.kv_len
+                elapsed = time.monotonic() - started
+                seq.run_s += elapsed
+                per_token = elapsed / seq.kv_len
                 last = self.prefill_seconds_per_token
                 self.prefill_seconds_per_token = per_token if last is None else 0.8 * last + 0.2 * per_token
                 events.append(self._advance(seq, logits))
@@ -246,7 +253,10 @@ class Engine:
             if old:
                 started = time.monotonic()
                 logits_of = self._decode(old)
-                self.seconds_per_token = 0.8 * self.seconds_per_token + 0.2 * (time.monotonic() - started)
+                elapsed = time.monotonic() - started
+                self.seconds_per_token = 0.8 * self.seconds_per_token + 0.2 * elapsed
+                for seq in old:
+                    seq.run_s += elapsed  # the pass made one token of each: each ran for all of it
                 for seq, logits in zip(old, logits_of, strict=True):
                     events.append(self._advance(seq, logits))
         self.running = [s for s in self.running if s.finish_reason is None]
@@ -282,7 +292,10 @@ class Engine:
         admitted: list[Sequence] = []
         # Best rank first; arrival order among equals (sort is stable).
         for seq in sorted(self.waiting, key=lambda s: self._rank(s, now)):
-            charged = sum(self._charge(s) for s in self.running + self.waiting)
+            # Those admitted earlier in this pass are in ``running`` and still in ``waiting`` until the loop ends:
+            # charge them once, or two sequences that exactly fit would be admitted one per step (and, under SRTF,
+            # the second would needlessly preempt a running one).
+            charged = sum(self._charge(s) for s in self.running + [s for s in self.waiting if not s.admitted])
             need = 0 if seq.kv is not None else self._reserve(seq)  # a kept cache is charged already
             if len(self.running) >= self.max_sequences or charged + need > self.max_kv_bytes:
                 if not self.preemptive:

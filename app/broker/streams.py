@@ -7,6 +7,10 @@ Entries (all fields are strings):
   with the request's seed), so a reader keeps only what lies past what it already has: no chunk twice.
 - ``{"k": "end", "r": finish reason, "u": JSON usage}``: the last entry of a generation that finished.
 - ``{"k": "error", "c": code, "m": message}``: the last entry of a generation that failed.
+- ``{"k": "wait"}``: a keep-alive, no text: the generation is waiting in its worker's engine (not yet admitted, or
+  preempted). Readers give up after a quiet spell (``MAAS_INFER_TIMEOUT_S``), so the worker writes one for each
+  such sequence every ``MAAS_GEN_KEEPALIVE_S``; it is signed like the others, so it proves the worker, not a
+  forger, still holds the generation.
 
 With a fleet key (``MAAS_SIGNING_KEY``) every entry also carries ``s``, its HMAC bound to the request's id
 (:func:`app.signing.sign_stream_entry`), and a :class:`Reader` given the key refuses an entry without a valid one
@@ -28,6 +32,7 @@ import redis.asyncio
 from app import signing
 from app.broker.keys import generation_cancel, generation_stream
 from app.broker.layout import text
+from app.errors import ForgedMessage
 
 #: Entries kept per stream (approximate trimming); far more than any reader lags behind.
 MAXLEN = 10_000
@@ -37,6 +42,10 @@ TTL_S = 3600
 
 def text_entry(offset: int, chunk: str) -> dict[str, str]:
     return {"k": "text", "o": str(offset), "x": chunk}
+
+
+def wait_entry() -> dict[str, str]:
+    return {"k": "wait"}
 
 
 def end_entry(finish_reason: str, usage: dict[str, int]) -> dict[str, str]:
@@ -71,6 +80,23 @@ async def read_async(
 ) -> list[tuple[str, dict[str, str]]]:
     reply: Any = await client.xread({generation_stream(task_id): after}, block=block_ms, count=256)
     return [(text(i), decode(f)) for _key, entries in reply or [] for i, f in entries]
+
+
+def has_text(client: redis.Redis, task_id: str, signing_key: str, scan: int = 64) -> bool:
+    """Whether the stream holds a (validly signed) text entry among its first ``scan``: a resent generation's first
+    token was already streamed by an earlier run. Keep-alive entries come at most every few seconds, so the first
+    text entry of a stream is well within the first ``scan``."""
+    entries: Any = client.xrange(generation_stream(task_id), count=scan)
+    for _id, fields in entries or []:
+        entry = decode(fields)
+        if entry.get("k") != "text":
+            continue
+        try:
+            signing.check_stream_entry(signing_key, task_id, entry)
+        except ForgedMessage:
+            continue  # a forged entry proves nothing
+        return True
+    return False
 
 
 def cancel(client: redis.Redis, task_id: str, ttl_s: int = TTL_S) -> None:
@@ -115,6 +141,8 @@ class Reader:
             new = chunk[max(0, len(self.text) - offset) :] if offset <= len(self.text) else ""
             self.text += new
             return new
+        if kind == "wait":
+            return ""  # proof of life only: the reader's quiet clock restarts (it saw an entry), no text
         if kind == "end":
             self.finish_reason, self.usage = entry["r"], json.loads(entry.get("u") or "{}")
         elif kind == "error":

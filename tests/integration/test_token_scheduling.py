@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from celery.result import AsyncResult
 
@@ -108,3 +110,49 @@ def test_a_worker_killed_with_a_preempted_generation_loses_nothing(lm, env, flee
     for generation in (short, long):
         assert AsyncResult(generation.id, app=client.app).get(timeout=30)["worker"] == "w1@test"
     wait_for(lambda: client.redis.hlen(keys.held_by("w0@test")) == 0, 30, "the dead worker's holdings to be given back")
+
+
+@pytest.fixture(scope="module")
+def roomy_lm(tmp_path_factory: pytest.TempPathFactory):
+    with tiny_lm.loaded(tmp_path_factory.mktemp("roomy-lm"), context=4096) as found:
+        yield found
+
+
+def test_a_generation_preempted_longer_than_its_readers_timeout_is_read_to_its_end(
+    roomy_lm, fleet, register, configure, client
+):
+    """While a long generation waits preempted, its worker writes keep-alive entries to its stream, so a reader
+    whose quiet limit is far shorter than the preemption reads it to its end, the very text it makes alone."""
+    import threading
+
+    artifact, runtime = roomy_lm
+    register("lm", artifact, runtime="causal_lm", service_ms=5.0)
+    configure("lm", policy="srtf")
+    fleet.worker(0, "w0@test", MAAS_GEN_MAX_SEQUENCES="1", MAAS_GEN_KEEPALIVE_S="0.1")
+    client.load("lm").wait(timeout_s=120)
+    client.generate("lm", "warm up", max_tokens=2).result()
+
+    long = client.generate("lm", "the quick brown", max_tokens=3500, timeout_s=60)
+    chunks = iter(long)
+    made = [next(chunks)]  # it runs: the worker's one slot is taken
+    quiet_limit_s = 0.2
+    long._timeout_s = quiet_limit_s  # from now on (the worker is warm): give up after this long without an entry
+    failed: list[BaseException] = []
+
+    def read_on() -> None:
+        try:
+            made.extend(chunks)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
+            failed.append(exc)
+
+    reading = threading.Thread(target=read_on)
+    reading.start()
+    started = time.monotonic()
+    short = client.generate("lm", "tokens flow", max_tokens=1500, timeout_s=60)
+    assert short.result() == tiny_lm.solo(runtime, "tokens flow", max_tokens=1500)
+    preempted_s = time.monotonic() - started
+    reading.join(timeout=120)
+    assert not reading.is_alive()
+    assert not failed, failed
+    assert "".join(made) == tiny_lm.solo(runtime, "the quick brown", max_tokens=3500)
+    assert preempted_s > 3 * quiet_limit_s  # the premise: the long one waited far longer than its reader's limit

@@ -171,3 +171,51 @@ def test_a_generative_footprint_reserves_its_kv_cache(runtime):
     tight = Settings.from_env({"MAAS_GEN_MAX_SEQUENCES": "3", "MAAS_GEN_KV_CACHE_BYTES": str(full // 2)})
     assert generative_reserve_bytes(runtime, tight) == full // 2
     assert generative_reserve_bytes(object(), roomy) == 0
+
+
+def test_sequences_whose_reserves_exactly_fit_are_admitted_in_one_step_without_preempting(runtime):
+    """Two short arrivals whose reserves, with the running long one's, exactly fill the KV budget: both join at the
+    next step and the long one keeps running (a sequence admitted earlier in the same pass is charged once)."""
+    probe = runtime.engine()
+
+    def reserve(prompt: str, max_tokens: int) -> int:
+        return (len(probe.tokenizer(prompt)["input_ids"]) + max_tokens) * probe.bytes_per_token
+
+    budget = reserve("the quick brown", 80) + 2 * reserve("tokens flow", 5)
+    engine = runtime.engine(max_sequences=8, max_kv_bytes=budget, policy=Policy.SRTF)
+    engine.add("long", "the quick brown", SamplingParams(max_tokens=80))
+    engine.step()
+    engine.add("short-1", "tokens flow", SamplingParams(max_tokens=5))
+    engine.add("short-2", "tokens flow", SamplingParams(max_tokens=5))
+    engine.step()
+    assert {s.id for s in engine.running} == {"long", "short-1", "short-2"}
+    assert engine.preemptions == 0
+
+
+def test_a_deadline_and_a_cancel_in_the_same_step_report_the_deadline(runtime):
+    """The worker ends sequences past their deadline before it reads its callers' cancels: the deadline stands."""
+    engine = runtime.engine(max_sequences=1)
+    engine.add("late", "tokens flow", SamplingParams(max_tokens=20))
+    engine.step()
+    engine.cancel("late", "deadline")
+    engine.cancel("late")  # its caller cancelled too, read after
+    (event,) = engine.step()
+    assert event.finished == "deadline"
+
+
+def test_a_sequence_s_run_time_leaves_out_its_time_preempted(runtime):
+    """The service time a sequence reports is the forward passes it took part in: the long one, preempted while the
+    short one ran alone in the only slot, did not run then, so the two never count the same second twice."""
+    import time
+
+    engine = runtime.engine(max_sequences=1, policy=Policy.SRTF)
+    long = engine.add("long", "the quick brown", SamplingParams(max_tokens=120))
+    started = time.monotonic()
+    for _ in range(3):
+        engine.step()
+    short = engine.add("short", "tokens flow", SamplingParams(max_tokens=100))
+    engine.run()
+    elapsed = time.monotonic() - started
+    assert long.preemptions == 1 and short.finish_reason and long.finish_reason
+    assert long.run_s > 0 and short.run_s > 0
+    assert long.run_s + short.run_s <= elapsed
