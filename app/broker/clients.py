@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
@@ -130,16 +131,60 @@ def async_for_settings(settings: Settings) -> redis.asyncio.Redis:
 UNREPLICATED = "unreplicated_writes"
 
 
-def wait_replicas(pipe: redis.client.Pipeline | redis.asyncio.client.Pipeline, settings: Settings) -> None:
-    """Durability (MAAS_REDIS_WAIT_REPLICAS): end ``pipe`` with a WAIT for that many replicas to have its writes,
-    at most MAAS_REDIS_WAIT_TIMEOUT_MS. WAIT covers the writes of its own connection, which is why it rides on the
-    pipeline that made them. Nothing is added when the setting is 0; :func:`replicated` reads the reply."""
-    if settings.redis_wait_replicas > 0:
-        pipe.wait(settings.redis_wait_replicas, settings.redis_wait_timeout_ms)
+#: how long a count of the primary's connected replicas is trusted before INFO is asked again
+REPLICA_COUNT_TTL_S = 1.0
+_replica_counts: dict[str, tuple[float, int]] = {}  # REDIS_URL -> (monotonic time read, connected replicas)
 
 
-def replicated(replies: list[object], settings: Settings) -> bool:
-    """Whether the pipeline's WAIT (its last reply) saw enough replicas; True when durability is off."""
+def _needed(settings: Settings, connected: int) -> int:
+    return max(settings.redis_wait_replicas, connected)
+
+
+def _cached_count(settings: Settings) -> int | None:
+    found = _replica_counts.get(settings.redis_url)
+    if found is None or time.monotonic() - found[0] > REPLICA_COUNT_TTL_S:
+        return None
+    return found[1]
+
+
+def replicas_needed(client: redis.Redis, settings: Settings) -> int:
+    """How many replicas a durable write waits for: MAAS_REDIS_WAIT_REPLICAS, and at least every replica connected
+    to the primary now (counted by INFO, at most once a second). 0 when durability is off.
+
+    Why every connected one: Sentinel promotes the replica with the highest replication offset it last saw, a best
+    effort; a write that reached one replica of two was lost when the other was promoted (1 run in 12, on a busy
+    machine). A write every connected replica has survives whichever is promoted. A replica that is down is not
+    connected, so it is not waited for."""
     if settings.redis_wait_replicas <= 0:
+        return 0
+    count = _cached_count(settings)
+    if count is None:
+        count = int(client.info("replication").get("connected_slaves", 0))
+        _replica_counts[settings.redis_url] = (time.monotonic(), count)
+    return _needed(settings, count)
+
+
+async def replicas_needed_async(client: redis.asyncio.Redis, settings: Settings) -> int:
+    """:func:`replicas_needed` for asyncio code."""
+    if settings.redis_wait_replicas <= 0:
+        return 0
+    count = _cached_count(settings)
+    if count is None:
+        count = int((await client.info("replication")).get("connected_slaves", 0))
+        _replica_counts[settings.redis_url] = (time.monotonic(), count)
+    return _needed(settings, count)
+
+
+def wait_replicas(pipe: redis.client.Pipeline | redis.asyncio.client.Pipeline, needed: int, settings: Settings) -> None:
+    """Durability: end ``pipe`` with a WAIT for ``needed`` replicas (:func:`replicas_needed`) to have its writes, at
+    most MAAS_REDIS_WAIT_TIMEOUT_MS. WAIT covers the writes of its own connection, which is why it rides on the
+    pipeline that made them. Nothing is added when ``needed`` is 0; :func:`replicated` reads the reply."""
+    if needed > 0:
+        pipe.wait(needed, settings.redis_wait_timeout_ms)
+
+
+def replicated(replies: list[object], needed: int) -> bool:
+    """Whether the pipeline's WAIT (its last reply) saw ``needed`` replicas; True when nothing was waited for."""
+    if needed <= 0:
         return True
-    return int(replies[-1]) >= settings.redis_wait_replicas  # type: ignore[call-overload]
+    return int(replies[-1]) >= needed  # type: ignore[call-overload]

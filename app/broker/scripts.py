@@ -151,11 +151,16 @@ def admit(client: redis.Redis, admission: Admission, settings: Settings | None =
     """
     if settings is None or settings.redis_wait_replicas <= 0:
         return admission.outcome(script(client, "admit")(keys=admission.keys(), args=admission.args()))
+    needed = clients.replicas_needed(client, settings)
     replies = pipelined(
-        client, "admit", admission.keys(), admission.args(), then=lambda pipe: clients.wait_replicas(pipe, settings)
+        client,
+        "admit",
+        admission.keys(),
+        admission.args(),
+        then=lambda pipe: clients.wait_replicas(pipe, needed, settings),
     )
     waiting = admission.outcome(_raise_error(replies[0]))  # a full queue wrote nothing: nothing to replicate
-    if not clients.replicated(replies, settings):
+    if not clients.replicated(replies, needed):
         client.hincrby(keys.FLEET_COUNTERS, clients.UNREPLICATED, 1)
         raise _not_replicated(admission, settings, waiting)
     return waiting
@@ -166,12 +171,13 @@ async def admit_async(client: redis.asyncio.Redis, admission: Admission, setting
     if settings is None or settings.redis_wait_replicas <= 0:
         reply = await async_script(client, "admit")(keys=admission.keys(), args=admission.args())
         return admission.outcome(reply)
+    needed = await clients.replicas_needed_async(client, settings)
     pipe = client.pipeline(transaction=False)
     await async_script(client, "admit")(keys=admission.keys(), args=admission.args(), client=pipe)
-    clients.wait_replicas(pipe, settings)
+    clients.wait_replicas(pipe, needed, settings)
     replies = await pipe.execute(raise_on_error=False)
     waiting = admission.outcome(_raise_error(replies[0]))
-    if not clients.replicated(replies, settings):
+    if not clients.replicated(replies, needed):
         await client.hincrby(keys.FLEET_COUNTERS, clients.UNREPLICATED, 1)
         raise _not_replicated(admission, settings, waiting)
     return waiting
@@ -180,9 +186,10 @@ async def admit_async(client: redis.asyncio.Redis, admission: Admission, setting
 def _not_replicated(admission: Admission, settings: Settings, backlog: int) -> AdmissionNotReplicated:
     """Accepted means a replica has it (a failover can lose what only the primary has): this one was not."""
     return AdmissionNotReplicated(
-        f"request {admission.task_id} reached the Redis primary, but fewer than {settings.redis_wait_replicas} "
-        f"replica(s) confirmed it within {settings.redis_wait_timeout_ms} ms (MAAS_REDIS_WAIT_REPLICAS, "
-        "MAAS_REDIS_WAIT_TIMEOUT_MS): not accepted, as a failover now could lose it; safe to send again",
+        f"request {admission.task_id} reached the Redis primary, but not every connected replica (at least "
+        f"{settings.redis_wait_replicas}) confirmed it within {settings.redis_wait_timeout_ms} ms "
+        "(MAAS_REDIS_WAIT_REPLICAS, MAAS_REDIS_WAIT_TIMEOUT_MS): not accepted, as a failover now could lose it; "
+        "safe to send again",
         backlog,
     )
 
