@@ -258,14 +258,16 @@ def _out_of_turn(
     """The first waiting request at the head of the queue that would preempt a running sequence, taken from it.
 
     Every level's head is looked at, not only the highest level's: under aging an older request deeper down may
-    rank first. What was read is kept (by the message's bytes), so each step costs one round trip and no parsing.
+    rank first. What was read is kept (by the message's bytes) while it stays at the head, so each step costs one
+    round trip and no parsing, and no more is kept than one look returns.
     """
-    if len(seen) > 4096:
-        seen.clear()  # only the queue's head is ever looked at; forget what left it
     threshold = engine.place_threshold()
     if threshold is None:
         return []
     head = _through_outage(ctx, "looking at the queue's head", partial(queues.peek, ctx.redis, queue, PEEK_PER_LEVEL))
+    at_head = {raw for _key, raw in head}
+    for gone in [raw for raw in seen if raw not in at_head]:
+        del seen[gone]
     for key, raw in head:
         if raw not in seen:
             seen[raw] = _candidate(engine, raw)
