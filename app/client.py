@@ -391,9 +391,9 @@ class Client:
             # Only the primary has it. Taken back while still queued: refused, nothing runs. Already taken by a
             # worker: it runs whatever we say, so telling the caller "not accepted" would invite a second run.
             try:
-                taken_back = self._unqueue(order)
-                if taken_back:
-                    scripts.withdraw(self._redis, order.model, order.task_id)
+                taken_back = scripts.take_back(
+                    self._redis, admission.list_key, admission.message or b"", order.model, order.task_id
+                )
             except (redis.ConnectionError, redis.TimeoutError):
                 taken_back = True  # cannot tell now: refuse, as for any admission Redis did not confirm
             if taken_back:
@@ -421,9 +421,9 @@ class Client:
         return bool(self._redis.lrem(admission.list_key, 1, admission.message or b""))  # type: ignore[arg-type]
 
     def _cancel(self, order: InferOrder) -> bool:
-        if not self._unqueue(order):
+        admission = order.admission
+        if not scripts.take_back(self._redis, admission.list_key, admission.message or b"", order.model, order.task_id):
             return False  # a worker has it (or it was answered): it runs to the end, and the ledger keeps it
-        scripts.withdraw(self._redis, order.model, order.task_id)
         self.app.backend.mark_as_failure(
             order.task_id, Cancelled(f"request {order.task_id} was cancelled by its client before it ran")
         )

@@ -92,12 +92,13 @@ class Fleet:
 
     async def take_back(self, published: Published, why: str) -> bool:
         """Remove a request nobody will read from its queue if no worker has taken it yet; True if it was there."""
-        removed = await self.redis.lrem(published.list_key, 1, published.raw)  # type: ignore[arg-type]
+        order = published.order
+        removed = await scripts.take_back_async(
+            self.redis, published.list_key, published.raw, order.model, order.task_id
+        )
         if removed:
-            order = published.order
-            await asyncio.to_thread(scripts.withdraw, self.client.redis, order.model, order.task_id)
             logs.event(log, "request_withdrawn", model=order.model, task_id=order.task_id, reason=why)
-        return bool(removed)
+        return removed
 
     async def count_refusal(self, model: str, version: str, code: str) -> None:
         """A request the gateway refused before it reached a queue still counts as a failure of its model."""

@@ -215,6 +215,31 @@ def withdraw(client: redis.Redis, model: str, task_id: str, counted: bool = True
     pipe.execute()
 
 
+# --- take_back.lua --------------------------------------------------------------------------------------------------
+def _take_back_call(list_key: str, message: bytes, model: str, task_id: str) -> tuple[list[str], list[Any]]:
+    script_keys = [
+        list_key,
+        keys.LEDGER_SINCE,
+        keys.LEDGER_BODY,
+        keys.aging_index(model),
+        keys.AGING_FACTS,
+        keys.ARRIVALS,
+    ]
+    return script_keys, [message, task_id, model]
+
+
+def take_back(client: redis.Redis, list_key: str, message: bytes, model: str, task_id: str) -> bool:
+    """Remove a still-queued request and its admission records in one step; False if a worker already has it."""
+    script_keys, args = _take_back_call(list_key, message, model, task_id)
+    return bool(script(client, "take_back")(keys=script_keys, args=args))
+
+
+async def take_back_async(client: redis.asyncio.Redis, list_key: str, message: bytes, model: str, task_id: str) -> bool:
+    """:func:`take_back` for the asyncio client (the gateway)."""
+    script_keys, args = _take_back_call(list_key, message, model, task_id)
+    return bool(await async_script(client, "take_back")(keys=script_keys, args=args))
+
+
 # --- take_batch.lua -------------------------------------------------------------------------------------------------
 def take_batch(client: redis.Redis, queue: str, count: int, task: str = "maas.infer") -> list[bytes]:
     """Pop up to ``count`` waiting ``task`` messages of ``queue``, highest level first (see take_batch.lua)."""

@@ -23,9 +23,11 @@ def r(redis_url: str) -> redis.Redis:
     return client
 
 
-def _admission(task_id: str, limit: int = 3, aging: dict | None = None) -> scripts.Admission:
+def _admission(
+    task_id: str, limit: int = 3, aging: dict | None = None, message: bytes | None = None
+) -> scripts.Admission:
     body = {"name": "maas.infer", "queue": QUEUE, "priority": 4, "args": ["iris", None, []]}
-    return scripts.Admission(QUEUE, "iris", task_id, 1000.0, body, limit, aging)
+    return scripts.Admission(QUEUE, "iris", task_id, 1000.0, body, limit, aging, message)
 
 
 def _infer_message(task_id: str, task: str = "maas.infer") -> bytes:
@@ -74,6 +76,47 @@ def test_withdraw_takes_back_what_admit_wrote(r: redis.Redis) -> None:
     assert r.zscore(keys.LEDGER_SINCE, "t1") is None
     assert r.hget(keys.AGING_FACTS, "t1") is None
     assert r.hget(keys.ARRIVALS, "iris") == b"0"
+
+
+def test_take_back_removes_a_waiting_request_and_its_records_together(r: redis.Redis) -> None:
+    admission = _admission("t1", aging={"c": "batch", "e": 1.0, "b": 0.0, "l": 6}, message=_infer_message("t1"))
+    scripts.admit(r, admission)
+    assert admission.message is not None
+    assert scripts.take_back(r, admission.list_key, admission.message, "iris", "t1")
+    assert r.llen(admission.list_key) == 0
+    assert r.zscore(keys.LEDGER_SINCE, "t1") is None
+    assert r.hget(keys.LEDGER_BODY, "t1") is None
+    assert r.zscore(keys.aging_index("iris"), "t1") is None
+    assert r.hget(keys.AGING_FACTS, "t1") is None
+    assert r.hget(keys.ARRIVALS, "iris") == b"0"
+
+
+def test_take_back_leaves_a_taken_request_to_the_ledger(r: redis.Redis) -> None:
+    """A worker popped the message: the request runs to the end, so its ledger record must stay to watch it."""
+    admission = _admission("t1", message=_infer_message("t1"))
+    scripts.admit(r, admission)
+    assert admission.message is not None
+    assert r.rpop(admission.list_key) == admission.message  # the worker's pop
+    assert not scripts.take_back(r, admission.list_key, admission.message, "iris", "t1")
+    assert r.zscore(keys.LEDGER_SINCE, "t1") == 1000.0
+    assert r.hget(keys.ARRIVALS, "iris") == b"1"
+
+
+def test_async_take_back_runs_the_same_script(redis_url: str, r: redis.Redis) -> None:
+    admission = _admission("a1", message=_infer_message("a1"))
+    scripts.admit(r, admission)
+    assert admission.message is not None
+    message = admission.message
+
+    async def go() -> bool:
+        client = clients.async_client(redis_url)
+        try:
+            return await scripts.take_back_async(client, admission.list_key, message, "iris", "a1")
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(go())
+    assert r.zcard(keys.LEDGER_SINCE) == 0
 
 
 def test_async_admit_runs_the_same_script(redis_url: str, r: redis.Redis) -> None:
