@@ -114,6 +114,25 @@ def test_continuous_batching_gives_each_sequence_its_solo_tokens(runtime):
     assert engine.kv_bytes == 0
 
 
+def test_the_running_batch_is_kept_while_its_members_stay_and_rebuilt_when_they_change(runtime):
+    """The batched cache is the step's only copy: steps with the same members grow the same batch in place of
+    rebuilding it; a finished sequence leaves it at the next step, and the last one takes it away."""
+    engine = runtime.engine(max_sequences=4)
+    engine.add("short", "tokens flow", SamplingParams(max_tokens=3))
+    engine.add("long", "the quick brown", SamplingParams(max_tokens=8))
+    engine.step()  # both prefilled: no batch yet
+    engine.step()
+    batch = engine._batch
+    assert batch is not None and [s.id for s in batch.rows] == ["short", "long"]
+    width = batch.width
+    engine.step()  # "short" makes its third and last token here
+    assert engine._batch is batch and batch.width == width + 1
+    engine.step()
+    assert engine._batch is not batch and [s.id for s in engine._batch.rows] == ["long"]
+    engine.run()
+    assert engine._batch is None and engine.kv_bytes == 0
+
+
 def test_sampled_sequences_in_a_batch_match_alone(runtime):
     params = [SamplingParams(max_tokens=10, temperature=0.8, top_p=0.95, seed=s) for s in range(3)]
     expected = ["".join(runtime.generate("tokens flow", p)) for p in params]
