@@ -125,6 +125,24 @@ def error_body(error: MaasError) -> bytes:
     return orjson.dumps({"error": {"message": error.message, "type": error.code.lower(), "code": error.code}})
 
 
+def openai_errors(fn: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    """A route's typed errors in OpenAI's shape, with the gateway's status and ``X-Maas-Error-Code``: the
+    ``openai`` package shows ``error.message`` in its exception, and would show nothing of ``{"error": "CODE: ..."}``
+    (the OIP shape, which the gateway's handler gives what is raised before or around this, such as a bad key)."""
+
+    async def wrapped(request: Request) -> Response:
+        from gateway.server import error_response  # not at the top: the server imports this module
+
+        try:
+            return await fn(request)
+        except MaasError as exc:
+            oip_shaped = error_response(exc)  # its status and headers (the code, a 503's Retry-After); not its body
+            headers = {k: v for k, v in oip_shaped.headers.items() if k in ("x-maas-error-code", "retry-after")}
+            return Response(error_body(exc), oip_shaped.status_code, headers, media_type="application/json")
+
+    return wrapped
+
+
 class OpenAI:
     """The ``/v1`` handlers; ``gw`` is the gateway (its client, its Redis, its settings)."""
 
@@ -303,7 +321,7 @@ def routes(
 ) -> list[Route]:
     api = OpenAI(gw)
     return [
-        Route("/v1/completions", handler(api.completions), methods=["POST"]),
-        Route("/v1/chat/completions", handler(api.chat_completions), methods=["POST"]),
-        Route("/v1/models", handler(api.models)),
+        Route("/v1/completions", handler(openai_errors(api.completions)), methods=["POST"]),
+        Route("/v1/chat/completions", handler(openai_errors(api.chat_completions)), methods=["POST"]),
+        Route("/v1/models", handler(openai_errors(api.models))),
     ]
