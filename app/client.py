@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
 import numpy as np
@@ -159,12 +160,23 @@ class Generation:
     cancelled generation raises its MaasError (after the chunks made before). ``text``, ``finish_reason`` and
     ``usage`` are filled as it goes."""
 
-    def __init__(self, task_id: str, client: redis.Redis, timeout_s: float, signing_key: str) -> None:
+    def __init__(
+        self,
+        task_id: str,
+        client: redis.Redis,
+        timeout_s: float,
+        signing_key: str,
+        *,
+        retry_attempts: int = 1,
+        retry_max_s: float = 0.0,
+    ) -> None:
         self.id = task_id
         self._redis = client
         self._timeout_s = timeout_s
         self._reader = streams.Reader(task_id, signing_key)
-        self._after = "0"
+        self._after = "0"  # the last entry read: a read retried after an outage resumes after it
+        self._retry_attempts = retry_attempts
+        self._retry_max_s = retry_max_s
 
     @property
     def text(self) -> str:
@@ -181,10 +193,15 @@ class Generation:
     def __iter__(self) -> Iterator[str]:
         quiet_since = time.monotonic()
         while not self._reader.done:
-            try:
-                entries = streams.read(self._redis, self.id, self._after, block_ms=500)
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                raise BrokerUnavailable(f"Redis did not answer while streaming {self.id}: {exc}") from exc
+            # A short outage (a restart, a failover) is read through, as the gateway reads it: the stream survives
+            # it, and the read starts again after the last entry read, so no text is repeated or skipped. Past the
+            # retry budget it is BROKER_UNAVAILABLE. Each retried read is one XREAD: safe to repeat.
+            entries = outage_errors.retrying(
+                partial(streams.read, self._redis, self.id, self._after, block_ms=500),
+                f"streaming generation {self.id}",
+                attempts=self._retry_attempts,
+                max_s=self._retry_max_s,
+            )
             if entries:
                 quiet_since = time.monotonic()
             elif time.monotonic() - quiet_since > self._timeout_s:
@@ -468,7 +485,14 @@ class Client:
         backlog = self._admit(order)
         self.scheduler.admit(order.model, backlog)
         timeout_s = timeout_s or self.settings.infer_timeout_s
-        return Generation(order.task_id, self._redis, timeout_s, self.settings.signing_key)
+        return Generation(
+            order.task_id,
+            self._redis,
+            timeout_s,
+            self.settings.signing_key,
+            retry_attempts=self.settings.retry_attempts,
+            retry_max_s=self.settings.retry_max_s,
+        )
 
     def prepare_generation(
         self,

@@ -6,7 +6,11 @@ makes it. Behind the gateway's API-key auth, with the OIP routes' error shape (`
 Request: ``{"id": "..." (optional, echoed), "text_input": "...", "parameters": {...}}``. The sampling parameters
 (``max_tokens``, ``temperature``, ``top_p``, ``seed``, ``stop``) may sit in ``parameters`` or at the top level (both
 spellings are in use by Triton's backends); one named twice, or any other field, is refused rather than ignored.
-``parameters.stream`` is accepted when it agrees with the route. Unlike OpenAI's API, ``temperature`` defaults to 0
+``parameters.stream`` is accepted when it agrees with the route. The scheduling parameters are the ``/infer``
+route's (:mod:`gateway.oip`), in ``parameters`` or at the top level too: Triton's ``priority`` (0 or absent: the
+model's policy decides; 1 is the highest, level ``min(priority - 1, 9)``) and ``timeout`` (microseconds, 0 = none)
+or our ``deadline_ms``, which bound the whole generation: past it the worker stops it with DEADLINE_EXCEEDED (a 504,
+or the stream's last event after the text made before). Unlike OpenAI's API, ``temperature`` defaults to 0
 (greedy), as ``Client.generate`` and ``maas generate`` do.
 
 Answer: ``{"id" (when given), "model_name", "model_version", "text_output"}``; the whole text for ``generate``,
@@ -31,11 +35,14 @@ from starlette.routing import Route
 from app.broker import streams
 from app.errors import InvalidInput, MaasError
 from app.generation import SamplingParams, parse_params
+from gateway import oip
 from gateway.fleet import ref_for
 from gateway.openai_api import cancel_for_nobody, collect_unless_gone, text_chunks
 
 #: Sampling parameters the extension's request may carry, in ``parameters`` or at the top level.
 SAMPLING_KEYS = ("max_tokens", "temperature", "top_p", "seed", "stop")
+#: Scheduling parameters, read as the ``/infer`` route reads them, from ``parameters`` or the top level.
+SCHEDULING_KEYS = ("priority", "timeout", "deadline_ms")
 
 
 @dataclass(frozen=True)
@@ -43,11 +50,13 @@ class GenerateRequest:
     request_id: str | None
     prompt: str
     params: SamplingParams
+    level: int | None = None  # our 0-9 priority, None: the policy decides
+    deadline_s: float | None = None
 
 
 def parse_generate(doc: dict[str, Any], streaming: bool) -> GenerateRequest:
     """The request body of ``generate``/``generate_stream``; InvalidInput naming what is wrong."""
-    unknown = sorted(set(doc) - {"id", "text_input", "parameters", *SAMPLING_KEYS})
+    unknown = sorted(set(doc) - {"id", "text_input", "parameters", *SAMPLING_KEYS, *SCHEDULING_KEYS})
     if unknown:
         raise InvalidInput(f"unknown fields {unknown}; a generate request has id, text_input and parameters")
     request_id = doc.get("id")
@@ -63,12 +72,15 @@ def parse_generate(doc: dict[str, Any], streaming: bool) -> GenerateRequest:
     if stream is not streaming:
         route = "generate_stream" if streaming else "generate"
         raise InvalidInput(f"parameters.stream={stream!r} contradicts the route {route}")
-    top_level = {k: doc[k] for k in SAMPLING_KEYS if k in doc}
+    top_level = {k: doc[k] for k in (*SAMPLING_KEYS, *SCHEDULING_KEYS) if k in doc}
     twice = sorted(set(top_level) & set(parameters))
     if twice:
         raise InvalidInput(f"{twice} given both at the top level and in parameters")
-    raw = {**top_level, **{k: v for k, v in parameters.items() if k != "stream"}}
-    return GenerateRequest(request_id, prompt, parse_params(raw))
+    given = top_level | parameters
+    raw = {k: v for k, v in given.items() if k != "stream" and k not in SCHEDULING_KEYS}
+    # oip's readers of the same fields (so the two routes agree); their errors say "parameters.<name>" either way.
+    level, deadline_s = oip.level_of(given.get("priority")), oip.deadline_s_of(given)
+    return GenerateRequest(request_id, prompt, parse_params(raw), level, deadline_s)
 
 
 class GenerateExtension:
@@ -91,7 +103,10 @@ class GenerateExtension:
 
         def prepare() -> tuple[str, Any]:
             resolved = self.gw.client.resolve(ref)  # the (cached) version, for model_version in each answer
-            return str(resolved.version), self.gw.client.prepare_generation(ref, parsed.prompt, parsed.params)
+            order = self.gw.client.prepare_generation(
+                ref, parsed.prompt, parsed.params, priority=parsed.level, deadline_s=parsed.deadline_s
+            )
+            return str(resolved.version), order
 
         version, order = await asyncio.to_thread(prepare)
         await self.gw.fleet.publish(order)

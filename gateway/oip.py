@@ -271,7 +271,7 @@ def _tensor(name: str, datatype: str, shape: list[int], array: np.ndarray) -> di
     return {"name": name, "shape": shape, "datatype": datatype, "raw": base64.b64encode(little.tobytes()).decode()}
 
 
-def _level(priority: object) -> int | None:
+def level_of(priority: object) -> int | None:
     if priority is None:
         return None
     if not isinstance(priority, int) or isinstance(priority, bool) or priority < 0:
@@ -279,7 +279,7 @@ def _level(priority: object) -> int | None:
     return None if priority == 0 else min(priority - 1, LOWEST_LEVEL)
 
 
-def _deadline_s(params: Mapping[str, Any]) -> float | None:
+def deadline_s_of(params: Mapping[str, Any]) -> float | None:
     found = []
     for key, scale in (("timeout", 1e-6), ("deadline_ms", 1e-3)):
         value = params.get(key)
@@ -347,8 +347,8 @@ def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
         inputs=tensors,
         outputs=_outputs(doc.get("outputs")),
         binary_outputs=bool(_flag(params.get("binary_data_output"), "parameters.binary_data_output")),
-        level=_level(params.get("priority")),
-        deadline_s=_deadline_s(params),
+        level=level_of(params.get("priority")),
+        deadline_s=deadline_s_of(params),
         request_class=request_class,
         parameters=params,
     )

@@ -7,6 +7,12 @@ A request is admitted exactly as ``Client.generate`` admits one (same order, sam
 its text is read from the request's Redis Stream as the worker makes it. A client that goes away, streaming or
 not, cancels its generation on the worker (at the next token step).
 
+Three body fields of our own, named as ``Client.generate`` names them (the ``openai`` package sends them with
+``extra_body``): ``priority`` (0 highest .. 9 lowest; absent: the model's policy decides), ``deadline_s`` (seconds
+after submission the whole generation must end in) and ``first_token_deadline_s`` (seconds for its first token).
+Past a deadline the worker stops the generation and the caller gets DEADLINE_EXCEEDED: a 504 when not streaming,
+the stream's error event when streaming (after the text made before).
+
 What is not supported is refused, not ignored: ``n`` > 1, ``best_of``, ``logprobs``, ``echo``, tools, and
 several prompts in one request. Chat messages are joined with a plain ``role: content`` template (the gateway has
 no tokenizer; a model's own chat template is not applied).
@@ -15,9 +21,11 @@ no tokenizer; a model's own chat template is not applied).
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import suppress
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -31,13 +39,41 @@ from starlette.routing import Route
 from app import errors, outage, registry
 from app.broker import streams
 from app.db.session import session_scope
-from app.errors import InvalidInput, MaasError
+from app.errors import InvalidInput, InvalidPriority, MaasError
 from app.generation import SamplingParams, parse_params
 from app.settings import Settings
 
 #: Fields we accept and ignore (they change nothing a caller can see here).
 IGNORED = {"user", "frequency_penalty", "presence_penalty", "logit_bias", "suffix", "stream_options"}
 UNSUPPORTED = {"best_of", "logprobs", "echo", "tools", "tool_choice", "functions", "top_logprobs", "response_format"}
+#: Our own fields (beyond OpenAI's), with ``Client.generate``'s names; each is in seconds after submission.
+DEADLINE_FIELDS = ("deadline_s", "first_token_deadline_s")
+
+
+@dataclass(frozen=True)
+class Scheduling:
+    """How a request is queued and bounded; None: the model's policy (priority) or no bound (deadlines)."""
+
+    priority: int | None = None
+    deadline_s: float | None = None
+    first_token_deadline_s: float | None = None
+
+
+def scheduling(doc: dict[str, Any]) -> Scheduling:
+    """Our own fields of a request body, checked here so a wrong one is refused naming it (a string compared to a
+    number would otherwise be a bare TypeError, a 500, deep in the admission)."""
+    priority = doc.get("priority")
+    if priority is not None and (not isinstance(priority, int) or isinstance(priority, bool) or not 0 <= priority <= 9):
+        raise InvalidPriority(f"'priority' {priority!r} must be an integer from 0 (highest) to 9 (lowest)")
+    deadlines: dict[str, float | None] = {}
+    for name in DEADLINE_FIELDS:
+        value = doc.get(name)
+        if value is not None and (
+            not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value) or value <= 0
+        ):
+            raise InvalidInput(f"'{name}' {value!r} must be a positive number of seconds")
+        deadlines[name] = None if value is None else float(value)
+    return Scheduling(priority, deadlines["deadline_s"], deadlines["first_token_deadline_s"])
 
 
 def parse(doc: dict[str, Any], chat: bool) -> tuple[str, str, SamplingParams, bool]:
@@ -89,6 +125,24 @@ def error_body(error: MaasError) -> bytes:
     return orjson.dumps({"error": {"message": error.message, "type": error.code.lower(), "code": error.code}})
 
 
+def openai_errors(fn: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    """A route's typed errors in OpenAI's shape, with the gateway's status and ``X-Maas-Error-Code``: the
+    ``openai`` package shows ``error.message`` in its exception, and would show nothing of ``{"error": "CODE: ..."}``
+    (the OIP shape, which the gateway's handler gives what is raised before or around this, such as a bad key)."""
+
+    async def wrapped(request: Request) -> Response:
+        from gateway.server import error_response  # not at the top: the server imports this module
+
+        try:
+            return await fn(request)
+        except MaasError as exc:
+            oip_shaped = error_response(exc)  # its status and headers (the code, a 503's Retry-After); not its body
+            headers = {k: v for k, v in oip_shaped.headers.items() if k in ("x-maas-error-code", "retry-after")}
+            return Response(error_body(exc), oip_shaped.status_code, headers, media_type="application/json")
+
+    return wrapped
+
+
 class OpenAI:
     """The ``/v1`` handlers; ``gw`` is the gateway (its client, its Redis, its settings)."""
 
@@ -124,7 +178,18 @@ class OpenAI:
 
         doc = _json_object(await read_body(request, self.gw.settings.max_request_bytes))
         model, prompt, params, stream = parse(doc, chat)
-        order = await asyncio.to_thread(self.gw.client.prepare_generation, model, prompt, params)
+        asked = scheduling(doc)
+        order = await asyncio.to_thread(
+            partial(
+                self.gw.client.prepare_generation,
+                model,
+                prompt,
+                params,
+                priority=asked.priority,
+                deadline_s=asked.deadline_s,
+                first_token_deadline_s=asked.first_token_deadline_s,
+            )
+        )
         await self.gw.fleet.publish(order)
         created = int(time.time())
         ident = f"{'chatcmpl' if chat else 'cmpl'}-{order.task_id}"
@@ -256,7 +321,7 @@ def routes(
 ) -> list[Route]:
     api = OpenAI(gw)
     return [
-        Route("/v1/completions", handler(api.completions), methods=["POST"]),
-        Route("/v1/chat/completions", handler(api.chat_completions), methods=["POST"]),
-        Route("/v1/models", handler(api.models)),
+        Route("/v1/completions", handler(openai_errors(api.completions)), methods=["POST"]),
+        Route("/v1/chat/completions", handler(openai_errors(api.chat_completions)), methods=["POST"]),
+        Route("/v1/models", handler(openai_errors(api.models))),
     ]

@@ -172,3 +172,74 @@ def test_a_forged_stream_entry_is_refused_with_a_typed_error(served, client, set
     client.redis.xadd(keys.generation_stream(fake_id), {"k": "end", "r": "stop", "u": "{}"})
     with pytest.raises(errors.ForgedMessage, match="no signature"):
         list(Generation(fake_id, client.redis, 10, settings.signing_key))
+
+
+def test_a_timeout_too_short_for_the_generation_is_deadline_exceeded(served):
+    url, _ = served
+    path = "/v2/models/tiny-gpt"
+    for where in ("parameters", "top level"):
+        # Triton's timeout is in microseconds: 1,000 is a millisecond, gone before the worker takes it.
+        body: dict[str, Any] = {"text_input": PROMPT, "parameters": {"max_tokens": 480}}
+        if where == "parameters":
+            body["parameters"]["timeout"] = 1000
+        else:
+            body["timeout"] = 1000
+        status, headers, raw = post(url, f"{path}/generate", body)
+        assert status == 504 and headers["x-maas-error-code"] == "DEADLINE_EXCEEDED", (where, raw)
+        assert json.loads(raw)["error"].startswith("DEADLINE_EXCEEDED: ")
+
+        status, _, raw = post(url, f"{path}/generate_stream", body)
+        assert status == 200  # the stream was open: the error is its last event
+        assert events(raw)[-1]["error"].startswith("DEADLINE_EXCEEDED: "), where
+
+    # A generous timeout (and a priority) changes nothing about the text.
+    body = {"text_input": PROMPT, "parameters": {"max_tokens": 5, "timeout": 60_000_000, "priority": 1}}
+    status, _, raw = post(url, f"{path}/generate", body)
+    assert status == 200 and json.loads(raw)["text_output"] == tiny_lm.solo(served[1], PROMPT, max_tokens=5)
+
+
+@pytest.mark.parametrize("route", ["generate", "generate_stream"])
+def test_bad_priority_or_timeout_is_refused_naming_it(served, route):
+    url, _ = served
+    for body, named in [
+        ({"text_input": PROMPT, "parameters": {"priority": -2}}, "priority"),
+        ({"text_input": PROMPT, "priority": "high"}, "priority"),
+        ({"text_input": PROMPT, "parameters": {"timeout": "5s"}}, "timeout"),
+        ({"text_input": PROMPT, "timeout": -1}, "timeout"),
+    ]:
+        status, headers, raw = post(url, f"/v2/models/tiny-gpt/{route}", body)
+        assert status == 400 and headers["x-maas-error-code"] == "INVALID_INPUT", raw
+        assert named in json.loads(raw)["error"]
+
+
+@pytest.fixture
+def unserved(lm, fleet, register):
+    """The model registered, a gateway, and no worker: a request waits in its queue, at the level it was given."""
+    artifact, _ = lm
+    register("tiny-gpt", artifact, runtime="causal_lm")
+    _, url = fleet.gateway(MAAS_API_KEYS=API_KEY)
+    return url
+
+
+@pytest.mark.parametrize(("route", "where"), [("generate", "parameters"), ("generate_stream", "top level")])
+def test_triton_s_priority_is_the_level_the_generation_waits_at(unserved, client, route, where):
+    from app.broker.layout import model_queue
+    from app.broker.queues import depth_by_priority
+
+    # Triton's 1 is the highest; the fleet's levels count from 0: priority 4 waits at level 3.
+    body: dict[str, Any] = {"text_input": PROMPT, "parameters": {"max_tokens": 4}}
+    if where == "parameters":
+        body["parameters"]["priority"] = 4
+    else:
+        body["priority"] = 4
+    conn = connect(unserved)
+    conn.request(
+        "POST",
+        f"/v2/models/tiny-gpt/{route}",
+        body=json.dumps(body),
+        headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"},
+    )
+    queue = model_queue("tiny-gpt")
+    wait_for(lambda: sum(depth_by_priority(client.redis, queue)) == 1, 60, "the generation to wait in its queue")
+    assert depth_by_priority(client.redis, queue)[3] == 1
+    conn.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 
@@ -181,3 +182,99 @@ def test_a_waiting_non_streaming_client_that_leaves_cancels_its_generation(serve
     result = AsyncResult(task_id, app=client.app)
     wait_for(result.ready, 60, "the generation to end")
     assert result.state == "FAILURE" and "CANCELLED" in str(result.result)
+
+
+def test_a_deadline_in_extra_body_ends_the_generation_with_deadline_exceeded(served):
+    url, runtime = served
+    api = openai.OpenAI(base_url=f"{url}/v1", api_key=API_KEY, max_retries=0, timeout=120)
+    long = dict(model="tiny-gpt", prompt="the quick brown", max_tokens=480, temperature=0)
+    started = time.monotonic()
+    full = api.completions.create(**long).choices[0].text
+    whole_s = time.monotonic() - started
+    assert full == solo(runtime, "the quick brown", max_tokens=480)
+
+    # Not streaming: the typed error, as an HTTP 504 the openai package raises.
+    for extra in ({"deadline_s": whole_s / 4}, {"first_token_deadline_s": 0.001}):
+        with pytest.raises(openai.InternalServerError) as late:
+            api.completions.create(**long, extra_body=extra)
+        assert late.value.status_code == 504 and late.value.body["code"] == "DEADLINE_EXCEEDED", extra
+        assert "deadline" in late.value.message  # OpenAI's error shape: the package shows the message
+
+    # Streaming: the route's error event after the text made before the deadline, then [DONE].
+    body = {**long, "stream": True, "deadline_s": whole_s / 4}
+    request = urllib.request.Request(
+        f"{url}/v1/completions",
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=120) as response:
+        lines = [line for line in response.read().decode().split("\n") if line]
+    assert lines[-1] == "data: [DONE]"
+    error = json.loads(lines[-2][len("data: ") :])["error"]
+    assert error["code"] == "DEADLINE_EXCEEDED", error
+    streamed = "".join(json.loads(line[len("data: ") :])["choices"][0]["text"] for line in lines[:-2])
+    assert full.startswith(streamed) and len(streamed) < len(full)
+
+    # Chat takes the same fields; a generous deadline changes nothing.
+    messages = [{"role": "user", "content": "tokens flow"}]
+    answer = api.chat.completions.create(
+        model="tiny-gpt",
+        messages=messages,
+        max_tokens=8,
+        temperature=0,
+        extra_body={"deadline_s": 60, "first_token_deadline_s": 30, "priority": 1},
+    )
+    assert answer.choices[0].message.content == solo(runtime, "user: tokens flow\nassistant:", max_tokens=8)
+
+
+@pytest.mark.parametrize(
+    ("extra", "code", "named"),
+    [
+        ({"priority": 12}, "INVALID_PRIORITY", "priority"),
+        ({"priority": "high"}, "INVALID_PRIORITY", "priority"),
+        ({"deadline_s": -1}, "INVALID_INPUT", "deadline_s"),
+        ({"first_token_deadline_s": "soon"}, "INVALID_INPUT", "first_token_deadline_s"),
+    ],
+)
+def test_a_bad_scheduling_field_is_refused_naming_it(served, extra, code, named):
+    url, _ = served
+    api = openai.OpenAI(base_url=f"{url}/v1", api_key=API_KEY, max_retries=0, timeout=60)
+    for stream in (False, True):
+        with pytest.raises(openai.BadRequestError) as refused:
+            api.completions.create(model="tiny-gpt", prompt="x", max_tokens=3, stream=stream, extra_body=extra)
+        assert refused.value.response.headers["x-maas-error-code"] == code
+        assert refused.value.body["code"] == code and named in refused.value.message
+
+
+@pytest.fixture
+def unserved(lm, fleet, register):
+    """The model registered, a gateway, and no worker: a request waits in its queue, at the level it was given."""
+    artifact, _ = lm
+    register("tiny-gpt", artifact, runtime="causal_lm")
+    _, url = fleet.gateway(MAAS_API_KEYS=API_KEY)
+    return url
+
+
+@pytest.mark.parametrize("route", ["/v1/completions", "/v1/chat/completions"])
+def test_the_priority_in_the_body_is_the_level_the_generation_waits_at(unserved, client, route):
+    import http.client
+    from urllib.parse import urlparse
+
+    from app.broker.layout import model_queue
+    from app.broker.queues import depth_by_priority
+
+    parsed = urlparse(unserved)
+    conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=60)
+    body: dict[str, object] = {"model": "tiny-gpt", "max_tokens": 4, "priority": 7}
+    body |= {"messages": [{"role": "user", "content": "hi"}]} if "chat" in route else {"prompt": "hi"}
+    conn.request(
+        "POST",
+        route,
+        body=json.dumps(body),
+        headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"},
+    )
+    queue = model_queue("tiny-gpt")
+    wait_for(lambda: sum(depth_by_priority(client.redis, queue)) == 1, 60, "the generation to wait in its queue")
+    assert depth_by_priority(client.redis, queue)[7] == 1
+    conn.close()

@@ -40,3 +40,31 @@ def test_parameters_nested_or_at_the_top_level():
 def test_bad_requests_name_what_is_wrong(body, named):
     with pytest.raises(InvalidInput, match=named):
         parse_generate(body, streaming=False)
+
+
+def test_priority_and_timeout_as_the_infer_route_reads_them():
+    nested = parse_generate({"text_input": "hi", "parameters": {"priority": 3, "timeout": 2_500_000}}, streaming=False)
+    top = parse_generate({"text_input": "hi", "priority": 3, "timeout": 2_500_000}, streaming=True)
+    assert (nested.level, nested.deadline_s) == (top.level, top.deadline_s) == (2, 2.5)
+    assert nested.params == SamplingParams()  # scheduling fields are not sampling parameters
+    # Triton's zeros: priority 0 leaves it to the policy, timeout 0 is no timeout; the earlier of two bounds wins.
+    zeros = parse_generate({"text_input": "hi", "parameters": {"priority": 0, "timeout": 0}}, streaming=False)
+    assert (zeros.level, zeros.deadline_s) == (None, None)
+    both = parse_generate({"text_input": "hi", "parameters": {"timeout": 3_000_000, "deadline_ms": 500}}, False)
+    assert both.deadline_s == 0.5
+
+
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        ({"text_input": "a", "parameters": {"priority": -1}}, "priority"),
+        ({"text_input": "a", "priority": "high"}, "priority"),
+        ({"text_input": "a", "parameters": {"priority": True}}, "priority"),
+        ({"text_input": "a", "parameters": {"timeout": -5}}, "timeout"),
+        ({"text_input": "a", "timeout": "1s"}, "timeout"),
+        ({"text_input": "a", "priority": 1, "parameters": {"priority": 2}}, "priority"),
+    ],
+)
+def test_bad_scheduling_parameters_name_the_field(body, named):
+    with pytest.raises(InvalidInput, match=named):
+        parse_generate(body, streaming=False)
