@@ -425,17 +425,16 @@ class Client:
 
     def _take_back(self, order: InferOrder) -> bool:
         """Best effort after a failed admission: remove the message and the ledger's record if they were written."""
+        admission = order.admission
         try:
-            removed = self._unqueue(order)
-            scripts.withdraw(self._redis, order.model, order.task_id, counted=removed)
-            return removed
+            if scripts.take_back(self._redis, admission.list_key, admission.message or b"", order.model, order.task_id):
+                return True
+            # Not queued (never written, or a worker has it): the ledger's record goes all the same, and the arrival
+            # count stays, since whether the admission ran is not known.
+            scripts.withdraw(self._redis, order.model, order.task_id, counted=False)
+            return False
         except (redis.ConnectionError, redis.TimeoutError):
             return False  # nothing written can be found now; the ledger's record ages out unanswered
-
-    def _unqueue(self, order: InferOrder) -> bool:
-        """Remove the request's message from its list; False when it is not there (taken, or never queued)."""
-        admission = order.admission
-        return bool(self._redis.lrem(admission.list_key, 1, admission.message or b""))  # type: ignore[arg-type]
 
     def _cancel(self, order: InferOrder) -> bool:
         admission = order.admission

@@ -179,11 +179,16 @@ def _solve_problem(
         if best is not None and _left(deadline) < MIN_ROUND_S:
             break
         last = round_no == MAX_FIX_ROUNDS - 1
-        # Round 0 fixes around the greedy / current incumbent with the true LP; later rounds search around the last
-        # round's result as a warm re-solve would (`_proximity_round`) when another LP fits in the time left.
+        # Round 0 of a re-solve fixes around the current / greedy incumbent with the true LP; the other rounds (and
+        # a cold solve's first) search around the incumbent as a warm re-solve would (`_proximity_round`) when
+        # another LP fits in the time left and no move budget is set.
         room = _left(deadline) > PROXIMITY_LP_FACTOR * lp_s + MIN_ROUND_S
+        found = None
         if (round_no > 0 or cold) and best is not None and snapshot.move_budget is None and room:
             found = _proximity_round(problem, snapshot, solve_fn, best, deadline)
+            if found is None and round_no == 0:
+                # Its LP ran out of time: the true LP is solved already, so fix around it rather than stop here.
+                found = _fix_and_solve(problem, snapshot, solve_fn, lp, best, deadline, last=last)
         else:
             found = _fix_and_solve(problem, snapshot, solve_fn, lp, best, deadline, last=last)
         if found is None or found.status is PlanStatus.INFEASIBLE:

@@ -138,6 +138,10 @@ def openai_errors(fn: Callable[[Request], Awaitable[Response]]) -> Callable[[Req
         except MaasError as exc:
             oip_shaped = error_response(exc)  # its status and headers (the code, a 503's Retry-After); not its body
             headers = {k: v for k, v in oip_shaped.headers.items() if k in ("x-maas-error-code", "retry-after")}
+            # The openai package retries any 5xx twice unless told not to: a passed deadline, a timeout or a model's
+            # error would then run the generation three times. Only an overloaded or unreachable fleet (429, 503)
+            # is worth its automatic retry.
+            headers["x-should-retry"] = "true" if oip_shaped.status_code in (429, 503) else "false"
             return Response(error_body(exc), oip_shaped.status_code, headers, media_type="application/json")
 
     return wrapped

@@ -212,7 +212,8 @@ class Engine:
     @property
     def kv_bytes(self) -> int:
         """Bytes the sequences' KV caches hold now (running ones, and preempted ones that kept theirs): their
-        positions, not the batch's padding, which lasts only until the batch's members next change."""
+        positions. Not counted: the batch's padding, and the rows of sequences that finished or lost their cache
+        since the batch's members last changed; both are freed at the next rebuild (or when no row is left)."""
         own = sum(k.nbytes + v.nbytes for s in self.running + self.waiting if s.kv for k, v in s.kv)
         if self._batch is None:
             return own
@@ -421,7 +422,13 @@ class Engine:
         """The running batch with exactly ``seqs`` as its rows, in that order: the kept one when its members are
         the same, else a new one (rows that leave and keep their cache take a copy of it first)."""
         old = self._batch
-        if old is not None and len(old.rows) == len(seqs) and all(a is b for a, b in zip(old.rows, seqs, strict=True)):
+        # The same members is not enough: a row whose cache was dropped and recomputed since (preempted for
+        # bytes, then prefilled again) is the same sequence with a cache of its own now, and its row is stale.
+        if (
+            old is not None
+            and len(old.rows) == len(seqs)
+            and all(a is b and b.kv is IN_BATCH for a, b in zip(old.rows, seqs, strict=True))
+        ):
             return old
         if old is not None:
             for i, seq in enumerate(old.rows):

@@ -199,6 +199,8 @@ def test_a_deadline_in_extra_body_ends_the_generation_with_deadline_exceeded(ser
             api.completions.create(**long, extra_body=extra)
         assert late.value.status_code == 504 and late.value.body["code"] == "DEADLINE_EXCEEDED", extra
         assert "deadline" in late.value.message  # OpenAI's error shape: the package shows the message
+        # ...and tells the package not to send it again by itself (it retries a 5xx twice otherwise).
+        assert late.value.response.headers["x-should-retry"] == "false"
 
     # Streaming: the route's error event after the text made before the deadline, then [DONE].
     body = {**long, "stream": True, "deadline_s": whole_s / 4}

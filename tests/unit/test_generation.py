@@ -133,6 +133,47 @@ def test_the_running_batch_is_kept_while_its_members_stay_and_rebuilt_when_they_
     assert engine._batch is None and engine.kv_bytes == 0
 
 
+def test_a_row_whose_cache_was_dropped_and_recomputed_is_not_decoded_from_the_old_batch(runtime):
+    """Two rows of a batch are preempted; one loses its cache (as ``_make_room`` drops it for bytes) and is
+    prefilled again while the other still waits with its row kept. When both run again, the batch must be rebuilt
+    from the fresh cache, not reused because its members look the same. The engine gets here under ``aging`` when
+    ranks move while sequences wait; the steps are driven by hand to make it certain."""
+    engine = runtime.engine(max_sequences=2)
+    first = engine.add("first", "the quick brown", SamplingParams(max_tokens=12))
+    second = engine.add("second", "tokens flow", SamplingParams(max_tokens=12))
+    texts = {"first": "", "second": ""}
+
+    def step() -> None:
+        for event in engine.step():
+            texts[event.sequence.id] += event.text
+
+    step()
+    step()
+    step()  # both decode as rows of one batch
+    engine._preempt(first)
+    engine._preempt(second)
+    first.kv = None  # its cache dropped for bytes: recomputed when it resumes
+    engine.waiting.remove(second)
+    step()  # "first" alone is re-admitted and prefilled: no decode pass this step
+    stale = engine._batch
+    engine.waiting.append(second)
+    step()
+    # Rebuilt, and every row's cache is as long as its sequence's (the tiny model's text barely depends on
+    # attention, so a stale row would not show in the texts alone).
+    assert engine._batch is not stale
+    assert all(s.cached_tokens <= engine._batch.width for s in engine._batch.rows)
+    assert [s.cached_tokens for s in engine._batch.rows] == [
+        len(s.prompt_ids) + len(s.generated) - 1 for s in engine._batch.rows
+    ]
+    while engine.busy:
+        step()
+    assert texts == {
+        "first": alone(runtime, "the quick brown", max_tokens=12),
+        "second": alone(runtime, "tokens flow", max_tokens=12),
+    }
+    assert engine.kv_bytes == 0
+
+
 def test_sampled_sequences_in_a_batch_match_alone(runtime):
     params = [SamplingParams(max_tokens=10, temperature=0.8, top_p=0.95, seed=s) for s in range(3)]
     expected = ["".join(runtime.generate("tokens flow", p)) for p in params]
