@@ -9,6 +9,8 @@ Shared helpers are fixtures that return a function, bound to the test's fleet:
   test client's scheduler caches for it, so the next request is decided with the new settings.
 - ``stop_model(ref)``: stop every replica of ``ref`` and wait until each is STOPPED.
 - ``done_order(items, key=...)``: ``items`` sorted by when their requests' results were stored.
+- ``serve_lm(name)``: register the tiny generative model (``lm``) as ``name``, start worker ``w0@test`` and load
+  it; returns the in-process runtime that says what the fleet must answer.
 """
 
 from __future__ import annotations
@@ -19,13 +21,15 @@ import secrets
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import redis
 
+from harness import tiny_lm
 from harness.fleet import Fleet
-from harness.servers import create_database, start_postgres, start_redis
+from harness.servers import Server, create_database, start_postgres, start_redis
 
 
 @pytest.fixture(scope="session")
@@ -168,3 +172,30 @@ def iris(tmp_path_factory: pytest.TempPathFactory) -> dict:
     path = tmp_path_factory.mktemp("models") / "iris.onnx"
     path.write_bytes(onx.SerializeToString())
     return {"path": path, "x": x, "y": y, "expected": model.predict(x)}
+
+
+@pytest.fixture(scope="session")
+def lm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Any]]:
+    """The tiny generative model (a 1,024-token context), packed, and an in-process runtime of it."""
+    with tiny_lm.loaded(tmp_path_factory.mktemp("lm"), context=1024) as found:
+        yield found
+
+
+@pytest.fixture
+def serve_lm(lm, fleet: Fleet, register, client) -> Callable[[str], Any]:
+    def serve_lm(name: str) -> Any:
+        artifact, runtime = lm
+        register(name, artifact, runtime="causal_lm")
+        fleet.worker(0, "w0@test")
+        client.load(name).wait(timeout_s=120)
+        return runtime
+
+    return serve_lm
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[Server]:
+    """A redis-server of the test's own (persisting to disk), for tests that stop and restart it."""
+    server = start_redis(tmp_path / "redis", appendonly=True)
+    yield server
+    server.stop()

@@ -22,18 +22,9 @@ API_KEY = "sk-test-key-0123456789abcdef"
 PROMPT = "the quick brown"
 
 
-@pytest.fixture(scope="module")
-def lm(tmp_path_factory: pytest.TempPathFactory):
-    with tiny_lm.loaded(tmp_path_factory.mktemp("lm"), context=512) as found:
-        yield found
-
-
 @pytest.fixture
-def served(lm, fleet, register, client):
-    artifact, runtime = lm
-    register("tiny-gpt", artifact, runtime="causal_lm")
-    fleet.worker(0, "w0@test")
-    client.load("tiny-gpt").wait(timeout_s=120)
+def served(serve_lm, fleet):
+    runtime = serve_lm("tiny-gpt")
     _, url = fleet.gateway(MAAS_API_KEYS=API_KEY)
     return url, runtime
 

@@ -21,23 +21,12 @@ pytest.importorskip("transformers")
 PROMPTS = ["the quick brown", "tokens flow", "a model as a service", "continuous batching lets"]
 
 
-@pytest.fixture(scope="module")
-def lm(tmp_path_factory: pytest.TempPathFactory):
-    """The packed tiny model and an in-process runtime of it, to say what the fleet must answer."""
-    with tiny_lm.loaded(tmp_path_factory.mktemp("lm"), context=1024) as found:
-        yield found
-
-
 solo = tiny_lm.solo
 
 
 @pytest.fixture
-def served(lm, fleet, register, client):
-    artifact, runtime = lm
-    register("lm", artifact, runtime="causal_lm")
-    fleet.worker(0, "w0@test")
-    client.load("lm").wait(timeout_s=120)
-    return runtime
+def served(serve_lm):
+    return serve_lm("lm")
 
 
 def test_streamed_tokens_equal_the_in_process_greedy_output(served, client):

@@ -12,25 +12,11 @@ import pytest
 from app import errors
 from harness import tiny_lm
 from harness.fleet import wait_for
-from harness.servers import start_redis
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("transformers")
 
 PROMPT = "the quick brown"
-
-
-@pytest.fixture(scope="module")
-def lm(tmp_path_factory: pytest.TempPathFactory):
-    with tiny_lm.loaded(tmp_path_factory.mktemp("lm"), context=1024) as found:
-        yield found
-
-
-@pytest.fixture
-def own_redis(tmp_path):
-    server = start_redis(tmp_path / "redis", appendonly=True)
-    yield server
-    server.stop()
 
 
 @pytest.fixture
@@ -40,12 +26,8 @@ def env(env, own_redis):
 
 
 @pytest.fixture
-def served(lm, fleet, register, client):
-    artifact, runtime = lm
-    register("lm", artifact, runtime="causal_lm")
-    fleet.worker(0, "w0@test")
-    client.load("lm").wait(timeout_s=120)
-    return runtime
+def served(serve_lm):
+    return serve_lm("lm")
 
 
 def test_a_redis_restart_mid_stream_costs_the_reader_no_text(served, client, own_redis, caplog):

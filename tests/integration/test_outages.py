@@ -13,17 +13,10 @@ import pytest
 from app.celery_app import create_app
 from app.errors import BrokerUnavailable
 from bench.models import add_one
-from harness.servers import start_redis, wait_for
+from harness.servers import wait_for
 
 pytestmark = pytest.mark.integration
 X = np.zeros((1, 4), dtype=np.float32)
-
-
-@pytest.fixture
-def own_redis(tmp_path):
-    server = start_redis(tmp_path / "redis", appendonly=True)
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -14,12 +14,6 @@ pytestmark = pytest.mark.integration
 pytest.importorskip("transformers")
 
 
-@pytest.fixture(scope="module")
-def lm(tmp_path_factory: pytest.TempPathFactory):
-    with tiny_lm.loaded(tmp_path_factory.mktemp("lm"), context=1024) as found:
-        yield found
-
-
 @pytest.mark.parametrize("policy", ["srtf", "fifo"])
 def test_a_short_generation_overtakes_a_running_long_one_only_under_srtf(
     policy, lm, fleet, register, configure, client, done_order
