@@ -169,11 +169,11 @@ def _solve_problem(
     lp_s = time.perf_counter() - lp_started
     best, proven = reference, False
     # A cold solve (nothing loaded) starts with a round around the best greedy, not with a fixing round on the
-    # true LP: at 1000 x 64 that first round ran out of its time (0.9 s) with barely more than the greedy, while a
-    # round around the greedy finishes in 0.7 s with more; the time saved goes to the neighbourhood search. A warm
-    # re-solve keeps the first round on the true LP: its incumbent may be a greedy, and rounds around that would
-    # pull the plan towards it and away from what is loaded (the popular-large fleet's 30% shift moved 13% of the
-    # replicas instead of 7%).
+    # true LP: traced at 1000 x 64, that first round ran out of its time (0.9 s) with barely more than the greedy,
+    # while a round around the greedy finished in 0.7 s with more; the time saved goes to the neighbourhood
+    # search. A warm re-solve keeps the first round on the true LP: its incumbent may be a greedy, and rounds
+    # around that would pull the plan towards it and away from what is loaded (the popular-large fleet's 30% shift
+    # moved 13% of the replicas instead of 7%).
     cold = not problem.is_current.any()
     for round_no in range(MAX_FIX_ROUNDS):
         if best is not None and _left(deadline) < MIN_ROUND_S:

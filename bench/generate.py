@@ -25,6 +25,9 @@ writes no end-of-text, so each request makes exactly its ``max_tokens``); arriva
 compressed so the offered tokens per second are the target load. A request's size class is by its output tokens
 (shortest: the lowest tenth, longest: the highest tenth).
 
+The **engine** part is part 1 without the fleet: the same drains through ``workers.generation.Engine`` in this
+process, off and on in alternating ``--batching-rounds`` rounds (the engine's own gain, no Redis or worker).
+
 4. **Streaming overhead**: a fleet with a gateway (and a signing key, so entries are signed and checked as in
    production) takes ``--sequences`` OpenAI streaming completions at once from the official ``openai`` package,
    ``--rounds`` times. Per round the same tokens are timed at both ends from the same start, the moment the worker
@@ -409,6 +412,36 @@ def batching(args: argparse.Namespace, artifact: Path, requests: list[GenRequest
     )
 
 
+def engine_only(args: argparse.Namespace, artifact: Path) -> None:
+    """Part 1 without the fleet: the same drain through the engine in this process (no Redis, no worker), batching
+    off and on in alternating rounds, to tell the engine's own gain from what serving around it costs."""
+    from app.generation import SamplingParams
+    from workers.runtimes import create
+
+    runtime = create("causal_lm")
+    runtime.load(artifact, use_gpu=False)
+    try:
+        rates: dict[str, list[float]] = {"off": [], "on": []}
+        configs = (("off", 1), ("on", args.sequences))
+        for round_no in range(args.batching_rounds):
+            for name, slots in configs if round_no % 2 == 0 else configs[::-1]:
+                engine = runtime.engine(max_sequences=slots)
+                for i in range(args.sequences):
+                    engine.add(str(i), PROMPTS[i % len(PROMPTS)], SamplingParams(max_tokens=args.tokens))
+                started = time.perf_counter()
+                while engine.busy:
+                    engine.step()
+                rate = args.sequences * args.tokens / (time.perf_counter() - started)
+                rates[name].append(rate)
+                print(
+                    json.dumps({"bench": "generate", "engine": name, "round": round_no, "tokens_per_s": round(rate, 1)})
+                )
+    finally:
+        runtime.unload()
+    ratios = [on / off for on, off in zip(rates["on"], rates["off"], strict=True)]
+    print(json.dumps({"bench": "generate", "engine_speedup_tokens_per_s": spread(ratios), "rounds": len(ratios)}))
+
+
 def policy_comparison(args: argparse.Namespace, artifact: Path, requests: list[GenRequest]) -> None:
     """Part 3: FIFO, SRTF and aging through one worker, interleaved and repeated."""
     from app import registry
@@ -486,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--part",
-        choices=("all", "batching", "policies", "streaming"),
+        choices=("all", "engine", "batching", "policies", "streaming"),
         default="all",
         help="which measurement (default all)",
     )
@@ -500,6 +533,8 @@ def main(argv: list[str] | None = None) -> int:
         artifact = tiny_lm.packed(
             Path(tmp) / "m", Path(tmp) / "m.tar", layers=args.layers, width=args.width, context=1024
         )
+        if args.part in ("all", "engine"):
+            engine_only(args, artifact)
         if args.part in ("all", "batching"):
             batching(args, artifact, requests)
         if args.part in ("all", "policies"):
