@@ -2,7 +2,8 @@
 
 A byte-level BPE tokenizer trained (with ``tokenizers``) on a few sentences, and a 2-layer GPT-2 with fixed-seed
 random weights, saved together with ``save_pretrained`` and packed into one tar as ``maas model pack`` does. It
-writes gibberish, deterministically, which is all a test of the serving path needs.
+writes gibberish, deterministically, that depends on the whole context, which is what a test of the serving path
+needs.
 """
 
 from __future__ import annotations
@@ -52,6 +53,10 @@ def build(directory: Path, *, seed: int = 0, layers: int = 2, width: int = 32, c
         n_head=2,
         bos_token_id=eos,
         eos_token_id=eos,
+        # Ten times GPT-2's 0.02: at 0.02 a model this small repeats one token whatever came before (the residual
+        # stream drowns what attention adds), so a test comparing two runs' tokens could not see a wrong KV cache
+        # or position. At 0.2 the text varies and depends on the whole context.
+        initializer_range=0.2,
     )
     model = GPT2LMHeadModel(config)
     # The end-of-text token is made unlikely, so greedy runs are long enough to test lengths and stops.

@@ -51,6 +51,16 @@ def test_greedy_matches_transformers_generate(runtime):
         assert alone(runtime, prompt, max_tokens=12) == expected
 
 
+def test_the_tiny_model_s_text_depends_on_the_whole_context(runtime):
+    """What makes the comparisons below able to fail: the same last words continue differently after different
+    beginnings, and the text is not one token repeated. A cache row or position gone wrong changes the tokens."""
+    after_fox = alone(runtime, "the quick brown fox jumps over the lazy dog and", max_tokens=16)
+    after_model = alone(runtime, "a model as a service serves many and", max_tokens=16)
+    assert after_fox != after_model
+    tokens = runtime._tokenizer(after_fox)["input_ids"]
+    assert len(set(tokens)) >= 4
+
+
 def test_max_tokens_counts_tokens(runtime):
     engine = runtime.engine()
     seq = engine.add("s", "the quick brown", SamplingParams(max_tokens=7))
@@ -158,8 +168,7 @@ def test_a_row_whose_cache_was_dropped_and_recomputed_is_not_decoded_from_the_ol
     stale = engine._batch
     engine.waiting.append(second)
     step()
-    # Rebuilt, and every row's cache is as long as its sequence's (the tiny model's text barely depends on
-    # attention, so a stale row would not show in the texts alone).
+    # Rebuilt, and every row's cache is as long as its sequence's (and the texts below would show a stale row).
     assert engine._batch is not stale
     assert all(s.cached_tokens <= engine._batch.width for s in engine._batch.rows)
     assert [s.cached_tokens for s in engine._batch.rows] == [
