@@ -145,6 +145,11 @@ class Handle:
                 cause = exc if isinstance(exc, outage_errors.BROKER_ERRORS) else exc.__cause__
                 if not isinstance(cause, outage_errors.BROKER_ERRORS):
                     raise MaasError(f"{type(exc).__name__}: {exc}") from exc
+                if getattr(result, "_cache", None) is not None:
+                    # Celery keeps the meta it read once the state is final: this error is the stored answer (a
+                    # worker that met an outage), not this read's. Waiting again would read it again until the
+                    # deadline.
+                    raise BrokerUnavailable(f"request {result.id} failed on its worker: {exc}") from exc
                 if outage is None:
                     log.warning(
                         "Redis did not answer while waiting; retrying until the timeout",

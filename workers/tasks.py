@@ -16,7 +16,7 @@ import redis
 from celery import Celery, Task
 from celery.exceptions import Ignore, Reject
 
-from app import logs, signing
+from app import logs, outage, signing
 from app.broker import dlq, holdings, ledger
 from app.broker.layout import model_queue
 from app.control import Control
@@ -293,7 +293,17 @@ def register(app: Celery) -> None:
     # client knows), not with Python's TypeError.
     @app.task(name="maas.infer", throws=(MaasError,), bind=True, typing=False)
     def infer_task(task: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        return _infer_task(app, task, args, kwargs)
+        # A Redis failover or restart met mid-request (recording the hold, gathering a batch, storing answers) is
+        # waited out and the request served again, rather than answered with the driver's error: every step is
+        # safe to repeat (the hold and the answers are idempotent writes; a second answer is dropped). Past
+        # MAAS_RETRY_MAX_S the answer is BROKER_UNAVAILABLE, typed.
+        settings = current().settings
+        return outage.retrying(
+            lambda: _infer_task(app, task, args, kwargs),
+            f"serving request {task.request.id}",
+            attempts=settings.retry_attempts,
+            max_s=settings.retry_max_s,
+        )
 
     @app.task(name="maas.generate", throws=(MaasError,), bind=True)
     def generate_task(

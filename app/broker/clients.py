@@ -18,6 +18,8 @@ import asyncio
 import os
 import threading
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
@@ -131,13 +133,30 @@ def async_for_settings(settings: Settings) -> redis.asyncio.Redis:
 UNREPLICATED = "unreplicated_writes"
 
 
-#: how long a count of the primary's connected replicas is trusted before INFO is asked again
+#: how long a count of the primary's online replicas is trusted before INFO is asked again
 REPLICA_COUNT_TTL_S = 1.0
-_replica_counts: dict[str, tuple[float, int]] = {}  # REDIS_URL -> (monotonic time read, connected replicas)
+_replica_counts: dict[str, tuple[float, int]] = {}  # REDIS_URL -> (monotonic time read, online replicas)
 
 
-def _needed(settings: Settings, connected: int) -> int:
-    return max(settings.redis_wait_replicas, connected)
+def online_replicas(replication: Mapping[str, object]) -> int:
+    """The replicas that can acknowledge a write now, from ``INFO replication``: those listed ``state=online``.
+
+    A replica still in a full sync with this primary (waiting for its snapshot, or loading it) is counted in
+    ``connected_slaves`` yet acknowledges no WAIT until the sync ends. That happens right after a promotion when
+    the other replica cannot continue its stream from the new primary (it had read further than the promoted one):
+    a WAIT for it then runs to its timeout on every write, for as long as the sync takes."""
+    return sum(
+        1
+        for key, entry in replication.items()
+        if key.startswith("slave")
+        and key[len("slave") :].isdigit()
+        and isinstance(entry, Mapping)
+        and entry.get("state") == "online"
+    )
+
+
+def _needed(settings: Settings, online: int) -> int:
+    return max(settings.redis_wait_replicas, online)
 
 
 def _cached_count(settings: Settings) -> int | None:
@@ -147,32 +166,68 @@ def _cached_count(settings: Settings) -> int | None:
     return found[1]
 
 
-def replicas_needed(client: redis.Redis, settings: Settings) -> int:
-    """How many replicas a durable write waits for: MAAS_REDIS_WAIT_REPLICAS, and at least every replica connected
-    to the primary now (counted by INFO, at most once a second). 0 when durability is off.
-
-    Why every connected one: Sentinel promotes the replica with the highest replication offset it last saw, a best
-    effort; a write that reached one replica of two was lost when the other was promoted (1 run in 12, on a busy
-    machine). A write every connected replica has survives whichever is promoted. A replica that is down is not
-    connected, so it is not waited for."""
-    if settings.redis_wait_replicas <= 0:
-        return 0
+def replicas_online(client: redis.Redis, settings: Settings) -> int:
+    """:func:`online_replicas` of the primary now, read at most once a second per process."""
     count = _cached_count(settings)
     if count is None:
-        count = int(client.info("replication").get("connected_slaves", 0))
+        count = online_replicas(client.info("replication"))
         _replica_counts[settings.redis_url] = (time.monotonic(), count)
-    return _needed(settings, count)
+    return count
+
+
+async def replicas_online_async(client: redis.asyncio.Redis, settings: Settings) -> int:
+    """:func:`replicas_online` for asyncio code."""
+    count = _cached_count(settings)
+    if count is None:
+        count = online_replicas(await client.info("replication"))
+        _replica_counts[settings.redis_url] = (time.monotonic(), count)
+    return count
+
+
+def replicas_needed(client: redis.Redis, settings: Settings) -> int:
+    """How many replicas an admission waits for: MAAS_REDIS_WAIT_REPLICAS, and at least every replica online with
+    the primary now (:func:`replicas_online`). 0 when durability is off.
+
+    Why every online one: Sentinel promotes the replica with the highest replication offset it last saw, a best
+    effort; a write that reached one replica of two was lost when the other was promoted (1 run in 12, on a busy
+    machine). A write every online replica has survives whichever is promoted. A replica that is down, or still
+    in a full sync, is not waited for: it cannot acknowledge anything until its sync ends (then it has every write
+    up to the snapshot it loaded), so a WAIT for it would only run out, write after write."""
+    if settings.redis_wait_replicas <= 0:
+        return 0
+    return _needed(settings, replicas_online(client, settings))
 
 
 async def replicas_needed_async(client: redis.asyncio.Redis, settings: Settings) -> int:
     """:func:`replicas_needed` for asyncio code."""
     if settings.redis_wait_replicas <= 0:
         return 0
-    count = _cached_count(settings)
-    if count is None:
-        count = int((await client.info("replication")).get("connected_slaves", 0))
-        _replica_counts[settings.redis_url] = (time.monotonic(), count)
-    return _needed(settings, count)
+    return _needed(settings, await replicas_online_async(client, settings))
+
+
+@dataclass(frozen=True)
+class ResultDurability:
+    """What storing a result waits for: ``wait_for`` replicas (0: no WAIT at all) out of ``needed``, the count an
+    admission would wait for. A result waits only for replicas online now, since a WAIT for one that cannot answer
+    holds the worker for the whole timeout on every result it stores; one stored with fewer than ``needed`` is
+    counted unreplicated. Nothing accepted is lost by that: the request stays in the ledger until a sweep finds its
+    result, and a replica holds a prefix of the primary's writes, so a promoted replica that lacks the result still
+    has the ledger entry (and the unacknowledged message, or neither), and the sweep sends the request again."""
+
+    wait_for: int
+    needed: int
+
+    def reached(self, replies: list[object]) -> bool:
+        if self.needed <= 0:
+            return True
+        return self.wait_for >= self.needed and replicated(replies, self.wait_for)
+
+
+def result_durability(client: redis.Redis, settings: Settings) -> ResultDurability:
+    if settings.redis_wait_replicas <= 0:
+        return ResultDurability(0, 0)
+    online = replicas_online(client, settings)
+    return ResultDurability(wait_for=online, needed=_needed(settings, online))
 
 
 def wait_replicas(pipe: redis.client.Pipeline | redis.asyncio.client.Pipeline, needed: int, settings: Settings) -> None:

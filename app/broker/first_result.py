@@ -18,7 +18,7 @@ from celery.exceptions import BackendStoreError
 
 from app import logs
 from app.broker import scripts
-from app.broker.clients import UNREPLICATED, replicas_needed, replicated, wait_replicas
+from app.broker.clients import UNREPLICATED, result_durability, wait_replicas
 from app.broker.keys import FLEET_COUNTERS
 from app.broker.layout import RESULT_PREFIX
 from app.broker.stats import count_fleet_event
@@ -68,15 +68,15 @@ class _FirstResult(SignedRedisBackend):
         settings = self.app.maas_settings  # type: ignore[attr-defined]
         # One pipeline, so one connection: WAIT covers the writes of the connection it is sent on.
 
-        needed = replicas_needed(client, settings)
+        durability = result_durability(client, settings)
 
         def durable(pipe: Any) -> None:
-            wait_replicas(pipe, needed, settings)
+            wait_replicas(pipe, durability.wait_for, settings)
 
         replies = scripts.pipelined(client, "store_result", [name, FLEET_COUNTERS], [value, ttl], then=durable)
         if isinstance(replies[0], Exception):
             raise replies[0]
-        if not replicated(replies, needed):
+        if not durability.reached(replies):
             count_fleet_event(client, UNREPLICATED)
         if replies and replies[0] == 0 and settings.signing_key:
             self._replace_if_forged(name, value, ttl)

@@ -94,3 +94,20 @@ def test_maas_status_shows_beat_and_controller_heartbeats_and_which_are_dead(env
     dead = re.search(r"dead for (\d+) s", lines["beat"])
     assert dead is not None and 100 <= int(dead.group(1)) < 160, lines["beat"]
     assert "alive" in lines["ctl@test"]
+
+
+def test_an_outage_error_stored_as_the_answer_is_typed_at_once_not_waited_on(client, settings, register, tmp_path):
+    """A worker that answered with a driver's connection error (it met a failover it could not wait out): the
+    caller gets BROKER_UNAVAILABLE as soon as it reads it, not after reading the same answer until its timeout."""
+    import redis
+
+    register("add", add_one(tmp_path / "add.onnx"))
+    handle = client.infer("add", {"x": X})
+    create_app(settings).backend.mark_as_failure(handle.id, redis.ConnectionError("primary went away"))
+    outcome: list[object] = []
+    waiter = threading.Thread(target=lambda: outcome.append(_outcome(handle, 600)), daemon=True)
+    waiter.start()
+    # Bounded by the test's own deadline, far below the wait's 600 s: it must end by reading the answer.
+    wait_for(lambda: outcome, 60, "the wait to end")
+    (error,) = outcome
+    assert isinstance(error, BrokerUnavailable) and "failed on its worker" in str(error), error
