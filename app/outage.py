@@ -53,7 +53,11 @@ def _short(exc: BaseException) -> str:
     return (text[0] if text else "")[:200]
 
 
-def backoff(attempt: int, first_s: float = FIRST_WAIT_S, cap_s: float = 2.0) -> float:
+#: the longest wait between two tries of :func:`retrying`
+MAX_BACKOFF_S = 2.0
+
+
+def backoff(attempt: int, first_s: float = FIRST_WAIT_S, cap_s: float = MAX_BACKOFF_S) -> float:
     """The wait before attempt ``attempt + 1`` (attempt counts from 0): doubling from ``first_s``, at most ``cap_s``."""
     return min(cap_s, first_s * (2**attempt))
 

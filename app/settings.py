@@ -401,7 +401,8 @@ class Settings:
         "MAAS_RETRY_MAX_S",
         _positive_float,
         10.0,
-        "Client, CLI and gateway: longest a call retries an outage (backoff from 0.1 s, doubling) before failing",
+        "Client, CLI, gateway, and a worker serving a request: longest a call retries an outage (backoff from "
+        "0.1 s, doubling to 2 s) before failing",
     )
     worker_db_retry_s: float = _env(
         "MAAS_WORKER_DB_RETRY_S",

@@ -295,14 +295,15 @@ def register(app: Celery) -> None:
     def infer_task(task: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
         # A Redis failover or restart met mid-request (recording the hold, gathering a batch, storing answers) is
         # waited out and the request served again, rather than answered with the driver's error: every step is
-        # safe to repeat (the hold and the answers are idempotent writes; a second answer is dropped). Past
-        # MAAS_RETRY_MAX_S the answer is BROKER_UNAVAILABLE, typed.
-        settings = current().settings
+        # safe to repeat (the hold and the answers are idempotent writes; a second answer is dropped). Bounded by
+        # time, not by MAAS_RETRY_ATTEMPTS (whose backoff spends only about 3 s, less than a Sentinel promotion
+        # takes); past MAAS_RETRY_MAX_S the answer is BROKER_UNAVAILABLE, typed.
+        max_s = current().settings.retry_max_s
         return outage.retrying(
             lambda: _infer_task(app, task, args, kwargs),
             f"serving request {task.request.id}",
-            attempts=settings.retry_attempts,
-            max_s=settings.retry_max_s,
+            attempts=int(max_s / outage.MAX_BACKOFF_S) + 8,
+            max_s=max_s,
         )
 
     @app.task(name="maas.generate", throws=(MaasError,), bind=True)

@@ -72,3 +72,54 @@ def test_celery_giving_up_a_publish_is_a_broker_outage():
 
     error = outage.typed(kombu.exceptions.OperationalError("Error 111 connecting"), "sending a load")
     assert isinstance(error, BrokerUnavailable) and "sending a load" in error.message
+
+
+def _infer_task_with(monkeypatch: pytest.MonkeyPatch, body, retry_max_s: float):
+    """The registered ``maas.infer`` task with its body replaced (the wrapper around it is what is tested)."""
+    from types import SimpleNamespace
+
+    from celery import Celery
+
+    from workers import tasks
+
+    app = Celery("unit", set_as_current=False)
+    tasks.register(app)
+    monkeypatch.setattr(tasks, "_infer_task", body)
+    monkeypatch.setattr(tasks, "current", lambda: SimpleNamespace(settings=SimpleNamespace(retry_max_s=retry_max_s)))
+    return app.tasks["maas.infer"]
+
+
+def test_an_infer_task_waits_out_a_redis_error_and_serves_the_request_again(monkeypatch):
+    calls: list[int] = []
+
+    def body(app, task, args, kwargs):
+        calls.append(1)
+        if len(calls) < 3:  # a failover: the primary is gone for two tries
+            raise redis.ConnectionError("primary went away")
+        return {"answer": args}
+
+    task = _infer_task_with(monkeypatch, body, retry_max_s=30.0)
+    assert task("m", None, []) == {"answer": ("m", None, [])}
+    assert len(calls) == 3
+
+
+def test_an_infer_task_answers_broker_unavailable_once_the_outage_outlasts_its_retry(monkeypatch):
+    def body(app, task, args, kwargs):
+        raise redis.ConnectionError("primary went away")
+
+    task = _infer_task_with(monkeypatch, body, retry_max_s=0.5)
+    with pytest.raises(BrokerUnavailable, match="serving request"):
+        task("m", None, [])
+
+
+def test_an_infer_task_passes_its_own_errors_through_at_once(monkeypatch):
+    calls: list[int] = []
+
+    def body(app, task, args, kwargs):
+        calls.append(1)
+        raise UnknownModel("no model 'm'")
+
+    task = _infer_task_with(monkeypatch, body, retry_max_s=30.0)
+    with pytest.raises(UnknownModel):
+        task("m", None, [])
+    assert calls == [1]
