@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import numpy as np
 import redis
 from celery import Celery
+from celery import states as celery_states
 from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult
 from sqlalchemy import select
@@ -145,10 +146,14 @@ class Handle:
                 cause = exc if isinstance(exc, outage_errors.BROKER_ERRORS) else exc.__cause__
                 if not isinstance(cause, outage_errors.BROKER_ERRORS):
                     raise MaasError(f"{type(exc).__name__}: {exc}") from exc
-                if getattr(result, "_cache", None) is not None:
-                    # Celery keeps the meta it read once the state is final: this error is the stored answer (a
-                    # worker that met an outage), not this read's. Waiting again would read it again until the
-                    # deadline.
+                stored = getattr(result, "_cache", None)  # the final meta Celery read (a success returns next turn)
+                if (
+                    stored is not None
+                    and stored.get("status") in celery_states.PROPAGATE_STATES
+                    and isinstance(stored.get("result"), outage_errors.BROKER_ERRORS)
+                ):
+                    # The stored answer is a worker's outage error, not this read's: reading it again until the
+                    # deadline would only hold the caller.
                     raise BrokerUnavailable(f"request {result.id} failed on its worker: {exc}") from exc
                 if outage is None:
                     log.warning(

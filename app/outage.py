@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -62,17 +63,21 @@ def backoff(attempt: int, first_s: float = FIRST_WAIT_S, cap_s: float = MAX_BACK
     return min(cap_s, first_s * (2**attempt))
 
 
-def retrying(fn: Callable[[], T], what: str, *, attempts: int, max_s: float) -> T:
+def retrying(fn: Callable[[], T], what: str, *, attempts: int, max_s: float, from_first_error: bool = False) -> T:
     """``fn()``, retried on Redis or database connection errors; a typed error once attempts or time run out.
 
+    ``max_s`` counts from the call, or with ``from_first_error`` from the first outage error (for a long ``fn``,
+    such as a request served, whose own run time must not eat the time it has to wait an outage out).
     Errors that are not outages (a MaasError, a bug) pass through at once.
     """
-    deadline = time.monotonic() + max_s
+    deadline = math.inf if from_first_error else time.monotonic() + max_s
     attempt = 0
     while True:
         try:
             return fn()
         except (*BROKER_ERRORS, *DATABASE_ERRORS) as exc:
+            if attempt == 0 and from_first_error:
+                deadline = time.monotonic() + max_s
             attempt += 1
             wait_s = backoff(attempt - 1)
             if attempt >= attempts or time.monotonic() + wait_s > deadline:

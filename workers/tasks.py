@@ -293,17 +293,20 @@ def register(app: Celery) -> None:
     # client knows), not with Python's TypeError.
     @app.task(name="maas.infer", throws=(MaasError,), bind=True, typing=False)
     def infer_task(task: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        # A Redis failover or restart met mid-request (recording the hold, gathering a batch, storing answers) is
-        # waited out and the request served again, rather than answered with the driver's error: every step is
-        # safe to repeat (the hold and the answers are idempotent writes; a second answer is dropped). Bounded by
-        # time, not by MAAS_RETRY_ATTEMPTS (whose backoff spends only about 3 s, less than a Sentinel promotion
-        # takes); past MAAS_RETRY_MAX_S the answer is BROKER_UNAVAILABLE, typed.
+        # A Redis failover or restart met mid-request (recording the hold, checking for an answer, storing the
+        # answers of a batch) is waited out and the request served again, rather than answered with the driver's
+        # error. Repeating is safe for this request: the hold and its answer are idempotent writes, a second answer
+        # is dropped. Requests already gathered into its batch when the outage came are not carried over: the
+        # request ledger sends them again (late, not lost). The wait counts from the first error, not the start
+        # (a long request must not eat it), and by time, not MAAS_RETRY_ATTEMPTS (whose backoff spends about 3 s,
+        # less than a Sentinel promotion); past MAAS_RETRY_MAX_S the answer is BROKER_UNAVAILABLE, typed.
         max_s = current().settings.retry_max_s
         return outage.retrying(
             lambda: _infer_task(app, task, args, kwargs),
             f"serving request {task.request.id}",
             attempts=int(max_s / outage.MAX_BACKOFF_S) + 8,
             max_s=max_s,
+            from_first_error=True,
         )
 
     @app.task(name="maas.generate", throws=(MaasError,), bind=True)

@@ -133,86 +133,94 @@ def async_for_settings(settings: Settings) -> redis.asyncio.Redis:
 UNREPLICATED = "unreplicated_writes"
 
 
-#: how long a count of the primary's online replicas is trusted before INFO is asked again
+#: how long the primary's replica counts are trusted before INFO is asked again
 REPLICA_COUNT_TTL_S = 1.0
-_replica_counts: dict[str, tuple[float, int]] = {}  # REDIS_URL -> (monotonic time read, online replicas)
 
 
-def online_replicas(replication: Mapping[str, object]) -> int:
-    """The replicas that can acknowledge a write now, from ``INFO replication``: those listed ``state=online``.
+@dataclass(frozen=True)
+class ReplicaCounts:
+    """The primary's replicas, from ``INFO replication``: ``connected`` ones (``connected_slaves``) and, of those,
+    the ``online`` ones, able to acknowledge a write now.
 
-    A replica still in a full sync with this primary (waiting for its snapshot, or loading it) is counted in
-    ``connected_slaves`` yet acknowledges no WAIT until the sync ends. That happens right after a promotion when
-    the other replica cannot continue its stream from the new primary (it had read further than the promoted one):
-    a WAIT for it then runs to its timeout on every write, for as long as the sync takes."""
-    return sum(
-        1
-        for key, entry in replication.items()
-        if key.startswith("slave")
-        and key[len("slave") :].isdigit()
-        and isinstance(entry, Mapping)
-        and entry.get("state") == "online"
-    )
+    A replica in a full sync with the primary (waiting for its snapshot, or loading it) is connected but not online:
+    it acknowledges no WAIT until the sync ends. That happens after a promotion when the other replica cannot go on
+    from the new primary's stream (it had read further, or was a primary itself meanwhile)."""
+
+    connected: int
+    online: int
+
+    @classmethod
+    def of(cls, replication: Mapping[str, object]) -> ReplicaCounts:
+        online = sum(
+            1
+            for key, entry in replication.items()
+            if key.startswith("slave")
+            and key[len("slave") :].isdigit()
+            and isinstance(entry, Mapping)
+            and entry.get("state") == "online"
+        )
+        return cls(connected=int(replication.get("connected_slaves", 0)), online=online)  # type: ignore[call-overload]
 
 
-def _needed(settings: Settings, online: int) -> int:
-    return max(settings.redis_wait_replicas, online)
+_replica_counts: dict[str, tuple[float, ReplicaCounts]] = {}  # REDIS_URL -> (monotonic time read, counts)
 
 
-def _cached_count(settings: Settings) -> int | None:
+def _cached_counts(settings: Settings) -> ReplicaCounts | None:
     found = _replica_counts.get(settings.redis_url)
     if found is None or time.monotonic() - found[0] > REPLICA_COUNT_TTL_S:
         return None
     return found[1]
 
 
-def replicas_online(client: redis.Redis, settings: Settings) -> int:
-    """:func:`online_replicas` of the primary now, read at most once a second per process."""
-    count = _cached_count(settings)
-    if count is None:
-        count = online_replicas(client.info("replication"))
-        _replica_counts[settings.redis_url] = (time.monotonic(), count)
-    return count
+def replica_counts(client: redis.Redis, settings: Settings) -> ReplicaCounts:
+    """:class:`ReplicaCounts` of the primary now, read at most once a second per process."""
+    counts = _cached_counts(settings)
+    if counts is None:
+        counts = ReplicaCounts.of(client.info("replication"))
+        _replica_counts[settings.redis_url] = (time.monotonic(), counts)
+    return counts
 
 
-async def replicas_online_async(client: redis.asyncio.Redis, settings: Settings) -> int:
-    """:func:`replicas_online` for asyncio code."""
-    count = _cached_count(settings)
-    if count is None:
-        count = online_replicas(await client.info("replication"))
-        _replica_counts[settings.redis_url] = (time.monotonic(), count)
-    return count
+async def replica_counts_async(client: redis.asyncio.Redis, settings: Settings) -> ReplicaCounts:
+    """:func:`replica_counts` for asyncio code."""
+    counts = _cached_counts(settings)
+    if counts is None:
+        counts = ReplicaCounts.of(await client.info("replication"))
+        _replica_counts[settings.redis_url] = (time.monotonic(), counts)
+    return counts
 
 
 def replicas_needed(client: redis.Redis, settings: Settings) -> int:
-    """How many replicas an admission waits for: MAAS_REDIS_WAIT_REPLICAS, and at least every replica online with
-    the primary now (:func:`replicas_online`). 0 when durability is off.
+    """How many replicas an admission waits for: MAAS_REDIS_WAIT_REPLICAS, and at least every replica connected to
+    the primary now (:func:`replica_counts`). 0 when durability is off.
 
-    Why every online one: Sentinel promotes the replica with the highest replication offset it last saw, a best
+    Why every connected one: Sentinel promotes the replica with the highest replication offset it last saw, a best
     effort; a write that reached one replica of two was lost when the other was promoted (1 run in 12, on a busy
-    machine). A write every online replica has survives whichever is promoted. A replica that is down, or still
-    in a full sync, is not waited for: it cannot acknowledge anything until its sync ends (then it has every write
-    up to the snapshot it loaded), so a WAIT for it would only run out, write after write."""
+    machine). A write every connected replica has survives whichever is promoted. A replica in a full sync counts
+    too, though it cannot acknowledge until the sync ends: Sentinel may still promote it, so admissions are refused
+    meanwhile rather than accepted on the other replica alone. A replica that is down is not waited for."""
     if settings.redis_wait_replicas <= 0:
         return 0
-    return _needed(settings, replicas_online(client, settings))
+    return max(settings.redis_wait_replicas, replica_counts(client, settings).connected)
 
 
 async def replicas_needed_async(client: redis.asyncio.Redis, settings: Settings) -> int:
     """:func:`replicas_needed` for asyncio code."""
     if settings.redis_wait_replicas <= 0:
         return 0
-    return _needed(settings, await replicas_online_async(client, settings))
+    return max(settings.redis_wait_replicas, (await replica_counts_async(client, settings)).connected)
 
 
 @dataclass(frozen=True)
 class ResultDurability:
-    """What storing a result waits for: ``wait_for`` replicas (0: no WAIT at all) out of ``needed``, the count an
-    admission would wait for. A result waits only for replicas online now, since a WAIT for one that cannot answer
-    holds the worker for the whole timeout on every result it stores; one stored with fewer than ``needed`` is
-    counted unreplicated. Nothing accepted is lost by that: the request stays in the ledger until a sweep finds its
-    result, and a replica holds a prefix of the primary's writes, so a promoted replica that lacks the result still
-    has the ledger entry (and the unacknowledged message, or neither), and the sweep sends the request again."""
+    """What storing a result waits for: ``wait_for`` replicas, the online ones (0: no WAIT at all), out of
+    ``needed``, the count an admission waits for. A WAIT for a replica that cannot acknowledge would hold the worker
+    for the whole timeout on every result it stores (CI saw results stored at 3 a second instead of 30 for 15 s);
+    a result stored with fewer than ``needed`` is kept and counted unreplicated. A failover that loses it loses
+    nothing accepted: the request is still in the ledger and in kombu's unacknowledged messages on the promoted
+    replica (they were acknowledged after the result was written, and a replica holds a prefix of the primary's
+    writes), so it comes back, late: the reaper requeues it once its worker has moved on to another request (or
+    the visibility timeout does)."""
 
     wait_for: int
     needed: int
@@ -226,8 +234,10 @@ class ResultDurability:
 def result_durability(client: redis.Redis, settings: Settings) -> ResultDurability:
     if settings.redis_wait_replicas <= 0:
         return ResultDurability(0, 0)
-    online = replicas_online(client, settings)
-    return ResultDurability(wait_for=online, needed=_needed(settings, online))
+    counts = replica_counts(client, settings)
+    return ResultDurability(
+        wait_for=counts.online, needed=max(settings.redis_wait_replicas, counts.connected, counts.online)
+    )
 
 
 def wait_replicas(pipe: redis.client.Pipeline | redis.asyncio.client.Pipeline, needed: int, settings: Settings) -> None:

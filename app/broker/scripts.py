@@ -186,7 +186,7 @@ async def admit_async(client: redis.asyncio.Redis, admission: Admission, setting
 def _not_replicated(admission: Admission, settings: Settings, backlog: int) -> AdmissionNotReplicated:
     """Accepted means a replica has it (a failover can lose what only the primary has): this one was not."""
     return AdmissionNotReplicated(
-        f"request {admission.task_id} reached the Redis primary, but not every online replica (at least "
+        f"request {admission.task_id} reached the Redis primary, but not every connected replica (at least "
         f"{settings.redis_wait_replicas}) confirmed it within {settings.redis_wait_timeout_ms} ms "
         "(MAAS_REDIS_WAIT_REPLICAS, MAAS_REDIS_WAIT_TIMEOUT_MS): not accepted, as a failover now could lose it; "
         "safe to send again",

@@ -205,7 +205,7 @@ def test_a_durable_admission_no_replica_confirmed_is_refused_and_counted(r: redi
 
     env = {"REDIS_URL": redis_url, "MAAS_REDIS_WAIT_REPLICAS": "1", "MAAS_REDIS_WAIT_TIMEOUT_MS": "20"}
     settings = Settings.from_env(env)
-    with pytest.raises(BrokerUnavailable, match="not every online replica .at least 1.* not accepted"):
+    with pytest.raises(BrokerUnavailable, match="not every connected replica .at least 1.* not accepted"):
         scripts.admit(r, _admission("t1", limit=100), settings)
     assert r.hget(keys.FLEET_COUNTERS, UNREPLICATED) == b"1"
     # A full queue is refused as full: it wrote nothing, so there was nothing to replicate.

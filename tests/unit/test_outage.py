@@ -123,3 +123,19 @@ def test_an_infer_task_passes_its_own_errors_through_at_once(monkeypatch):
     with pytest.raises(UnknownModel):
         task("m", None, [])
     assert calls == [1]
+
+
+def test_the_window_can_count_from_the_first_error_so_a_long_call_still_waits_an_outage_out():
+    slow_then_failing = {"calls": 0}
+
+    def fn():
+        slow_then_failing["calls"] += 1
+        if slow_then_failing["calls"] == 1:
+            time.sleep(0.3)  # a long request, longer than the window, then an outage at its end
+            raise redis.ConnectionError("primary went away")
+        return "served"
+
+    assert outage.retrying(fn, "serving", attempts=10, max_s=0.25, from_first_error=True) == "served"
+    slow_then_failing["calls"] = 0
+    with pytest.raises(BrokerUnavailable):  # counted from the call, the window was spent before the error
+        outage.retrying(fn, "serving", attempts=10, max_s=0.25)
