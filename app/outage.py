@@ -63,6 +63,12 @@ def backoff(attempt: int, first_s: float = FIRST_WAIT_S, cap_s: float = MAX_BACK
     return min(cap_s, first_s * (2**attempt))
 
 
+def attempts_within(max_s: float) -> int:
+    """Enough attempts that ``max_s``, not the count, ends a :func:`retrying` (its first waits are short: six
+    attempts spend only about 3 s)."""
+    return int(max_s / MAX_BACKOFF_S) + 8
+
+
 def retrying(fn: Callable[[], T], what: str, *, attempts: int, max_s: float, from_first_error: bool = False) -> T:
     """``fn()``, retried on Redis or database connection errors; a typed error once attempts or time run out.
 

@@ -392,7 +392,7 @@ SENTINEL_PORT = 26379
 #: down after this silence, and a failover that has not finished in ``SENTINEL_FAILOVER_TIMEOUT_MS`` is given up
 #: and retried by another Sentinel. Not 1 s: on a busy 2-core machine the Sentinels then judged the primary they
 #: had just promoted down too (its first replies came over 1 s late) and promoted the other replica, two primaries
-#: for 11 s (1 run in about 30 under load, and once in CI).
+#: for 11 s (3 runs in about 50 here, most under load, and once in CI).
 SENTINEL_DOWN_AFTER_MS = 2000
 SENTINEL_FAILOVER_TIMEOUT_MS = 5000
 

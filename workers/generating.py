@@ -152,7 +152,8 @@ def _through_outage(ctx: WorkerContext, what: str, call: Callable[[], T]) -> T:
     BROKER_UNAVAILABLE and the task fails; nothing accepted is lost even then: the request ledger resends every
     request not answered (the own message once acknowledged, the joined ones once their touches stop). ``call``
     must be safe to repeat: reads, idempotent writes, or stream entries a reader skips when they come twice."""
-    return outage.retrying(call, what, attempts=ctx.settings.retry_attempts, max_s=ctx.settings.retry_max_s)
+    max_s = ctx.settings.retry_max_s
+    return outage.retrying(call, what, attempts=outage.attempts_within(max_s), max_s=max_s)
 
 
 def serve(app: Celery, ctx: WorkerContext, loaded: Loaded, own: Request) -> dict[str, Any]:

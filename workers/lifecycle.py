@@ -40,7 +40,7 @@ def _with_database(ctx: WorkerContext, fn: Callable[[], T], what: str) -> T:
     is DATABASE_UNAVAILABLE.
     """
     limit_s = ctx.settings.worker_db_retry_s
-    return outage.retrying(fn, what, attempts=max(2, int(limit_s / 2) + 8), max_s=limit_s)
+    return outage.retrying(fn, what, attempts=outage.attempts_within(limit_s), max_s=limit_s)
 
 
 def _move(ctx: WorkerContext, replica_id: int, dst: ReplicaState, reason: str = "", **updates: Any) -> dict:

@@ -304,7 +304,7 @@ def register(app: Celery) -> None:
         return outage.retrying(
             lambda: _infer_task(app, task, args, kwargs),
             f"serving request {task.request.id}",
-            attempts=int(max_s / outage.MAX_BACKOFF_S) + 8,
+            attempts=outage.attempts_within(max_s),
             max_s=max_s,
             from_first_error=True,
         )

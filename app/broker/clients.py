@@ -165,6 +165,10 @@ class ReplicaCounts:
 _replica_counts: dict[str, tuple[float, ReplicaCounts]] = {}  # REDIS_URL -> (monotonic time read, counts)
 
 
+def _needed(settings: Settings, counts: ReplicaCounts) -> int:
+    return max(settings.redis_wait_replicas, counts.connected)
+
+
 def _cached_counts(settings: Settings) -> ReplicaCounts | None:
     found = _replica_counts.get(settings.redis_url)
     if found is None or time.monotonic() - found[0] > REPLICA_COUNT_TTL_S:
@@ -201,21 +205,21 @@ def replicas_needed(client: redis.Redis, settings: Settings) -> int:
     meanwhile rather than accepted on the other replica alone. A replica that is down is not waited for."""
     if settings.redis_wait_replicas <= 0:
         return 0
-    return max(settings.redis_wait_replicas, replica_counts(client, settings).connected)
+    return _needed(settings, replica_counts(client, settings))
 
 
 async def replicas_needed_async(client: redis.asyncio.Redis, settings: Settings) -> int:
     """:func:`replicas_needed` for asyncio code."""
     if settings.redis_wait_replicas <= 0:
         return 0
-    return max(settings.redis_wait_replicas, (await replica_counts_async(client, settings)).connected)
+    return _needed(settings, await replica_counts_async(client, settings))
 
 
 @dataclass(frozen=True)
 class ResultDurability:
     """What storing a result waits for: ``wait_for`` replicas, the online ones (0: no WAIT at all), out of
     ``needed``, the count an admission waits for. A WAIT for a replica that cannot acknowledge would hold the worker
-    for the whole timeout on every result it stores (CI saw results stored at 3 a second instead of 30 for 15 s);
+    for the whole timeout on every result it stores (a run traced here stored 3 a second instead of 30 for 15 s);
     a result stored with fewer than ``needed`` is kept and counted unreplicated. A failover that loses it loses
     nothing accepted: the request is still in the ledger and in kombu's unacknowledged messages on the promoted
     replica (they were acknowledged after the result was written, and a replica holds a prefix of the primary's
@@ -235,9 +239,7 @@ def result_durability(client: redis.Redis, settings: Settings) -> ResultDurabili
     if settings.redis_wait_replicas <= 0:
         return ResultDurability(0, 0)
     counts = replica_counts(client, settings)
-    return ResultDurability(
-        wait_for=counts.online, needed=max(settings.redis_wait_replicas, counts.connected, counts.online)
-    )
+    return ResultDurability(wait_for=counts.online, needed=_needed(settings, counts))
 
 
 def wait_replicas(pipe: redis.client.Pipeline | redis.asyncio.client.Pipeline, needed: int, settings: Settings) -> None:
